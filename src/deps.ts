@@ -1,0 +1,141 @@
+import type { Redis } from "ioredis";
+import { type DatabaseHandle, openDatabase } from "./db/client.js";
+import { runMigrations } from "./db/migrate.js";
+import { createMemoryCounterStore } from "./infra/counters/memory.js";
+import { createRedisCounterStore } from "./infra/counters/redis.js";
+import type { CounterStore } from "./infra/counters/types.js";
+import { createBullmqJobQueue } from "./infra/jobs/bullmq.js";
+import { createDatabaseJobQueue } from "./infra/jobs/database.js";
+import type { JobQueue } from "./infra/jobs/types.js";
+import { createMemoryPubSub } from "./infra/pubsub/memory.js";
+import { createRedisPubSub } from "./infra/pubsub/redis.js";
+import type { PubSub } from "./infra/pubsub/types.js";
+import { createRedis, waitForRedis } from "./infra/redis.js";
+import { type Clock, systemClock } from "./lib/clock.js";
+import type { Env } from "./lib/env.js";
+import type { Logger } from "./lib/logger.js";
+import { createMetrics, type Metrics } from "./lib/metrics.js";
+import type { Catalog } from "./modules/catalog/schema.js";
+import { DEFAULT_CATALOG_PATH, loadCatalog } from "./modules/catalog/validate.js";
+import { type InstanceSecrets, loadInstanceSecrets } from "./modules/operator/secrets.js";
+import { createTestClock, type TestClockService } from "./modules/test-clock/service.js";
+
+/**
+ * Everything a request or job needs, built once at boot and passed as one typed object (no DI
+ * container). Each infrastructure piece has an embedded twin and a production twin, chosen here by
+ * configuration alone.
+ */
+export interface Deps {
+  env: Env;
+  logger: Logger;
+  metrics: Metrics;
+  clock: Clock;
+  database: DatabaseHandle;
+  redis: Redis | undefined;
+  counters: CounterStore;
+  pubsub: PubSub;
+  jobs: JobQueue;
+  secrets: InstanceSecrets;
+  /** The price list in force, validated at boot; a bad catalog stops the server. */
+  catalog: Catalog;
+  catalogPath: string;
+  testClock: TestClockService | undefined;
+  /** True once shutdown has begun: readiness goes red so load balancers stop sending traffic. */
+  draining: boolean;
+}
+
+/** Hono's context typing for every router: the deps bag and the request id. */
+export type AppEnv = { Variables: { deps: Deps; requestId: string; unmatched?: boolean } };
+
+export interface BuildDepsOptions {
+  logger: Logger;
+  /** An already-open database (tests); otherwise opened from the env. */
+  database?: DatabaseHandle;
+  /** Key prefix for Redis keys and channels (tests isolate themselves with it). */
+  redisPrefix?: string;
+  /** Process-level metrics (GC, memory) are off in tests that build many apps. */
+  processMetrics?: boolean;
+}
+
+/** Opens storage, applies migrations and wires every twin. Call {@link closeDeps} to release it all. */
+export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<Deps> {
+  const { logger } = options;
+  // The catalog first: a bad price list should stop the server before anything is opened.
+  const catalogPath = env.catalogPath ?? DEFAULT_CATALOG_PATH;
+  const catalog = loadCatalog(catalogPath);
+  const prefix = options.redisPrefix ?? "tg:";
+  const metrics = createMetrics({ processMetrics: options.processMetrics });
+  const database =
+    options.database ?? (await openDatabase({ url: env.databaseUrl, dataDir: env.dataDir, logger }));
+  const opened: Array<() => Promise<unknown>> = options.database ? [] : [() => database.close()];
+  try {
+    await runMigrations(database);
+
+    const redis = env.redisUrl ? createRedis(env.redisUrl, { logger, name: "tollgate-hot-path" }) : undefined;
+    if (redis) {
+      opened.push(() => redis.quit().catch(() => redis.disconnect()));
+      // Serve only once Redis answers, unless it is down: then start anyway (readiness stays red)
+      // and let the client reconnect in the background.
+      await waitForRedis(redis, 5000).catch((error: Error) =>
+        logger.warn(
+          { err: error.message },
+          "starting without Redis; the hot path follows each feature's policy",
+        ),
+      );
+    }
+    if (env.databaseUrl && !redis) {
+      logger.warn(
+        "DATABASE_URL is set without REDIS_URL: counters, rate limits and pub/sub are per process; run one process, or set REDIS_URL",
+      );
+    }
+    const counters = redis ? createRedisCounterStore(redis, { prefix }) : createMemoryCounterStore();
+    const pubsub = env.redisUrl ? createRedisPubSub(env.redisUrl, { prefix, logger }) : createMemoryPubSub();
+    opened.push(() => pubsub.close());
+
+    const testClock = env.testClock ? await createTestClock({ database, pubsub, logger }) : undefined;
+    const clock = testClock?.clock ?? systemClock;
+
+    const jobs = env.redisUrl
+      ? createBullmqJobQueue({ redisUrl: env.redisUrl, prefix: prefix.replace(/:$/, ""), logger, metrics })
+      : createDatabaseJobQueue({ db: database, clock, logger, metrics });
+    opened.push(() => jobs.close());
+    if (testClock && "drain" in jobs)
+      testClock.onAdvance("jobs", () => (jobs as { drain(): Promise<number> }).drain());
+
+    const secrets = await loadInstanceSecrets({ database, env, logger });
+    return {
+      env,
+      logger,
+      metrics,
+      clock,
+      database,
+      redis,
+      counters,
+      pubsub,
+      jobs,
+      secrets,
+      catalog,
+      catalogPath,
+      testClock,
+      draining: false,
+    };
+  } catch (error) {
+    for (const close of opened.reverse()) await close().catch(() => {});
+    throw error;
+  }
+}
+
+/** Releases every connection, newest first. Safe to call once per built deps. */
+export async function closeDeps(deps: Deps, options: { keepDatabase?: boolean } = {}): Promise<void> {
+  const steps: Array<[string, () => Promise<unknown>]> = [
+    ["jobs", () => deps.jobs.close()],
+    ["pubsub", () => deps.pubsub.close()],
+    ["redis", async () => deps.redis && (await deps.redis.quit().catch(() => deps.redis?.disconnect()))],
+    ["database", async () => !options.keepDatabase && (await deps.database.close())],
+  ];
+  for (const [name, step] of steps) {
+    await step().catch((error: Error) =>
+      deps.logger.warn({ err: error.message, component: name }, "close failed"),
+    );
+  }
+}

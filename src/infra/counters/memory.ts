@@ -1,0 +1,142 @@
+import {
+  type Evaluation,
+  type GcraState,
+  gcraBacklog,
+  gcraDecide,
+  gcraState,
+  toOutcome,
+  validateOps,
+} from "./gcra.js";
+import type { ApplyOptions, ApplyResult, CounterStore, Op } from "./types.js";
+
+interface CounterEntry {
+  value: number;
+  expiresAtMs: number;
+}
+
+interface RateEntry {
+  state: GcraState;
+  expiresAtMs: number;
+}
+
+/** Expired entries are dropped when touched; a full sweep every so often bounds the rest. */
+const SWEEP_EVERY_APPLIES = 4096;
+
+/**
+ * The embedded counter store: in-process maps, for a single Tollgate process. Same semantics as the
+ * Redis twin (see redis.ts, whose Lua script mirrors `apply` step for step).
+ *
+ * Expiry runs on the `nowMs` handed to `apply`, so a test clock expires counters as it moves.
+ * `get` and `seed` have no `nowMs`: they use `options.now` if given, else the `nowMs` of the last
+ * `apply` (else the wall clock), so one store never mixes two clocks once it is in use.
+ */
+export function createMemoryCounterStore(options: { now?: () => number } = {}): CounterStore {
+  const counters = new Map<string, CounterEntry>();
+  const rates = new Map<string, RateEntry>();
+  let lastNowMs: number | undefined;
+  let appliesSinceSweep = 0;
+  const clock = (): number => options.now?.() ?? lastNowMs ?? Date.now();
+
+  function live<E extends { expiresAtMs: number }>(map: Map<string, E>, key: string, nowMs: number) {
+    const entry = map.get(key);
+    if (entry && nowMs >= entry.expiresAtMs) {
+      map.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  function sweep(nowMs: number): void {
+    for (const [key, entry] of counters) if (nowMs >= entry.expiresAtMs) counters.delete(key);
+    for (const [key, entry] of rates) if (nowMs >= entry.expiresAtMs) rates.delete(key);
+  }
+
+  return {
+    kind: "memory",
+
+    async apply(ops: Op[], nowMs: number, applyOptions: ApplyOptions = {}): Promise<ApplyResult> {
+      validateOps(ops, nowMs);
+      lastNowMs = nowMs;
+      if (++appliesSinceSweep >= SWEEP_EVERY_APPLIES) {
+        appliesSinceSweep = 0;
+        sweep(nowMs);
+      }
+
+      const missing: number[] = [];
+      ops.forEach((op, index) => {
+        if (op.kind === "counter" && !live(counters, op.key, nowMs)) missing.push(index);
+      });
+      if (missing.length > 0) return { status: "missing", missing };
+
+      // Evaluated in order against working copies, so two ops on one key see each other's effect;
+      // nothing touches the maps until every op is known to be allowed.
+      const values = new Map<string, number>();
+      const states = new Map<string, GcraState | undefined>();
+      const evaluated = ops.map((op): Evaluation => {
+        if (op.kind === "counter") {
+          const stored = counters.get(op.key)?.value ?? 0;
+          const current = values.get(op.key) ?? stored;
+          const next = Math.max(current + op.amount, 0);
+          const allowed = op.limit === null || op.amount <= 0 || next <= op.limit;
+          if (allowed) values.set(op.key, next);
+          return { allowed, stored, next, retryAfterMs: 0 };
+        }
+        const stored = live(rates, op.key, nowMs)?.state;
+        const current = states.has(op.key) ? states.get(op.key) : stored;
+        const decision = gcraDecide(gcraBacklog(current, nowMs, op.limit), op.limit, op.periodMs, op.cost);
+        if (decision.allowed) states.set(op.key, gcraState(decision.next, nowMs, op.limit));
+        const storedBacklog = gcraBacklog(stored, nowMs, op.limit);
+        return {
+          allowed: decision.allowed,
+          stored: storedBacklog,
+          next: decision.next,
+          retryAfterMs: decision.retryAfterMs,
+        };
+      });
+      const allowed = evaluated.every((evaluation) => evaluation.allowed);
+      const outcomes = ops.map((op, index) => toOutcome(op, evaluated[index] as Evaluation, allowed));
+
+      if (allowed && !applyOptions.dryRun) {
+        for (const op of ops) {
+          if (op.kind !== "counter") continue;
+          counters.set(op.key, { value: values.get(op.key) ?? 0, expiresAtMs: nowMs + op.ttlSeconds * 1000 });
+        }
+        for (const [key, state] of states) {
+          if (!state) rates.delete(key);
+          // Kept until the TAT passes: after that the state equals a fresh limiter.
+          else rates.set(key, { state, expiresAtMs: state.tatMs + (state.frac > 0 ? 1 : 0) });
+        }
+      }
+      return { status: "done", allowed, outcomes };
+    },
+
+    async get(keys: string[]): Promise<(number | null)[]> {
+      const nowMs = clock();
+      return keys.map((key) => live(counters, key, nowMs)?.value ?? null);
+    },
+
+    async seed(key: string, value: number, ttlSeconds: number): Promise<number> {
+      validateOps([{ kind: "counter", key, amount: value, limit: null, ttlSeconds }], 0);
+      if (value < 0) throw new RangeError(`seed value must be >= 0, got ${value}`);
+      const nowMs = clock();
+      const existing = live(counters, key, nowMs);
+      if (existing) return existing.value;
+      counters.set(key, { value, expiresAtMs: nowMs + ttlSeconds * 1000 });
+      return value;
+    },
+
+    async delete(keys: string[]): Promise<void> {
+      for (const key of keys) {
+        counters.delete(key);
+        rates.delete(key);
+      }
+    },
+
+    async ping(): Promise<void> {},
+
+    async close(): Promise<void> {
+      counters.clear();
+      rates.clear();
+    },
+  };
+}

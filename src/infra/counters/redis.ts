@@ -1,0 +1,218 @@
+import { createHash } from "node:crypto";
+import type { Redis } from "ioredis";
+import { type Evaluation, toOutcome, validateOps } from "./gcra.js";
+import type { ApplyOptions, ApplyResult, CounterStore, Op } from "./types.js";
+
+/** Rate state outlives its TAT by this much (see the script). */
+const EXPIRY_SLACK_MS = 1000;
+
+/**
+ * The whole of `apply` in one script, so a call is one round trip and atomic. It mirrors memory.ts
+ * and gcra.ts step for step; keep them in lockstep.
+ *
+ * KEYS[i] is op i's key. ARGV[1] = nowMs, ARGV[2] = "1" for a dry run, then four per op:
+ *   counter: "c", amount, limit ("" = unlimited), ttlSeconds
+ *   rate:    "r", limit, periodMs, cost
+ * Reply: {0, missing op indexes...} or {1, all allowed, then per op: allowed, stored, next, retry}.
+ *
+ * Lua numbers are doubles, like JS numbers: every value here is an integer below 2^53, so +, −, ×
+ * and floor/ceil of a quotient agree bit for bit. Numbers are never handed to Redis as Lua numbers
+ * (that conversion uses "%.14g" and turns 1.7e12-scale values into exponent notation): they are
+ * formatted with "%.0f" first.
+ */
+const APPLY_SCRIPT = `
+local now = tonumber(ARGV[1])
+local dry = ARGV[2] == "1"
+local n = #KEYS
+
+local function arg(i, k) return ARGV[2 + (i - 1) * 4 + k] end
+
+-- Rate state is "tatMs:frac:limit": the TAT is tatMs + frac / limit ms, exactly.
+local function read_state(key)
+  local raw = redis.call("GET", key)
+  if not raw then return false end
+  local t, f, l = string.match(raw, "^(%-?%d+):(%d+):(%d+)$")
+  if not t then return false end
+  return { tonumber(t), tonumber(f), tonumber(l) }
+end
+
+local function backlog(state, limit)
+  if not state then return 0 end
+  local frac = state[2]
+  if state[3] ~= limit then frac = math.ceil(frac * limit / state[3]) end
+  local b = (state[1] - now) * limit + frac
+  if b > 0 then return b end
+  return 0
+end
+
+local function to_state(b, limit)
+  if b <= 0 then return false end
+  local whole = math.floor(b / limit)
+  return { now + whole, b - whole * limit, limit }
+end
+
+-- Load everything first; a missing counter stops the call before anything is evaluated.
+local stored = {}
+local missing = { 0 }
+for i = 1, n do
+  local key = KEYS[i]
+  if stored[key] == nil then
+    if arg(i, 1) == "c" then
+      local raw = redis.call("GET", key)
+      if raw then stored[key] = tonumber(raw) end
+    else
+      stored[key] = read_state(key)
+    end
+  end
+  if arg(i, 1) == "c" and stored[key] == nil then missing[#missing + 1] = i - 1 end
+end
+if #missing > 1 then return missing end
+
+-- Evaluate in order against working copies (two ops on one key see each other); write nothing yet.
+local working = {}
+local reply = { 1, 1 }
+for i = 1, n do
+  local key = KEYS[i]
+  local current = working[key]
+  if current == nil then current = stored[key] end
+  local ok, before, nextv, retry
+  if arg(i, 1) == "c" then
+    local amount, limit = tonumber(arg(i, 2)), arg(i, 3)
+    before = stored[key]
+    nextv = current + amount
+    if nextv < 0 then nextv = 0 end
+    ok = limit == "" or amount <= 0 or nextv <= tonumber(limit)
+    retry = 0
+    if ok then working[key] = nextv end
+  else
+    local limit, period, cost = tonumber(arg(i, 2)), tonumber(arg(i, 3)), tonumber(arg(i, 4))
+    local capacity = period * limit
+    local b = backlog(current, limit)
+    local wanted = b + period * cost
+    before = backlog(stored[key], limit)
+    if wanted <= capacity then
+      ok, nextv, retry = true, wanted, 0
+      working[key] = to_state(wanted, limit)
+    else
+      ok, nextv, retry = false, b, math.ceil((wanted - capacity) / limit)
+    end
+  end
+  if not ok then reply[2] = 0 end
+  reply[#reply + 1] = ok and 1 or 0
+  reply[#reply + 1] = string.format("%.0f", before)
+  reply[#reply + 1] = string.format("%.0f", nextv)
+  reply[#reply + 1] = string.format("%.0f", retry)
+end
+
+if reply[2] == 1 and not dry then
+  for i = 1, n do
+    local key = KEYS[i]
+    if arg(i, 1) == "c" then
+      redis.call("SET", key, string.format("%.0f", working[key]), "EX", arg(i, 4))
+    else
+      local s = working[key]
+      if s then
+        -- Kept until the TAT passes (then it equals a fresh limiter), plus slack: Redis expires on
+        -- its own clock, which may run ahead of the nowMs of every process.
+        local ttl = s[1] - now + ${EXPIRY_SLACK_MS}
+        if s[2] > 0 then ttl = ttl + 1 end
+        redis.call("SET", key, string.format("%.0f:%.0f:%.0f", s[1], s[2], s[3]), "PX", string.format("%.0f", ttl))
+      else
+        redis.call("DEL", key)
+      end
+    end
+  end
+end
+return reply
+`;
+
+/** Set-if-absent, then read back what is held, atomically. */
+const SEED_SCRIPT = `
+redis.call("SET", KEYS[1], ARGV[1], "EX", ARGV[2], "NX")
+return redis.call("GET", KEYS[1])
+`;
+
+/**
+ * The production counter store: Redis, one Lua script per `apply`. TTLs run on Redis's clock:
+ * counters expire `ttlSeconds` after their last write, rate state a second after its TAT passes.
+ *
+ * Counters live under `${prefix}c:` and rate state under `${prefix}r:`, so a counter and a limiter
+ * may share a name (as they can in the memory twin). All of a call's keys must sit on one Redis
+ * node: a single instance or Sentinel, not Cluster.
+ *
+ * The connection belongs to the caller: `close` leaves it open.
+ */
+export function createRedisCounterStore(redis: Redis, options: { prefix: string }): CounterStore {
+  const counterKey = (key: string) => `${options.prefix}c:${key}`;
+  const rateKey = (key: string) => `${options.prefix}r:${key}`;
+  const apply = scriptRunner(redis, APPLY_SCRIPT);
+  const seed = scriptRunner(redis, SEED_SCRIPT);
+
+  return {
+    kind: "redis",
+
+    async apply(ops: Op[], nowMs: number, applyOptions: ApplyOptions = {}): Promise<ApplyResult> {
+      validateOps(ops, nowMs);
+      if (ops.length === 0) return { status: "done", allowed: true, outcomes: [] };
+      const keys = ops.map((op) => (op.kind === "counter" ? counterKey(op.key) : rateKey(op.key)));
+      const args: string[] = [String(nowMs), applyOptions.dryRun ? "1" : "0"];
+      for (const op of ops) {
+        if (op.kind === "counter") {
+          args.push("c", String(op.amount), op.limit === null ? "" : String(op.limit), String(op.ttlSeconds));
+        } else {
+          args.push("r", String(op.limit), String(op.periodMs), String(op.cost));
+        }
+      }
+      const reply = ((await apply(keys, args)) as Array<number | string>).map(Number);
+      if (reply[0] === 0) return { status: "missing", missing: reply.slice(1) };
+      const allowed = reply[1] === 1;
+      const outcomes = ops.map((op, index) => {
+        const at = 2 + index * 4;
+        const evaluation: Evaluation = {
+          allowed: reply[at] === 1,
+          stored: reply[at + 1] ?? 0,
+          next: reply[at + 2] ?? 0,
+          retryAfterMs: reply[at + 3] ?? 0,
+        };
+        return toOutcome(op, evaluation, allowed);
+      });
+      return { status: "done", allowed, outcomes };
+    },
+
+    async get(keys: string[]): Promise<(number | null)[]> {
+      if (keys.length === 0) return [];
+      const values = await redis.mget(keys.map(counterKey));
+      return values.map((value) => (value === null ? null : Number(value)));
+    },
+
+    async seed(key: string, value: number, ttlSeconds: number): Promise<number> {
+      validateOps([{ kind: "counter", key, amount: value, limit: null, ttlSeconds }], 0);
+      if (value < 0) throw new RangeError(`seed value must be >= 0, got ${value}`);
+      return Number(await seed([counterKey(key)], [String(value), String(ttlSeconds)]));
+    },
+
+    async delete(keys: string[]): Promise<void> {
+      if (keys.length === 0) return;
+      await redis.del(...keys.map(counterKey), ...keys.map(rateKey));
+    },
+
+    async ping(): Promise<void> {
+      await redis.ping();
+    },
+
+    async close(): Promise<void> {},
+  };
+}
+
+/** EVALSHA, loading the script with EVAL when Redis does not have it (first use, or after a restart). */
+function scriptRunner(redis: Redis, script: string) {
+  const sha = createHash("sha1").update(script).digest("hex");
+  return async (keys: string[], args: string[]): Promise<unknown> => {
+    try {
+      return await redis.evalsha(sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!(error instanceof Error) || !error.message.startsWith("NOSCRIPT")) throw error;
+      return redis.eval(script, keys.length, ...keys, ...args);
+    }
+  };
+}

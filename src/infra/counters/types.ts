@@ -1,0 +1,79 @@
+/**
+ * The hot-path store: usage counters and GCRA rate limits behind one interface, because a single
+ * check may name a per-minute rate and a monthly quota and must apply them all or not at all.
+ * Embedded twin: in-process maps. Production twin: Redis, one Lua script per call (one round trip).
+ *
+ * Amounts and limits are integers (callers scale decimals to integer units); values stay within
+ * Number.MAX_SAFE_INTEGER.
+ */
+
+/** Adds `amount` to a counter if the result stays within `limit` (null = unlimited). */
+export interface CounterOp {
+  kind: "counter";
+  key: string;
+  /** May be negative: a release (e.g. a seat freed). A counter never goes below zero. */
+  amount: number;
+  limit: number | null;
+  /** The counter expires this long after its last write (e.g. the end of its billing period + slack). */
+  ttlSeconds: number;
+}
+
+/** A GCRA rate limit: `limit` requests per `periodMs`, bursts up to `limit`, costing `cost`. */
+export interface RateOp {
+  kind: "rate";
+  key: string;
+  limit: number;
+  periodMs: number;
+  cost: number;
+}
+
+export type Op = CounterOp | RateOp;
+
+export interface CounterOutcome {
+  kind: "counter";
+  allowed: boolean;
+  /** The value after the call (unchanged if the call was denied or nothing was applied). */
+  value: number;
+  limit: number | null;
+}
+
+export interface RateOutcome {
+  kind: "rate";
+  allowed: boolean;
+  limit: number;
+  /** Requests of cost 1 that would still be allowed right now. */
+  remaining: number;
+  /** Milliseconds until the limiter is fully replenished. */
+  resetMs: number;
+  /** Milliseconds to wait before this request would be allowed; 0 when allowed. */
+  retryAfterMs: number;
+}
+
+export type Outcome = CounterOutcome | RateOutcome;
+
+export type ApplyResult =
+  /** Every op was evaluated; `allowed` is true only if all were allowed, and then all were applied. */
+  | { status: "done"; allowed: boolean; outcomes: Outcome[] }
+  /**
+   * Some counters are not in the store (first use, or lost with a Redis restart). Nothing was
+   * applied: the caller seeds them from Postgres — the source of truth — and calls again.
+   */
+  | { status: "missing"; missing: number[] };
+
+export interface ApplyOptions {
+  /** Evaluate without applying anything (a check with consume = false). */
+  dryRun?: boolean;
+}
+
+export interface CounterStore {
+  readonly kind: "memory" | "redis";
+  /** Applies every op atomically, all or nothing, at time `nowMs` (from the clock). */
+  apply(ops: Op[], nowMs: number, options?: ApplyOptions): Promise<ApplyResult>;
+  /** Current counter values; null for a counter the store does not hold. */
+  get(keys: string[]): Promise<(number | null)[]>;
+  /** Sets a counter only if absent (rebuild from Postgres); returns the value now held. */
+  seed(key: string, value: number, ttlSeconds: number): Promise<number>;
+  delete(keys: string[]): Promise<void>;
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,172 @@
+import path from "node:path";
+import { z } from "zod";
+
+/**
+ * Tollgate's configuration, parsed once at boot. This is the only module that reads `process.env`;
+ * everything else receives the parsed {@link Env}. A bad value stops the server with every problem
+ * listed by variable name.
+ */
+
+/** Empty strings (common in compose files and `.env` templates) mean "unset". */
+const optional = <T extends z.ZodType>(schema: T) =>
+  z.preprocess((value) => (value === "" ? undefined : value), schema.optional());
+
+const urlWithProtocols = (protocols: string[], what: string) =>
+  z.string().refine(
+    (value) => {
+      try {
+        return protocols.includes(new URL(value).protocol);
+      } catch {
+        return false;
+      }
+    },
+    { message: `must be a ${what} URL (${protocols.map((p) => `${p}//`).join(" or ")}…)` },
+  );
+
+const port = z.coerce
+  .number({ message: "must be a number" })
+  .int("must be a whole number")
+  .min(1, "must be between 1 and 65535")
+  .max(65535, "must be between 1 and 65535");
+
+const flag = z
+  .enum(["1", "0", "true", "false"], { message: "must be 1 or 0" })
+  .transform((value) => value === "1" || value === "true");
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9.-]+)(:\d{1,5})?$/, "must be host or host:port");
+
+const envSchema = z.object({
+  PORT: optional(port).default(3000),
+  HOST: optional(z.string().min(1)).default("127.0.0.1"),
+  DATABASE_URL: optional(urlWithProtocols(["postgres:", "postgresql:"], "Postgres")),
+  TOLLGATE_DATA_DIR: optional(z.string().min(1)).default("./.tollgate"),
+  REDIS_URL: optional(urlWithProtocols(["redis:", "rediss:"], "Redis")),
+  TOLLGATE_CATALOG: optional(z.string().min(1)),
+  TOLLGATE_ADMIN_KEY: optional(z.string().min(24, "must be at least 24 characters; use a long random value")),
+  TOLLGATE_SECRET: optional(z.string().min(32, "must be at least 32 characters; use a long random value")),
+  TOLLGATE_BILLING_PROVIDER: optional(
+    z.enum(["local", "stripe"], { message: "must be local or stripe" }),
+  ).default("local"),
+  STRIPE_SECRET_KEY: optional(z.string().regex(/^(sk|rk)_/, "must be a Stripe secret key (sk_… or rk_…)")),
+  STRIPE_WEBHOOK_SECRET: optional(
+    z.string().startsWith("whsec_", "must be a webhook signing secret (whsec_…)"),
+  ),
+  SMTP_URL: optional(urlWithProtocols(["smtp:", "smtps:"], "SMTP")),
+  TOLLGATE_PUBLIC_URL: optional(urlWithProtocols(["http:", "https:"], "http(s)")),
+  TOLLGATE_WEBHOOK_ALLOWED_TARGETS: optional(z.string()),
+  TOLLGATE_TEST_CLOCK: optional(flag).default(false),
+  TOLLGATE_LOG_LEVEL: optional(
+    z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
+      message: "must be one of fatal, error, warn, info, debug, trace, silent",
+    }),
+  ).default("info"),
+  NODE_ENV: optional(z.string()),
+});
+
+type Problem = { variable: string; message: string };
+
+/**
+ * Rules that involve several variables, checked on the raw values so they are reported together
+ * with every single-variable problem rather than only once those are fixed.
+ */
+function crossChecks(source: Record<string, string | undefined>): Problem[] {
+  const set = (name: string) => source[name] !== undefined && source[name] !== "";
+  const problems: Problem[] = [];
+  if (source.TOLLGATE_BILLING_PROVIDER === "stripe") {
+    for (const variable of ["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"]) {
+      if (!set(variable))
+        problems.push({ variable, message: "is required when TOLLGATE_BILLING_PROVIDER=stripe" });
+    }
+  }
+  if (["1", "true"].includes(source.TOLLGATE_TEST_CLOCK ?? "") && source.NODE_ENV === "production") {
+    problems.push({
+      variable: "TOLLGATE_TEST_CLOCK",
+      message: "must not be on with NODE_ENV=production: it lets the operator move time for billing",
+    });
+  }
+  (source.TOLLGATE_WEBHOOK_ALLOWED_TARGETS ?? "")
+    .split(",")
+    .map((entry) => entry.trim())
+    .forEach((entry, index, all) => {
+      if (all.length === 1 && entry === "") return;
+      if (!hostPort.safeParse(entry).success) {
+        problems.push({
+          variable: "TOLLGATE_WEBHOOK_ALLOWED_TARGETS",
+          message: `entry ${index + 1} ("${entry}") must be host or host:port`,
+        });
+      }
+    });
+  return problems;
+}
+
+export interface Env {
+  port: number;
+  host: string;
+  databaseUrl: string | undefined;
+  dataDir: string;
+  redisUrl: string | undefined;
+  catalogPath: string | undefined;
+  adminKey: string | undefined;
+  secret: string | undefined;
+  billingProvider: "local" | "stripe";
+  stripe: { secretKey: string; webhookSecret: string } | undefined;
+  smtpUrl: string | undefined;
+  publicUrl: string;
+  webhookAllowedTargets: string[];
+  testClock: boolean;
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  production: boolean;
+}
+
+export class EnvError extends Error {
+  constructor(readonly problems: Problem[]) {
+    super(
+      `Invalid configuration:\n${problems.map((p) => `  ${p.variable} ${p.message}`).join("\n")}\n` +
+        "Fix the environment and start again (see docs/operations.md for every variable).",
+    );
+    this.name = "EnvError";
+  }
+}
+
+/** Parses an environment (by default `process.env`) into {@link Env}, or throws {@link EnvError}. */
+export function parseEnv(source: Record<string, string | undefined> = process.env): Env {
+  const result = envSchema.safeParse(source);
+  const problems: Problem[] = result.success
+    ? []
+    : result.error.issues.map((issue) => {
+        const variable = String(issue.path[0] ?? "environment");
+        const raw = source[variable];
+        const shown = raw === undefined || /KEY|SECRET|URL/.test(variable) ? "" : ` (got "${raw}")`;
+        return { variable, message: `${issue.message}${shown}` };
+      });
+  problems.push(...crossChecks(source));
+  if (!result.success || problems.length > 0) throw new EnvError(problems);
+  const e = result.data;
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    databaseUrl: e.DATABASE_URL,
+    dataDir: path.resolve(e.TOLLGATE_DATA_DIR),
+    redisUrl: e.REDIS_URL,
+    catalogPath: e.TOLLGATE_CATALOG ? path.resolve(e.TOLLGATE_CATALOG) : undefined,
+    adminKey: e.TOLLGATE_ADMIN_KEY,
+    secret: e.TOLLGATE_SECRET,
+    billingProvider: e.TOLLGATE_BILLING_PROVIDER,
+    stripe:
+      e.STRIPE_SECRET_KEY && e.STRIPE_WEBHOOK_SECRET
+        ? { secretKey: e.STRIPE_SECRET_KEY, webhookSecret: e.STRIPE_WEBHOOK_SECRET }
+        : undefined,
+    smtpUrl: e.SMTP_URL,
+    // The spec's default is http://localhost:3000; following PORT keeps links right when PORT changes.
+    publicUrl: (e.TOLLGATE_PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/+$/, ""),
+    webhookAllowedTargets: (e.TOLLGATE_WEBHOOK_ALLOWED_TARGETS ?? "")
+      .split(",")
+      .map((s) => s.trim().toLowerCase())
+      .filter(Boolean),
+    testClock: e.TOLLGATE_TEST_CLOCK,
+    logLevel: e.TOLLGATE_LOG_LEVEL,
+    production: e.NODE_ENV === "production",
+  };
+}

@@ -1,0 +1,162 @@
+import { OpenAPIHono, z } from "@hono/zod-openapi";
+import type { Context } from "hono";
+import { HTTPException } from "hono/http-exception";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import type { AppEnv } from "../deps.js";
+import {
+  AppError,
+  codeForStatus,
+  type ErrorCode,
+  type FieldError,
+  PROBLEM_CONTENT_TYPE,
+  problem,
+} from "./errors.js";
+
+/**
+ * HTTP conventions shared by every route: routers whose validation failures become problem+json
+ * naming every bad field, the problem response itself, and the OpenAPI pieces routes reuse.
+ */
+
+type Issue = z.core.$ZodIssue;
+
+/** Turns zod issues into one entry per bad field (an unknown key is its own entry). */
+export function fieldErrors(issues: readonly Issue[], location?: string): FieldError[] {
+  const errors: FieldError[] = [];
+  for (const issue of issues) {
+    const base = issue.path.map(String);
+    if (issue.code === "unrecognized_keys") {
+      for (const key of issue.keys) {
+        errors.push({
+          field: [...base, key].join("."),
+          message: "is not a known field",
+          code: "unknown_field",
+          ...at(location),
+        });
+      }
+      continue;
+    }
+    const missing = issue.code === "invalid_type" && issue.input === undefined;
+    errors.push({
+      field: base.join(".") || (location ?? "body"),
+      message: missing ? "is required" : issue.message,
+      code: missing ? "required" : issue.code,
+      ...at(location),
+    });
+  }
+  return errors;
+}
+
+const at = (location: string | undefined) => (location ? { location } : {});
+
+/** A router whose request validation answers 400 validation_failed with every bad field listed. */
+export function createRouter(): OpenAPIHono<AppEnv> {
+  return new OpenAPIHono<AppEnv>({
+    defaultHook: (result, c) => {
+      if (!result.success) {
+        const location = result.target === "json" ? "body" : result.target;
+        const errors = fieldErrors(result.error.issues, location);
+        const summary = errors.map((e) => `${e.field} ${e.message}`).join("; ");
+        return problemResponse(c, "validation_failed", `Invalid request ${location}: ${summary}`, { errors });
+      }
+    },
+  });
+}
+
+/** Sends a problem+json response. */
+export function problemResponse(
+  c: Context<AppEnv>,
+  code: ErrorCode,
+  detail: string,
+  extra: { headers?: Record<string, string>; [k: string]: unknown } = {},
+  status?: number,
+): Response {
+  const body = problem(code, detail, c.get("requestId"), extra);
+  if (status) body.status = status;
+  const headers: Record<string, string> = { "content-type": PROBLEM_CONTENT_TYPE, ...(extra.headers ?? {}) };
+  return c.body(JSON.stringify(body), body.status as ContentfulStatusCode, headers);
+}
+
+/**
+ * The app's error handler: expected errors become their problem document; anything unexpected is
+ * logged with its stack and answered as a bare 500 — never a stack trace in a response.
+ */
+export function handleError(error: Error, c: Context<AppEnv>): Response {
+  if (error instanceof AppError) {
+    return problemResponse(c, error.code, error.message, error.extra, error.status);
+  }
+  if (error instanceof HTTPException) {
+    if (error.message.startsWith("Malformed JSON")) {
+      return problemResponse(c, "validation_failed", "The request body is not valid JSON.", {
+        errors: [{ field: "body", message: "is not valid JSON", code: "invalid_json", location: "body" }],
+      });
+    }
+    const code = codeForStatus(error.status);
+    return problemResponse(c, code, error.message || problem(code, "", undefined).title, {}, error.status);
+  }
+  c.get("deps")?.logger.error({ err: error, request_id: c.get("requestId") }, "unhandled error");
+  return problemResponse(
+    c,
+    "internal",
+    "Something went wrong on our side. The request id identifies it in the logs.",
+  );
+}
+
+/** OpenAPI description of a problem response, reused by every route. */
+export const ProblemSchema = z
+  .object({
+    type: z.string(),
+    title: z.string(),
+    status: z.number().int(),
+    detail: z.string(),
+    code: z.string(),
+    request_id: z.string().optional(),
+    errors: z
+      .array(
+        z.object({
+          field: z.string(),
+          message: z.string(),
+          code: z.string(),
+          location: z.string().optional(),
+        }),
+      )
+      .optional(),
+  })
+  .openapi("Problem");
+
+const problemContent = { [PROBLEM_CONTENT_TYPE]: { schema: ProblemSchema } };
+
+/** Standard error responses for a route's OpenAPI entry. */
+export function errorResponses(...statuses: number[]) {
+  const descriptions: Record<number, string> = {
+    400: "Validation failed",
+    401: "Missing or invalid credentials",
+    402: "Payment required",
+    403: "Not allowed for this caller",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body too large",
+    415: "Body is not JSON",
+    429: "Rate limited or quota exceeded",
+    503: "A dependency is unavailable",
+  };
+  return Object.fromEntries(
+    statuses.map((status) => [
+      status,
+      { description: descriptions[status] ?? "Error", content: problemContent },
+    ]),
+  );
+}
+
+/** A required JSON request body for a route definition. */
+export function jsonBody<T extends z.ZodType>(schema: T, description?: string) {
+  return {
+    required: true,
+    ...(description ? { description } : {}),
+    content: { "application/json": { schema } },
+  } as const;
+}
+
+/** A JSON response for a route definition. */
+export function jsonResponse<T extends z.ZodType>(schema: T, description: string) {
+  return { description, content: { "application/json": { schema } } } as const;
+}

@@ -1,0 +1,117 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { appModes, createTestApp, type TestApp } from "./support/app.js";
+
+describe.each(appModes)("HTTP conventions ($name)", (mode) => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await createTestApp({ ...mode, env: { TOLLGATE_TEST_CLOCK: "1" } });
+    // A route that fails unexpectedly, to see what a client gets from a bug.
+    t.app.get("/boom", () => {
+      throw new Error("secret internal detail at /srv/app.js:42");
+    });
+  });
+  afterAll(() => t.close());
+
+  const expectProblem = (
+    res: { status: number; headers: Headers; body: any },
+    status: number,
+    code: string,
+  ) => {
+    expect(res.status).toBe(status);
+    expect(res.headers.get("content-type")).toBe("application/problem+json");
+    expect(res.body).toMatchObject({
+      status,
+      code,
+      type: expect.any(String),
+      title: expect.any(String),
+      detail: expect.any(String),
+    });
+    expect(res.body.request_id).toBe(res.headers.get("x-request-id"));
+  };
+
+  it("answers an unknown route with a 404 problem", async () => {
+    const res = await t.call("GET", "/v1/nope");
+    expectProblem(res, 404, "not_found");
+    expect(res.body.detail).toContain("/v1/nope");
+  });
+
+  it("answers malformed JSON with a 400 naming the body", async () => {
+    const res = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: '{"to": "2030-' });
+    expectProblem(res, 400, "validation_failed");
+    expect(res.body.errors).toEqual([expect.objectContaining({ field: "body", code: "invalid_json" })]);
+  });
+
+  it("names every bad field: wrong types, missing and unknown fields", async () => {
+    const wrongType = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: { to: 12 } });
+    expectProblem(wrongType, 400, "validation_failed");
+    expect(wrongType.body.errors).toEqual([expect.objectContaining({ field: "to", location: "body" })]);
+
+    const missing = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: {} });
+    expect(missing.body.errors).toEqual([expect.objectContaining({ field: "to", code: "required" })]);
+
+    const unknown = await t.call("POST", "/v1/test-clock/advance", {
+      auth: "operator",
+      body: { to: "2099-01-01T00:00:00Z", colour: "red", speed: 3 },
+    });
+    expectProblem(unknown, 400, "validation_failed");
+    expect(unknown.body.errors.map((e: { field: string; code: string }) => [e.field, e.code])).toEqual([
+      ["colour", "unknown_field"],
+      ["speed", "unknown_field"],
+    ]);
+  });
+
+  it("refuses a body that is not JSON with 415", async () => {
+    const res = await t.call("POST", "/v1/test-clock/advance", {
+      auth: "operator",
+      body: "to=2099-01-01",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+    });
+    expectProblem(res, 415, "unsupported_media_type");
+  });
+
+  it("refuses a huge body with 413 before reading it all", async () => {
+    const huge = JSON.stringify({ to: "2099-01-01T00:00:00Z", padding: "x".repeat(2 * 1024 * 1024) });
+    const res = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: huge });
+    expectProblem(res, 413, "payload_too_large");
+  });
+
+  it("answers an unexpected failure with a bare 500: no stack, no message, logged with the request id", async () => {
+    const res = await t.call("GET", "/boom");
+    expectProblem(res, 500, "internal");
+    expect(res.text).not.toContain("secret internal detail");
+    expect(res.text).not.toMatch(/at .*\.js:\d+/);
+    expect(t.logs.text).toContain("secret internal detail");
+    expect(t.logs.text).toContain(res.body.request_id);
+  });
+
+  it("gives every response a request id, and keeps a caller's own", async () => {
+    const generated = await t.call("GET", "/healthz");
+    expect(generated.headers.get("x-request-id")).toMatch(/^req_[0-9a-z]{26}$/);
+    const own = await t.call("GET", "/healthz", { headers: { "x-request-id": "trace-abc-123" } });
+    expect(own.headers.get("x-request-id")).toBe("trace-abc-123");
+  });
+
+  it("needs the operator key for operator endpoints, compared exactly", async () => {
+    expectProblem(await t.call("GET", "/v1/test-clock"), 401, "unauthenticated");
+    expectProblem(
+      await t.call("GET", "/v1/test-clock", { auth: "test-operator-key-0123456789abcdeX" }),
+      401,
+      "unauthenticated",
+    );
+    expectProblem(await t.call("GET", "/v1/test-clock", { auth: "" }), 401, "unauthenticated");
+    expect((await t.call("GET", "/v1/test-clock", { auth: "operator" })).status).toBe(200);
+  });
+
+  it("never logs the operator key or other secrets", async () => {
+    await t.call("GET", "/v1/test-clock", { auth: "operator" });
+    t.deps.logger.info(
+      { password: "pa55word-xyz", headers: { authorization: "Bearer abc" } },
+      "careless log",
+    );
+    t.deps.logger.info({ env: t.deps.env }, "even more careless");
+    expect(t.logs.text).not.toContain("test-secret-0123456789");
+    expect(t.logs.text).not.toContain("test-operator-key");
+    expect(t.logs.text).not.toContain("pa55word-xyz");
+    expect(t.logs.text).toContain("[redacted]");
+  });
+});

@@ -1,0 +1,119 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { appModes, createTestApp, deleteRedisPrefix, type TestApp } from "./support/app.js";
+import { createTestDatabase, type TestDatabase, uniquePrefix } from "./support/storage.js";
+
+const day = 86_400_000;
+
+describe.each(appModes)("test clock ($name)", (mode) => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await createTestApp({ ...mode, env: { TOLLGATE_TEST_CLOCK: "1" } });
+  });
+  afterAll(() => t.close());
+
+  it("is frozen: time does not move by itself", async () => {
+    const first = (await t.call("GET", "/v1/test-clock", { auth: "operator" })).body.now;
+    await new Promise((r) => setTimeout(r, 30));
+    const second = (await t.call("GET", "/v1/test-clock", { auth: "operator" })).body;
+    expect(second).toEqual({ now: first, frozen: true });
+    expect(t.deps.clock.now().toISOString()).toBe(first);
+  });
+
+  it("moves forward to the given time and reports what ran", async () => {
+    const before = t.deps.clock.nowMs();
+    const to = new Date(before + 30 * day).toISOString();
+    const res = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: { to } });
+    expect(res.status).toBe(200);
+    expect(res.body.previous).toBe(new Date(before).toISOString());
+    expect(res.body.now).toBe(to);
+    expect(t.deps.clock.now().toISOString()).toBe(to);
+    expect(Array.isArray(res.body.ran)).toBe(true);
+  });
+
+  it("accepts a time with an offset", async () => {
+    const target = new Date(t.deps.clock.nowMs() + day);
+    const local = `${target.toISOString().slice(0, 19)}+02:00`;
+    const res = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: { to: local } });
+    expect(res.status).toBe(200);
+    expect(res.body.now).toBe(new Date(local).toISOString());
+  });
+
+  it("never moves backwards", async () => {
+    const now = t.deps.clock.now().toISOString();
+    const res = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: { to: now } });
+    expect(res.status).toBe(400);
+    expect(res.body.errors[0]).toMatchObject({ field: "to" });
+    expect(t.deps.clock.now().toISOString()).toBe(now);
+  });
+
+  it("runs queued work that came due", async () => {
+    if (!("drain" in t.deps.jobs)) return; // BullMQ schedules delays on Redis's own clock
+    const ran: string[] = [];
+    const { z } = await import("zod");
+    const job = {
+      name: "test.clock.due",
+      schema: z.object({ n: z.number() }),
+      handler: async (p: { n: number }) => void ran.push(String(p.n)),
+    };
+    await t.deps.jobs.start([job]);
+    await t.deps.jobs.enqueue(job, { n: 7 }, { delayMs: 10 * day });
+    const res = await t.call("POST", "/v1/test-clock/advance", {
+      auth: "operator",
+      body: { to: new Date(t.deps.clock.nowMs() + 11 * day).toISOString() },
+    });
+    expect(res.body.ran).toContainEqual({ name: "jobs", result: 1 });
+    expect(ran).toEqual(["7"]);
+  });
+});
+
+describe("test clock routes are absent unless enabled", () => {
+  it("answers 404 and is left out of the OpenAPI document", async () => {
+    const t = await createTestApp({ database: "pglite", redis: false });
+    try {
+      expect((await t.call("GET", "/v1/test-clock", { auth: "operator" })).status).toBe(404);
+      const doc = (await t.call("GET", "/openapi.json")).body;
+      expect(Object.keys(doc.paths)).not.toContain("/v1/test-clock");
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+describe.each(appModes.filter((m) => m.database === "postgres" && m.redis))(
+  "test clock shared by processes ($name)",
+  (mode) => {
+    let db: TestDatabase;
+    beforeAll(async () => {
+      db = await createTestDatabase("postgres");
+    });
+    afterAll(() => db.drop());
+
+    it("moves every process sharing the database and Redis, and survives a restart", async () => {
+      const prefix = uniquePrefix();
+      const options = {
+        ...mode,
+        env: { TOLLGATE_TEST_CLOCK: "1" },
+        sharedDatabase: db.handle,
+        redisPrefix: prefix,
+      };
+      const a = await createTestApp(options);
+      const b = await createTestApp(options);
+      try {
+        expect(b.deps.clock.nowMs()).toBe(a.deps.clock.nowMs());
+        const to = new Date(a.deps.clock.nowMs() + 45 * day).toISOString();
+        await a.call("POST", "/v1/test-clock/advance", { auth: "operator", body: { to } });
+        await expect.poll(() => b.deps.clock.now().toISOString(), { timeout: 5000 }).toBe(to);
+      } finally {
+        await a.close();
+        await b.close();
+      }
+      const c = await createTestApp(options);
+      try {
+        expect(c.deps.clock.now().getTime()).toBeGreaterThan(Date.now() + 40 * day);
+      } finally {
+        await c.close();
+        await deleteRedisPrefix(prefix);
+      }
+    });
+  },
+);
