@@ -29,6 +29,8 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.use("*", requestId({ headerName: "x-request-id", generator: () => newId("request") }));
   app.use("*", async (c, next) => {
     c.set("deps", deps);
+    const logger = deps.logger.child({ request_id: c.get("requestId") });
+    c.set("logger", logger);
     const started = performance.now();
     await next();
     const seconds = (performance.now() - started) / 1000;
@@ -37,14 +39,10 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
     const labels = { method: c.req.method, route, status: String(c.res.status) };
     deps.metrics.httpRequests.inc(labels);
     deps.metrics.httpDuration.observe(labels, seconds);
-    if (deps.logger.isLevelEnabled("debug") || c.res.status >= 500) {
-      deps.logger[c.res.status >= 500 ? "error" : "debug"](
-        {
-          request_id: c.get("requestId"),
-          ...labels,
-          path: c.req.path,
-          ms: Math.round(seconds * 10_000) / 10,
-        },
+    // Access lines at debug (load balancers keep access logs; this keeps the hot path quiet), 5xx at error.
+    if (c.res.status >= 500 || logger.isLevelEnabled("debug")) {
+      logger[c.res.status >= 500 ? "error" : "debug"](
+        { ...labels, path: c.req.path, ms: Math.round(seconds * 10_000) / 10 },
         "request",
       );
     }

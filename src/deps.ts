@@ -45,7 +45,15 @@ export interface Deps {
 }
 
 /** Hono's context typing for every router: the deps bag and the request id. */
-export type AppEnv = { Variables: { deps: Deps; requestId: string; unmatched?: boolean } };
+export type AppEnv = {
+  Variables: {
+    deps: Deps;
+    requestId: string;
+    /** The app's logger bound to this request's id: every line logged while serving it carries the id. */
+    logger: Logger;
+    unmatched?: boolean;
+  };
+};
 
 export interface BuildDepsOptions {
   logger: Logger;

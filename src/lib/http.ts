@@ -93,7 +93,7 @@ export function handleError(error: Error, c: Context<AppEnv>): Response {
     const code = codeForStatus(error.status);
     return problemResponse(c, code, error.message || problem(code, "", undefined).title, {}, error.status);
   }
-  c.get("deps")?.logger.error({ err: error, request_id: c.get("requestId") }, "unhandled error");
+  (c.get("logger") ?? c.get("deps")?.logger)?.error({ err: error }, "unhandled error");
   return problemResponse(
     c,
     "internal",
