@@ -1,10 +1,10 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
+import type { Context, Next } from "hono";
 import { bodyLimit } from "hono/body-limit";
-import { requestId } from "hono/request-id";
 import { routePath } from "hono/route";
 import type { AppEnv, Deps } from "./deps.js";
 import { AppError } from "./lib/errors.js";
-import { createRouter, handleError, problemResponse } from "./lib/http.js";
+import { createRouter, handleError, problemResponse, requestLogger } from "./lib/http.js";
 import { newId } from "./lib/ids.js";
 import { mountDocs } from "./modules/docs/routes.js";
 import { healthRoutes } from "./modules/health/routes.js";
@@ -18,6 +18,43 @@ const BODY_LIMITS: Record<string, number> = {};
 
 const JSON_TYPE = /^application\/([\w.-]+\+)?json$/i;
 
+const tooLarge = (maxSize: number) =>
+  new AppError(
+    "payload_too_large",
+    `The request body is larger than the ${maxSize} bytes this endpoint accepts.`,
+  );
+
+/**
+ * Body rules, decided from headers alone where possible: touching `c.req.raw.body` makes the Node
+ * adapter build a full Request object. A Content-Length over the limit is refused unread (Node stops
+ * reading at Content-Length anyway); a body without one (chunked, or an in-process request) is counted
+ * as it streams. Under /v1 a body must be JSON, refused up front instead of validating as `{}`.
+ */
+function withBodyRules(c: Context<AppEnv>, next: Next): Promise<unknown> {
+  const maxSize = BODY_LIMITS[c.req.path] ?? DEFAULT_BODY_LIMIT;
+  const length = c.req.header("content-length");
+  if (length !== undefined && Number(length) > maxSize) throw tooLarge(maxSize);
+  const unsized = length === undefined;
+  const hasBody = unsized
+    ? c.req.header("transfer-encoding") !== undefined || c.req.raw.body !== null
+    : length !== "0";
+  if (hasBody && c.req.path.startsWith("/v1/")) {
+    const mediaType = (c.req.header("content-type") ?? "").split(";")[0]?.trim() ?? "";
+    if (!JSON_TYPE.test(mediaType)) {
+      throw new AppError(
+        "unsupported_media_type",
+        "Request bodies must be JSON (Content-Type: application/json).",
+      );
+    }
+  }
+  if (hasBody && unsized)
+    return bodyLimit({ maxSize, onError: () => Promise.reject(tooLarge(maxSize)) })(c, next);
+  return next();
+}
+
+/** A caller's own request id is kept when it is short and plain (it ends up in logs and headers). */
+const CALLER_REQUEST_ID = /^[\w\-=.:]{1,128}$/;
+
 /**
  * Builds the HTTP application: conventions (request ids, body limits, JSON-only API bodies,
  * problem+json errors, metrics, access logs), then each module's routes. No socket: tests call
@@ -26,56 +63,37 @@ const JSON_TYPE = /^application\/([\w.-]+\+)?json$/i;
 export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   const app = createRouter();
 
-  app.use("*", requestId({ headerName: "x-request-id", generator: () => newId("request") }));
+  // One middleware for every convention: each extra layer costs throughput on the hot path, and so
+  // would touching the raw body or setting headers after the handler (docs/benchmarks.md).
   app.use("*", async (c, next) => {
-    c.set("deps", deps);
-    const logger = deps.logger.child({ request_id: c.get("requestId") });
-    c.set("logger", logger);
     const started = performance.now();
-    await next();
-    const seconds = (performance.now() - started) / 1000;
-    // Unknown paths share one label so that scanning for URLs cannot blow up the metric's cardinality.
-    const route = c.get("unmatched") ? "unmatched" : routePath(c, -1);
-    const labels = { method: c.req.method, route, status: String(c.res.status) };
-    deps.metrics.httpRequests.inc(labels);
-    deps.metrics.httpDuration.observe(labels, seconds);
-    // Access lines at debug (load balancers keep access logs; this keeps the hot path quiet), 5xx at error.
-    if (c.res.status >= 500 || logger.isLevelEnabled("debug")) {
-      logger[c.res.status >= 500 ? "error" : "debug"](
-        { ...labels, path: c.req.path, ms: Math.round(seconds * 10_000) / 10 },
-        "request",
-      );
-    }
-  });
-
-  app.use("*", async (c, next) => {
-    const maxSize = BODY_LIMITS[c.req.path] ?? DEFAULT_BODY_LIMIT;
-    return bodyLimit({
-      maxSize,
-      onError: (ctx) =>
-        problemResponse(
-          ctx,
-          "payload_too_large",
-          `The request body is larger than the ${maxSize} bytes this endpoint accepts.`,
-        ),
-    })(c, next);
-  });
-
-  // The API speaks JSON: a body of another type is refused up front instead of validating as `{}`.
-  app.use("/v1/*", async (c, next) => {
-    const hasBody = c.req.header("content-length")
-      ? c.req.header("content-length") !== "0"
-      : c.req.raw.body !== null;
-    if (hasBody && !["GET", "HEAD"].includes(c.req.method)) {
-      const mediaType = (c.req.header("content-type") ?? "").split(";")[0]?.trim() ?? "";
-      if (!JSON_TYPE.test(mediaType)) {
-        throw new AppError(
-          "unsupported_media_type",
-          "Request bodies must be JSON (Content-Type: application/json).",
+    const incoming = c.req.header("x-request-id");
+    const requestId = incoming && CALLER_REQUEST_ID.test(incoming) ? incoming : newId("request");
+    c.set("deps", deps);
+    c.set("requestId", requestId);
+    c.header("x-request-id", requestId);
+    try {
+      const method = c.req.method;
+      if (method === "GET" || method === "HEAD") await next();
+      else await withBodyRules(c, next);
+    } catch (error) {
+      // Errors thrown by handlers are answered by app.onError inside next(); these are the body
+      // rules' own, answered here so the metrics below see the status that was sent.
+      c.res = handleError(error as Error, c);
+    } finally {
+      const seconds = (performance.now() - started) / 1000;
+      // Unknown paths share one label so that scanning for URLs cannot blow up the metric's cardinality.
+      const route = c.get("unmatched") ? "unmatched" : routePath(c, -1);
+      const status = c.res.status;
+      deps.metrics.recordRequest(c.req.method, route, status, seconds);
+      // Access lines at debug (load balancers keep access logs), 5xx at error.
+      if (status >= 500 || deps.logger.isLevelEnabled("debug")) {
+        requestLogger(c)[status >= 500 ? "error" : "debug"](
+          { method: c.req.method, route, status, path: c.req.path, ms: Math.round(seconds * 10_000) / 10 },
+          "request",
         );
       }
     }
-    await next();
   });
 
   app.route("/", healthRoutes());

@@ -49,8 +49,8 @@ export type AppEnv = {
   Variables: {
     deps: Deps;
     requestId: string;
-    /** The app's logger bound to this request's id: every line logged while serving it carries the id. */
-    logger: Logger;
+    /** This request's logger, bound to its id; get it with `requestLogger(c)` (lib/http.ts). */
+    logger?: Logger;
     unmatched?: boolean;
   };
 };
@@ -101,6 +101,7 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
     opened.push(() => pubsub.close());
 
     const testClock = env.testClock ? await createTestClock({ database, pubsub, logger }) : undefined;
+    if (testClock) opened.push(() => testClock.close());
     const clock = testClock?.clock ?? systemClock;
 
     const jobs = env.redisUrl
@@ -137,6 +138,7 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
 export async function closeDeps(deps: Deps, options: { keepDatabase?: boolean } = {}): Promise<void> {
   const steps: Array<[string, () => Promise<unknown>]> = [
     ["jobs", () => deps.jobs.close()],
+    ["test clock", async () => deps.testClock?.close()],
     ["pubsub", () => deps.pubsub.close()],
     ["redis", async () => deps.redis && (await deps.redis.quit().catch(() => deps.redis?.disconnect()))],
     ["database", async () => !options.keepDatabase && (await deps.database.close())],

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { appModes, createTestApp, type TestApp } from "./support/app.js";
+import { ADMIN_KEY, appModes, createTestApp, type TestApp } from "./support/app.js";
 
 describe.each(appModes)("HTTP conventions ($name)", (mode) => {
   let t: TestApp;
@@ -73,6 +73,40 @@ describe.each(appModes)("HTTP conventions ($name)", (mode) => {
     const huge = JSON.stringify({ to: "2099-01-01T00:00:00Z", padding: "x".repeat(2 * 1024 * 1024) });
     const res = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: huge });
     expectProblem(res, 413, "payload_too_large");
+  });
+
+  it("refuses a body whose Content-Length exceeds the limit without reading it", async () => {
+    const res = await t.call("POST", "/v1/test-clock/advance", {
+      auth: "operator",
+      body: "{}",
+      headers: { "content-length": String(50 * 1024 * 1024) },
+    });
+    expectProblem(res, 413, "payload_too_large");
+  });
+
+  it("counts a chunked body as it streams and stops it at the limit", async () => {
+    const chunk = new TextEncoder().encode(`"${"x".repeat(64 * 1024)}",`);
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        sent += 1;
+        if (sent > 64)
+          controller.close(); // 4 MiB at most
+        else controller.enqueue(chunk);
+      },
+    });
+    const res = await t.app.request("/v1/test-clock/advance", {
+      method: "POST",
+      body,
+      duplex: "half",
+      headers: {
+        authorization: `Bearer ${ADMIN_KEY}`,
+        "content-type": "application/json",
+        "transfer-encoding": "chunked",
+      },
+    } as RequestInit);
+    expect(res.status).toBe(413);
+    expect(sent).toBeLessThan(64);
   });
 
   it("answers an unexpected failure with a bare 500: no stack, no message, logged with the request id", async () => {

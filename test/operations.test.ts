@@ -48,6 +48,10 @@ describe.each(appModes)("operations endpoints ($name)", (mode) => {
     );
     // Unknown paths share one label, so scanning for URLs cannot blow up the metric's cardinality.
     expect(res.text).toMatch(/route="unmatched",status="404"/);
+    // Refusals by the body rules are counted with the status that was sent.
+    await t.call("POST", "/v1/anything", { body: "x=1", headers: { "content-type": "text/plain" } });
+    const after = await t.call("GET", "/metrics");
+    expect(after.text).toMatch(/tollgate_http_requests_total\{method="POST",route="[^"]*",status="415"\} 1/);
     expect(res.text).not.toContain("/v1/definitely/not/here/123");
   });
 

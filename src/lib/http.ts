@@ -11,6 +11,7 @@ import {
   PROBLEM_CONTENT_TYPE,
   problem,
 } from "./errors.js";
+import type { Logger } from "./logger.js";
 
 /**
  * HTTP conventions shared by every route: routers whose validation failures become problem+json
@@ -62,6 +63,19 @@ export function createRouter(): OpenAPIHono<AppEnv> {
   });
 }
 
+/**
+ * The app's logger bound to this request's id, created on first use: building a child logger on
+ * every request would cost throughput on routes that never log.
+ */
+export function requestLogger(c: Context<AppEnv>): Logger {
+  let logger = c.get("logger");
+  if (!logger) {
+    logger = c.get("deps").logger.child({ request_id: c.get("requestId") });
+    c.set("logger", logger);
+  }
+  return logger;
+}
+
 /** Sends a problem+json response. */
 export function problemResponse(
   c: Context<AppEnv>,
@@ -93,7 +107,7 @@ export function handleError(error: Error, c: Context<AppEnv>): Response {
     const code = codeForStatus(error.status);
     return problemResponse(c, code, error.message || problem(code, "", undefined).title, {}, error.status);
   }
-  (c.get("logger") ?? c.get("deps")?.logger)?.error({ err: error }, "unhandled error");
+  requestLogger(c).error({ err: error }, "unhandled error");
   return problemResponse(
     c,
     "internal",

@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { isId, newId } from "./ids.js";
 
 describe("ids", () => {
@@ -20,5 +20,36 @@ describe("ids", () => {
     expect(isId("org", id)).toBe(false);
     expect(isId("key", `${id}x`)).toBe(false);
     expect(isId("key", "key_../../etc/passwd")).toBe(false);
+  });
+
+  afterEach(() => vi.restoreAllMocks());
+
+  const decodeTime = (id: string) =>
+    [...(id.split("_")[1] ?? "").slice(0, 10)].reduce(
+      (t, ch) => t * 32 + "0123456789abcdefghjkmnpqrstvwxyz".indexOf(ch),
+      0,
+    );
+
+  it("carry their creation millisecond in the first ten characters", () => {
+    vi.spyOn(Date, "now").mockReturnValue(Date.UTC(2032, 10, 23, 18, 0, 0, 123));
+    expect(decodeTime(newId("org"))).toBe(Date.UTC(2032, 10, 23, 18, 0, 0, 123));
+  });
+
+  it("stay in order when the system clock steps back", () => {
+    const now = vi.spyOn(Date, "now").mockReturnValue(Date.UTC(2030, 0, 1));
+    const before = newId("event");
+    now.mockReturnValue(Date.UTC(2029, 0, 1));
+    const after = newId("event");
+    expect(after > before).toBe(true);
+  });
+
+  it("draw fresh randomness each millisecond", () => {
+    const now = vi.spyOn(Date, "now");
+    const randoms = new Set<string>();
+    for (let i = 0; i < 500; i++) {
+      now.mockReturnValue(Date.UTC(2031, 0, 1) + i);
+      randoms.add(newId("key").slice(14));
+    }
+    expect(randoms.size).toBe(500);
   });
 });

@@ -1,33 +1,116 @@
-import { Counter, collectDefaultMetrics, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, type Metric, Registry } from "prom-client";
 
-/** Prometheus metrics, one registry per app instance (tests build many apps in one process). */
+/**
+ * Prometheus metrics, one registry per app instance (tests build many apps in one process).
+ *
+ * HTTP request metrics are on every request's path, so they are kept in plain maps — one lookup and a
+ * few additions per request — and handed to prom-client only when /metrics is scraped. prom-client's
+ * own `observe()` validates and hashes the label set on every call, which cost a fifth of the
+ * throughput of a trivial route (docs/benchmarks.md).
+ */
 export interface Metrics {
   registry: Registry;
-  httpRequests: Counter<"method" | "route" | "status">;
-  httpDuration: Histogram<"method" | "route" | "status">;
+  /** Records one served request: counts it and its latency by method, matched route and status. */
+  recordRequest(method: string, route: string, status: number, seconds: number): void;
   /** Decisions taken without Redis (fail-open or fail-closed), by component and outcome. */
   degraded: Counter<"component" | "decision">;
   jobs: Counter<"name" | "outcome">;
 }
 
+export const HTTP_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+interface Series {
+  labels: { method: string; route: string; status: string };
+  count: number;
+  sum: number;
+  /** Observations per bucket (not cumulative); the last slot is +Inf. */
+  buckets: number[];
+}
+
+type MetricValue = { labels: Record<string, string | number>; value: number; metricName?: string };
+
+/** A metric prom-client's registry can render, backed by our own maps. */
+function externalMetric(
+  name: string,
+  help: string,
+  type: "counter" | "histogram",
+  values: () => MetricValue[],
+) {
+  return {
+    name,
+    help,
+    type,
+    aggregator: "sum",
+    get: async () => ({ name, help, type, aggregator: "sum", values: values() }),
+    reset: () => {},
+  } as unknown as Metric;
+}
+
 export function createMetrics(options: { processMetrics?: boolean } = {}): Metrics {
   const registry = new Registry();
   if (options.processMetrics !== false) collectDefaultMetrics({ register: registry, prefix: "tollgate_" });
+
+  const series = new Map<string, Series>();
+  const all = () => [...series.values()];
+
+  registry.registerMetric(
+    externalMetric(
+      "tollgate_http_requests_total",
+      "HTTP requests by method, matched route and status.",
+      "counter",
+      () => all().map((s) => ({ labels: s.labels, value: s.count })),
+    ),
+  );
+  registry.registerMetric(
+    externalMetric(
+      "tollgate_http_request_duration_seconds",
+      "HTTP request latency by method, matched route and status.",
+      "histogram",
+      () =>
+        all().flatMap((s) => {
+          let cumulative = 0;
+          const values: MetricValue[] = HTTP_BUCKETS.map((le, i) => {
+            cumulative += s.buckets[i] ?? 0;
+            return {
+              labels: { le, ...s.labels },
+              value: cumulative,
+              metricName: "tollgate_http_request_duration_seconds_bucket",
+            };
+          });
+          values.push(
+            {
+              labels: { le: "+Inf", ...s.labels },
+              value: s.count,
+              metricName: "tollgate_http_request_duration_seconds_bucket",
+            },
+            { labels: s.labels, value: s.sum, metricName: "tollgate_http_request_duration_seconds_sum" },
+            { labels: s.labels, value: s.count, metricName: "tollgate_http_request_duration_seconds_count" },
+          );
+          return values;
+        }),
+    ),
+  );
+
   return {
     registry,
-    httpRequests: new Counter({
-      name: "tollgate_http_requests_total",
-      help: "HTTP requests by method, matched route and status.",
-      labelNames: ["method", "route", "status"],
-      registers: [registry],
-    }),
-    httpDuration: new Histogram({
-      name: "tollgate_http_request_duration_seconds",
-      help: "HTTP request latency by method, matched route and status.",
-      labelNames: ["method", "route", "status"],
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-      registers: [registry],
-    }),
+    recordRequest(method, route, status, seconds) {
+      const key = `${method} ${status} ${route}`;
+      let s = series.get(key);
+      if (!s) {
+        s = {
+          labels: { method, route, status: String(status) },
+          count: 0,
+          sum: 0,
+          buckets: new Array(HTTP_BUCKETS.length + 1).fill(0),
+        };
+        series.set(key, s);
+      }
+      s.count += 1;
+      s.sum += seconds;
+      let i = 0;
+      while (i < HTTP_BUCKETS.length && seconds > (HTTP_BUCKETS[i] as number)) i++;
+      s.buckets[i] = (s.buckets[i] ?? 0) + 1;
+    },
     degraded: new Counter({
       name: "tollgate_degraded_decisions_total",
       help: "Decisions taken while a dependency (Redis) was unreachable, by component and decision.",

@@ -22,7 +22,11 @@ export interface TestClockService {
   advance(to: Date): Promise<AdvanceResult>;
   /** Registers work to run after each advance (renewals, invoices, dunning, retention, jobs). */
   onAdvance(name: string, run: (now: Date) => Promise<unknown>): void;
+  close(): Promise<void>;
 }
+
+/** How often every process re-reads the stored time, in case it missed a broadcast. */
+const RESYNC_MS = 1000;
 
 /**
  * The test clock (TOLLGATE_TEST_CLOCK=1): a frozen "now" kept in the database so that every process
@@ -38,10 +42,19 @@ export async function createTestClock(options: {
   const start = String(Math.floor(Date.now() / 1000) * 1000);
   await database.db.insert(instanceSettings).values({ key: SETTING, value: start }).onConflictDoNothing();
   const clock = new ManualClock(await readStored(database));
-  await pubsub.subscribe(CHANNEL, (message) => {
+  // Broadcasts move every process at once; pub/sub is at most once, so each process also re-reads
+  // the stored time every second and never stays behind for long.
+  const unsubscribe = await pubsub.subscribe(CHANNEL, (message) => {
     const ms = Number(message);
     if (Number.isFinite(ms)) clock.moveTo(ms);
   });
+  const resync = setInterval(() => {
+    readStored(database).then(
+      (ms) => clock.moveTo(ms),
+      (error: Error) => logger.debug({ err: error.message }, "test clock resync failed"),
+    );
+  }, RESYNC_MS);
+  resync.unref();
   const hooks: { name: string; run: (now: Date) => Promise<unknown> }[] = [];
   logger.warn(
     { now: clock.now().toISOString() },
@@ -52,6 +65,10 @@ export async function createTestClock(options: {
     clock,
     onAdvance: (name, run) => {
       hooks.push({ name, run });
+    },
+    close: async () => {
+      clearInterval(resync);
+      await unsubscribe();
     },
     advance: async (to) => {
       const previous = clock.now();
@@ -78,7 +95,14 @@ export async function createTestClock(options: {
         .set({ value: String(target), updatedAt: new Date() })
         .where(and(eq(instanceSettings.key, SETTING), sql`${instanceSettings.value}::bigint < ${target}`));
       clock.moveTo(await readStored(database));
-      await pubsub.publish(CHANNEL, String(clock.nowMs()));
+      await pubsub
+        .publish(CHANNEL, String(clock.nowMs()))
+        .catch((error: Error) =>
+          logger.warn(
+            { err: error.message },
+            "test clock broadcast failed; other processes resync within a second",
+          ),
+        );
       const ran: AdvanceResult["ran"] = [];
       for (const hook of hooks) ran.push({ name: hook.name, result: await hook.run(clock.now()) });
       return { previous, now: clock.now(), ran };
