@@ -25,19 +25,18 @@ const tooLarge = (maxSize: number) =>
   );
 
 /**
- * Body rules, decided from headers alone where possible: touching `c.req.raw.body` makes the Node
- * adapter build a full Request object. A Content-Length over the limit is refused unread (Node stops
- * reading at Content-Length anyway); a body without one (chunked, or an in-process request) is counted
- * as it streams. Under /v1 a body must be JSON, refused up front instead of validating as `{}`.
+ * Body rules, decided from headers alone: touching `c.req.raw.body` makes the Node adapter build a
+ * full Request object. HTTP/1.1 says a request has a body only if it sends Content-Length or
+ * Transfer-Encoding. A Content-Length over the limit is refused unread (Node stops reading at
+ * Content-Length anyway); a chunked body is counted as it streams. Under /v1 a body must be JSON,
+ * refused up front instead of validating as `{}`.
  */
 function withBodyRules(c: Context<AppEnv>, next: Next): Promise<unknown> {
   const maxSize = BODY_LIMITS[c.req.path] ?? DEFAULT_BODY_LIMIT;
   const length = c.req.header("content-length");
   if (length !== undefined && Number(length) > maxSize) throw tooLarge(maxSize);
-  const unsized = length === undefined;
-  const hasBody = unsized
-    ? c.req.header("transfer-encoding") !== undefined || c.req.raw.body !== null
-    : length !== "0";
+  const chunked = length === undefined && c.req.header("transfer-encoding") !== undefined;
+  const hasBody = chunked || (length !== undefined && length !== "0");
   if (hasBody && c.req.path.startsWith("/v1/")) {
     const mediaType = (c.req.header("content-type") ?? "").split(";")[0]?.trim() ?? "";
     if (!JSON_TYPE.test(mediaType)) {
@@ -47,8 +46,7 @@ function withBodyRules(c: Context<AppEnv>, next: Next): Promise<unknown> {
       );
     }
   }
-  if (hasBody && unsized)
-    return bodyLimit({ maxSize, onError: () => Promise.reject(tooLarge(maxSize)) })(c, next);
+  if (chunked) return bodyLimit({ maxSize, onError: () => Promise.reject(tooLarge(maxSize)) })(c, next);
   return next();
 }
 
@@ -72,6 +70,8 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
     c.set("deps", deps);
     c.set("requestId", requestId);
     c.header("x-request-id", requestId);
+    // While draining, every response closes its connection, so shutdown does not wait on keep-alives.
+    if (deps.draining) c.header("connection", "close");
     try {
       const method = c.req.method;
       if (method === "GET" || method === "HEAD") await next();

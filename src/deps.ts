@@ -104,12 +104,22 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
     if (testClock) opened.push(() => testClock.close());
     const clock = testClock?.clock ?? systemClock;
 
-    const jobs = env.redisUrl
-      ? createBullmqJobQueue({ redisUrl: env.redisUrl, prefix: prefix.replace(/:$/, ""), logger, metrics })
-      : createDatabaseJobQueue({ db: database, clock, logger, metrics });
+    // With the test clock, jobs run on the database queue, whose delays and retries follow the test
+    // clock; BullMQ's follow Redis's real time and could not be advanced.
+    let jobs: JobQueue;
+    if (env.redisUrl && !testClock) {
+      jobs = createBullmqJobQueue({
+        redisUrl: env.redisUrl,
+        prefix: prefix.replace(/:$/, ""),
+        logger,
+        metrics,
+      });
+    } else {
+      const databaseJobs = createDatabaseJobQueue({ db: database, clock, logger, metrics });
+      testClock?.onAdvance("jobs", () => databaseJobs.drain());
+      jobs = databaseJobs;
+    }
     opened.push(() => jobs.close());
-    if (testClock && "drain" in jobs)
-      testClock.onAdvance("jobs", () => (jobs as { drain(): Promise<number> }).drain());
 
     const secrets = await loadInstanceSecrets({ database, env, logger });
     return {

@@ -43,13 +43,17 @@ export async function startServer(env: Env, logger: Logger): Promise<RunningServ
     stopping ??= (async () => {
       deps.draining = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // A keep-alive connection becomes idle once its in-flight response is sent: close it then,
+      // rather than waiting out the keep-alive timeout.
       server.closeIdleConnections();
+      const sweep = setInterval(() => server.closeIdleConnections(), 100);
       const timer = setTimeout(() => {
         logger.warn("grace period over: closing remaining connections");
         server.closeAllConnections();
       }, graceMs);
       await closed;
       clearTimeout(timer);
+      clearInterval(sweep);
       await closeDeps(deps);
     })();
     return stopping;

@@ -1,3 +1,5 @@
+import net, { type AddressInfo } from "node:net";
+import { type ServerType, serve } from "@hono/node-server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ADMIN_KEY, appModes, createTestApp, type TestApp } from "./support/app.js";
 
@@ -69,7 +71,7 @@ describe.each(appModes)("HTTP conventions ($name)", (mode) => {
     expectProblem(res, 415, "unsupported_media_type");
   });
 
-  it("refuses a huge body with 413 before reading it all", async () => {
+  it("refuses a huge body with 413", async () => {
     const huge = JSON.stringify({ to: "2099-01-01T00:00:00Z", padding: "x".repeat(2 * 1024 * 1024) });
     const res = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: huge });
     expectProblem(res, 413, "payload_too_large");
@@ -147,5 +149,76 @@ describe.each(appModes)("HTTP conventions ($name)", (mode) => {
     expect(t.logs.text).not.toContain("test-operator-key");
     expect(t.logs.text).not.toContain("pa55word-xyz");
     expect(t.logs.text).toContain("[redacted]");
+  });
+});
+
+/**
+ * The body rules decide from headers, so they are also tested as real clients send requests: over a
+ * socket, where the Node adapter (not app.request) builds the request.
+ */
+describe("body rules over a real socket", () => {
+  let t: TestApp;
+  let server: ServerType;
+  let base: string;
+  beforeAll(async () => {
+    t = await createTestApp({ database: "pglite", redis: false, env: { TOLLGATE_TEST_CLOCK: "1" } });
+    server = serve({ fetch: t.app.fetch, port: 0, hostname: "127.0.0.1" });
+    await new Promise((resolve) => server.once("listening", resolve));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(async () => {
+    await new Promise((resolve) => server.close(resolve));
+    await t.close();
+  });
+
+  /** A raw HTTP/1.1 request, so the test controls exactly which headers are sent. */
+  const raw = (head: string, body = ""): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const socket = net.connect(Number(new URL(base).port), "127.0.0.1", () =>
+        socket.end(`${head}\r\n\r\n${body}`),
+      );
+      let response = "";
+      socket.on("data", (d) => {
+        response += d;
+      });
+      socket.on("end", () => resolve(response));
+      socket.on("error", reject);
+    });
+
+  it("treats a POST or DELETE without Content-Length as bodiless, not as a non-JSON body", async () => {
+    const post = await raw("POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nConnection: close");
+    expect(post).toMatch(/^HTTP\/1\.1 404/);
+    const del = await raw("DELETE /v1/nowhere HTTP/1.1\r\nHost: x\r\nConnection: close");
+    expect(del).toMatch(/^HTTP\/1\.1 404/);
+  });
+
+  it("refuses a non-JSON body with 415 and an oversized Content-Length with 413", async () => {
+    const form = await fetch(`${base}/v1/test-clock/advance`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN_KEY}`, "content-type": "text/plain" },
+      body: "to=tomorrow",
+    });
+    expect(form.status).toBe(415);
+    const huge = await raw(
+      "POST /v1/test-clock/advance HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 104857600",
+      "{",
+    );
+    expect(huge).toMatch(/^HTTP\/1\.1 413/);
+    expect(huge).toContain("application/problem+json");
+  });
+
+  it("stops a chunked upload at the limit", async () => {
+    const chunk = `${(64 * 1024).toString(16)}\r\n${"x".repeat(64 * 1024)}\r\n`;
+    const res = await raw(
+      "POST /v1/test-clock/advance HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked",
+      `${chunk.repeat(24)}0\r\n\r\n`,
+    );
+    expect(res).toMatch(/^HTTP\/1\.1 413/);
+  });
+
+  it("answers an unknown docs asset, even one named like an object property, with 404", async () => {
+    for (const name of ["constructor", "__proto__", "toString", "..%2Fpackage.json"]) {
+      expect((await fetch(`${base}/docs/assets/${name}`)).status).toBe(404);
+    }
   });
 });

@@ -132,37 +132,48 @@ describe("tollgate start (embedded)", () => {
     await waitHealthy(port, proc);
 
     const body = JSON.stringify({ to: new Date(Date.now() + 86_400_000).toISOString() });
-    const response = new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const req = http.request(
-        {
-          host: "127.0.0.1",
-          port,
-          method: "POST",
-          path: "/v1/test-clock/advance",
-          headers: {
-            authorization: "Bearer an-operator-key-long-enough-0123",
-            "content-type": "application/json",
+    let signalledAt = 0;
+    const response = new Promise<{ status: number; text: string; connection: string | undefined }>(
+      (resolve, reject) => {
+        const req = http.request(
+          {
+            host: "127.0.0.1",
+            port,
+            method: "POST",
+            path: "/v1/test-clock/advance",
+            headers: {
+              authorization: "Bearer an-operator-key-long-enough-0123",
+              "content-type": "application/json",
+            },
           },
-        },
-        (res) => {
-          let text = "";
-          res.on("data", (d) => {
-            text += d;
-          });
-          res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
-        },
-      );
-      req.on("error", reject);
-      // Half the body now; SIGTERM arrives while the request is in flight; the rest after.
-      req.write(body.slice(0, 5));
-      setTimeout(() => {
-        proc.child.kill("SIGTERM");
-        setTimeout(() => req.end(body.slice(5)), 300);
-      }, 300);
-    });
+          (res) => {
+            let text = "";
+            res.on("data", (d) => {
+              text += d;
+            });
+            res.on("end", () =>
+              resolve({ status: res.statusCode ?? 0, text, connection: res.headers.connection }),
+            );
+          },
+        );
+        req.on("error", reject);
+        // Half the body now; SIGTERM arrives while the request is in flight; the rest after.
+        req.write(body.slice(0, 5));
+        setTimeout(() => {
+          signalledAt = Date.now();
+          proc.child.kill("SIGTERM");
+          setTimeout(() => req.end(body.slice(5)), 300);
+        }, 300);
+      },
+    );
     const res = await response;
     expect(res.status, res.text).toBe(200);
+    const answeredAt = Date.now();
     expect(await proc.exited).toBe(0);
+    // The in-flight connection is closed once its response is sent, instead of idling out the 5 s
+    // keep-alive timeout, so the process exits soon after answering.
+    expect(Date.now() - answeredAt).toBeLessThan(2000); // ~0.1 s measured; without the fix, > 4 s
+    expect(answeredAt).toBeGreaterThan(signalledAt);
   }, 90_000);
 
   it("stops at once with every configuration problem named", async () => {

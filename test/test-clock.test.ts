@@ -38,6 +38,15 @@ describe.each(appModes)("test clock ($name)", (mode) => {
     expect(res.body.now).toBe(new Date(local).toISOString());
   });
 
+  it("refuses a jump of more than 100 years (it could never come back)", async () => {
+    const res = await t.call("POST", "/v1/test-clock/advance", {
+      auth: "operator",
+      body: { to: "9999-12-31T00:00:00Z" },
+    });
+    expect(res.status).toBe(400);
+    expect(res.body.errors[0]).toMatchObject({ field: "to", code: "too_big" });
+  });
+
   it("never moves backwards", async () => {
     const now = t.deps.clock.now().toISOString();
     const res = await t.call("POST", "/v1/test-clock/advance", { auth: "operator", body: { to: now } });
@@ -47,7 +56,8 @@ describe.each(appModes)("test clock ($name)", (mode) => {
   });
 
   it("runs queued work that came due", async () => {
-    if (!("drain" in t.deps.jobs)) return; // BullMQ schedules delays on Redis's own clock
+    // With the test clock, jobs run on the database queue even when Redis is configured.
+    expect(t.deps.jobs.kind).toBe("database");
     const ran: string[] = [];
     const { z } = await import("zod");
     const job = {
@@ -61,7 +71,9 @@ describe.each(appModes)("test clock ($name)", (mode) => {
       auth: "operator",
       body: { to: new Date(t.deps.clock.nowMs() + 11 * day).toISOString() },
     });
-    expect(res.body.ran).toContainEqual({ name: "jobs", result: 1 });
+    // By the time the advance answers, the job that came due has run (whether the queue's own poll
+    // loop or the advance's drain picked it up, so the count reported under "jobs" may be 0 or 1).
+    expect(res.body.ran.map((r: { name: string }) => r.name)).toContain("jobs");
     expect(ran).toEqual(["7"]);
   });
 });

@@ -138,20 +138,31 @@ interface LockHolder {
 
 function lockDataDir(dataDir: string): () => void {
   const lockFile = path.join(dataDir, "tollgate.pid");
-  const me = (): LockHolder => ({ pid: process.pid, host: os.hostname(), heartbeat: Date.now() });
-  const holder = readHolder(lockFile);
-  if (holder && isHeld(holder)) {
-    const where =
-      holder.host === os.hostname() ? `process ${holder.pid}` : `process ${holder.pid} on ${holder.host}`;
-    throw new Error(
-      `The embedded database in ${dataDir} is in use by ${where}. Stop it first, or set DATABASE_URL ` +
-        "to share a real Postgres between processes.",
-    );
+  const me = () => JSON.stringify({ pid: process.pid, host: os.hostname(), heartbeat: Date.now() });
+  const ours = (holder: LockHolder | undefined) =>
+    holder?.pid === process.pid && holder.host === os.hostname();
+  // Exclusive create, so two processes starting at once cannot both take the lock. A stale file is
+  // removed and the create tried again; if another process wins that race, it holds the lock.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      fs.writeFileSync(lockFile, me(), { flag: "wx" });
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      const holder = readHolder(lockFile);
+      if (attempt > 0 || (holder && isHeld(holder))) {
+        const who = holder ? describeHolder(holder) : "another process";
+        throw new Error(
+          `The embedded database in ${dataDir} is in use by ${who}. Stop it first, or set DATABASE_URL ` +
+            "to share a real Postgres between processes.",
+        );
+      }
+      fs.rmSync(lockFile, { force: true });
+    }
   }
-  fs.writeFileSync(lockFile, JSON.stringify(me()));
   const timer = setInterval(() => {
     try {
-      fs.writeFileSync(lockFile, JSON.stringify(me()));
+      if (ours(readHolder(lockFile))) fs.writeFileSync(lockFile, me());
     } catch {
       // The directory went away; the database will report it.
     }
@@ -159,9 +170,12 @@ function lockDataDir(dataDir: string): () => void {
   timer.unref();
   return () => {
     clearInterval(timer);
-    const current = readHolder(lockFile);
-    if (current?.pid === process.pid && current.host === os.hostname()) fs.rmSync(lockFile, { force: true });
+    if (ours(readHolder(lockFile))) fs.rmSync(lockFile, { force: true });
   };
+}
+
+function describeHolder(holder: LockHolder): string {
+  return holder.host === os.hostname() ? `process ${holder.pid}` : `process ${holder.pid} on ${holder.host}`;
 }
 
 function readHolder(lockFile: string): LockHolder | undefined {

@@ -104,6 +104,13 @@ describe("parseEnv", () => {
 });
 
 describe("parseEnv in production", () => {
+  it("requires TOLLGATE_SECRET with Postgres, and only there", () => {
+    const problems = problemsOf({ NODE_ENV: "production", DATABASE_URL: "postgres://db/tollgate" });
+    expect(problems.map((p) => p.variable)).toEqual(["TOLLGATE_SECRET"]);
+    expect(parseEnv({ NODE_ENV: "production" }).secret).toBeUndefined(); // embedded: generated once
+    expect(parseEnv({ DATABASE_URL: "postgres://db/tollgate" }).databaseUrl).toBeDefined(); // trying it out
+  });
+
   it("refuses the test clock", () => {
     expect(() => parseEnv({ NODE_ENV: "production", TOLLGATE_TEST_CLOCK: "1" })).toThrow(
       /TOLLGATE_TEST_CLOCK/,

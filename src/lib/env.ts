@@ -80,6 +80,13 @@ function crossChecks(source: Record<string, string | undefined>): Problem[] {
         problems.push({ variable, message: "is required when TOLLGATE_BILLING_PROVIDER=stripe" });
     }
   }
+  if (source.NODE_ENV === "production" && set("DATABASE_URL") && !set("TOLLGATE_SECRET")) {
+    problems.push({
+      variable: "TOLLGATE_SECRET",
+      message:
+        "is required in production with DATABASE_URL: a generated secret would be stored beside the data it protects",
+    });
+  }
   if (["1", "true"].includes(source.TOLLGATE_TEST_CLOCK ?? "") && source.NODE_ENV === "production") {
     problems.push({
       variable: "TOLLGATE_TEST_CLOCK",

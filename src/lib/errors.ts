@@ -9,7 +9,6 @@ export const errorCatalog = {
   payment_required: { status: 402, title: "Payment required" },
   forbidden: { status: 403, title: "Forbidden" },
   not_found: { status: 404, title: "Not found" },
-  method_not_allowed: { status: 405, title: "Method not allowed" },
   conflict: { status: 409, title: "Conflict" },
   payload_too_large: { status: 413, title: "Payload too large" },
   unsupported_media_type: { status: 415, title: "Unsupported media type" },
@@ -90,8 +89,6 @@ export function codeForStatus(status: number): ErrorCode {
       return "forbidden";
     case 404:
       return "not_found";
-    case 405:
-      return "method_not_allowed";
     case 409:
       return "conflict";
     case 413:

@@ -91,6 +91,8 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp> {
       if (body !== undefined) {
         h["content-type"] ??= "application/json";
         init.body = typeof body === "string" ? body : JSON.stringify(body);
+        // As every real HTTP/1.1 client does; the body rules decide from it.
+        h["content-length"] ??= String(Buffer.byteLength(init.body));
       }
       const res = await app.request(path, init);
       const text = await res.text();

@@ -30,7 +30,15 @@ export interface DatabaseJobQueueOptions {
    * finish within it.
    */
   leaseMs?: number;
+  /**
+   * How long completed jobs are kept (default 7 days, as the BullMQ twin): their dedup keys hold for
+   * that long, and the table does not grow without bound.
+   */
+  keepCompletedMs?: number;
 }
+
+/** Completed jobs are purged at most this often. */
+const PURGE_EVERY_MS = 60_000;
 
 export interface DatabaseJobQueue extends JobQueue {
   readonly kind: "database";
@@ -52,6 +60,7 @@ export function createDatabaseJobQueue(options: DatabaseJobQueueOptions): Databa
   const { db, clock, logger, metrics } = options;
   const pollMs = options.pollMs ?? 250;
   const leaseMs = options.leaseMs ?? 5 * 60_000;
+  const keepCompletedMs = options.keepCompletedMs ?? 7 * 86_400_000;
   const definitions = new Map<string, AnyDefinition>();
   const inFlight = new Set<Promise<void>>();
   let concurrency = 4;
@@ -75,8 +84,19 @@ export function createDatabaseJobQueue(options: DatabaseJobQueueOptions): Databa
     }, ms);
   }
 
+  let lastPurge = 0;
+  async function purgeCompleted(): Promise<void> {
+    const now = clock.nowMs();
+    if (now - lastPurge < PURGE_EVERY_MS) return;
+    lastPurge = now;
+    await db.db
+      .delete(jobs)
+      .where(and(eq(jobs.status, "completed"), lt(jobs.completedAt, new Date(now - keepCompletedMs))));
+  }
+
   function tick(): Promise<void> {
-    ticking ??= claim(concurrency - inFlight.size)
+    ticking ??= purgeCompleted()
+      .then(() => claim(concurrency - inFlight.size))
       .then(() => {})
       .catch((error: unknown) => logger.error({ err: errorMessage(error) }, "job queue poll failed"))
       .finally(() => {

@@ -341,6 +341,22 @@ describe.each(databaseModes)("database job queue (%s)", (mode) => {
     expect(calls).toHaveLength(2);
   });
 
+  it("forgets completed jobs (and their dedup keys) after seven days", async () => {
+    const queue = open();
+    const { definition, calls } = recorder("once-a-week");
+    await queue.start([definition]);
+    const first = await queue.enqueue(definition, { n: 1 }, { dedupKey: "weekly:2026-47" });
+    expect(await queue.drain()).toBe(1);
+    clock.moveTo(START + 6 * 86_400_000);
+    expect(await queue.enqueue(definition, { n: 1 }, { dedupKey: "weekly:2026-47" })).toBe(first);
+    clock.moveTo(START + 8 * 86_400_000);
+    await expect.poll(() => statusOf(first), { timeout: 5000 }).toBeUndefined();
+    const second = await queue.enqueue(definition, { n: 2 }, { dedupKey: "weekly:2026-47" });
+    expect(second).not.toBe(first);
+    expect(await queue.drain()).toBe(1);
+    expect(calls).toHaveLength(2);
+  });
+
   it("leaves a job it has no definition for to a process that has one", async () => {
     const { definition: known } = recorder("known");
     const { definition: newer, calls } = recorder("from-a-newer-version");

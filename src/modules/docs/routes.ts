@@ -49,22 +49,19 @@ export function mountDocs(app: OpenAPIHono<AppEnv>, version: string): void {
     description: "The operator's key (TOLLGATE_ADMIN_KEY), for the product's own backend.",
   });
 
+  // Read once at mount; only these names are served (a Map: `constructor` is not one of them).
   const dir = swaggerUi.getAbsoluteFSPath();
-  const cache = new Map<string, Buffer>();
+  const assets = new Map(
+    Object.entries(ASSETS).map(([file, type]) => [
+      file,
+      { type, body: new Uint8Array(fs.readFileSync(path.join(dir, file))) },
+    ]),
+  );
   app.get("/docs", (c) => c.html(page));
   app.get("/docs/init.js", (c) => c.body(init, 200, { "content-type": "text/javascript; charset=utf-8" }));
   app.get("/docs/assets/:file", (c) => {
-    const file = c.req.param("file");
-    const type = ASSETS[file];
-    if (!type) return c.notFound();
-    let body = cache.get(file);
-    if (!body) {
-      body = fs.readFileSync(path.join(dir, file));
-      cache.set(file, body);
-    }
-    return c.body(new Uint8Array(body), 200, {
-      "content-type": type,
-      "cache-control": "public, max-age=86400",
-    });
+    const asset = assets.get(c.req.param("file"));
+    if (!asset) return c.notFound();
+    return c.body(asset.body, 200, { "content-type": asset.type, "cache-control": "public, max-age=86400" });
   });
 }

@@ -25,6 +25,9 @@ export interface TestClockService {
   close(): Promise<void>;
 }
 
+/** A typo (year 9999) would strand the clock for good: it never moves back. */
+const MAX_JUMP_MS = 100 * 365.25 * 86_400_000;
+
 /** How often every process re-reads the stored time, in case it missed a broadcast. */
 const RESYNC_MS = 1000;
 
@@ -73,6 +76,18 @@ export async function createTestClock(options: {
     advance: async (to) => {
       const previous = clock.now();
       const target = to.getTime();
+      if (target > previous.getTime() + MAX_JUMP_MS) {
+        throw new AppError("validation_failed", "The test clock moves at most 100 years at a time.", {
+          errors: [
+            {
+              field: "to",
+              message: "must be within 100 years of the current test time",
+              code: "too_big",
+              location: "body",
+            },
+          ],
+        });
+      }
       if (target <= previous.getTime()) {
         throw new AppError(
           "validation_failed",
