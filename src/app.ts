@@ -6,8 +6,14 @@ import type { AppEnv, Deps } from "./deps.js";
 import { AppError } from "./lib/errors.js";
 import { createRouter, handleError, problemResponse, requestLogger } from "./lib/http.js";
 import { newId } from "./lib/ids.js";
+import { apiKeyRoutes } from "./modules/api-keys/routes.js";
+import { emailFlowRoutes } from "./modules/auth/email-routes.js";
+import { oidcRoutes } from "./modules/auth/oidc-routes.js";
+import { authRoutes } from "./modules/auth/routes.js";
+import { twoFactorRoutes } from "./modules/auth/two-factor-routes.js";
 import { mountDocs } from "./modules/docs/routes.js";
 import { healthRoutes } from "./modules/health/routes.js";
+import { orgRoutes } from "./modules/orgs/routes.js";
 import { testClockRoutes } from "./modules/test-clock/routes.js";
 
 export const VERSION = "0.1.0";
@@ -97,6 +103,12 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   });
 
   app.route("/", healthRoutes());
+  app.route("/", apiKeyRoutes());
+  app.route("/", emailFlowRoutes());
+  app.route("/", authRoutes());
+  app.route("/", oidcRoutes());
+  app.route("/", twoFactorRoutes());
+  app.route("/", orgRoutes());
   if (deps.testClock) app.route("/", testClockRoutes());
   mountDocs(app, VERSION);
 

@@ -7,6 +7,7 @@ import type { CounterStore } from "./infra/counters/types.js";
 import { createBullmqJobQueue } from "./infra/jobs/bullmq.js";
 import { createDatabaseJobQueue } from "./infra/jobs/database.js";
 import type { JobQueue } from "./infra/jobs/types.js";
+import { createMailer, defaultSender, type Mailer } from "./infra/mailer/mailer.js";
 import { createMemoryPubSub } from "./infra/pubsub/memory.js";
 import { createRedisPubSub } from "./infra/pubsub/redis.js";
 import type { PubSub } from "./infra/pubsub/types.js";
@@ -15,9 +16,12 @@ import { type Clock, systemClock } from "./lib/clock.js";
 import type { Env } from "./lib/env.js";
 import type { Logger } from "./lib/logger.js";
 import { createMetrics, type Metrics } from "./lib/metrics.js";
+import { closeApiKeys } from "./modules/api-keys/verify.js";
+import type { Caller } from "./modules/auth/caller.js";
 import type { Catalog } from "./modules/catalog/schema.js";
 import { DEFAULT_CATALOG_PATH, loadCatalog } from "./modules/catalog/validate.js";
 import { type InstanceSecrets, loadInstanceSecrets } from "./modules/operator/secrets.js";
+import type { OrgAccess } from "./modules/orgs/access.js";
 import { createTestClock, type TestClockService } from "./modules/test-clock/service.js";
 
 /**
@@ -35,6 +39,8 @@ export interface Deps {
   counters: CounterStore;
   pubsub: PubSub;
   jobs: JobQueue;
+  /** Outgoing mail: kept in the outbox without SMTP_URL, sent over SMTP with it. */
+  mailer: Mailer;
   secrets: InstanceSecrets;
   /** The price list in force, validated at boot; a bad catalog stops the server. */
   catalog: Catalog;
@@ -52,6 +58,10 @@ export type AppEnv = {
     /** This request's logger, bound to its id; get it with `requestLogger(c)` (lib/http.ts). */
     logger?: Logger;
     unmatched?: boolean;
+    /** Who is calling, resolved on first use by requireCaller (modules/auth/caller.ts). */
+    caller?: Caller;
+    /** Set by the orgAccess route middleware (modules/orgs/access.ts). */
+    orgAccess?: OrgAccess;
   };
 };
 
@@ -104,6 +114,15 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
     if (testClock) opened.push(() => testClock.close());
     const clock = testClock?.clock ?? systemClock;
 
+    const mailer = createMailer({
+      database,
+      smtpUrl: env.smtpUrl,
+      logger,
+      from: defaultSender(env.publicUrl),
+      clock,
+    });
+    opened.push(() => mailer.close());
+
     // With the test clock, jobs run on the database queue, whose delays and retries follow the test
     // clock; BullMQ's follow Redis's real time and could not be advanced.
     let jobs: JobQueue;
@@ -132,6 +151,7 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
       counters,
       pubsub,
       jobs,
+      mailer,
       secrets,
       catalog,
       catalogPath,
@@ -147,7 +167,10 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
 /** Releases every connection, newest first. Safe to call once per built deps. */
 export async function closeDeps(deps: Deps, options: { keepDatabase?: boolean } = {}): Promise<void> {
   const steps: Array<[string, () => Promise<unknown>]> = [
+    // First: flushes API keys' last-used times while the database is still open.
+    ["api keys", () => closeApiKeys(deps)],
     ["jobs", () => deps.jobs.close()],
+    ["mailer", () => deps.mailer.close()],
     ["test clock", async () => deps.testClock?.close()],
     ["pubsub", () => deps.pubsub.close()],
     ["redis", async () => deps.redis && (await deps.redis.quit().catch(() => deps.redis?.disconnect()))],

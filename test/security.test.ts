@@ -1,3 +1,4 @@
+import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestApp, type TestApp } from "./support/app.js";
 
@@ -5,9 +6,25 @@ import { createTestApp, type TestApp } from "./support/app.js";
  * The shared authorization suite. It reads every route from /openapi.json, so a route added later is
  * covered without anyone remembering to: every operation that declares security refuses callers
  * without valid credentials, and every operation that does not is on the explicit public list below.
- * The identity issue extends it with another org's user and key (404) and a role without the right (403).
+ * Every org-scoped operation also answers another tenant's user 404 (exactly as for an org that does
+ * not exist), and a plain member 403 on anything that changes the org.
  */
-const PUBLIC_OPERATIONS = new Set(["GET /healthz", "GET /readyz", "GET /metrics"]);
+const PUBLIC_OPERATIONS = new Set([
+  "GET /healthz",
+  "GET /readyz",
+  "GET /metrics",
+  // Signing in: the caller has no credentials yet.
+  "POST /v1/auth/register",
+  "POST /v1/auth/login",
+  "POST /v1/auth/refresh",
+  // Single sign-on: the browser arrives without credentials, and comes back from the provider.
+  "GET /v1/auth/oauth/{provider}/start",
+  "GET /v1/auth/oauth/{provider}/callback",
+  // E-mail links: whoever holds the token (or asks for a reset) is not signed in.
+  "POST /v1/auth/verify-email",
+  "POST /v1/auth/forgot-password",
+  "POST /v1/auth/reset-password",
+]);
 
 type Operation = { method: string; path: string; security: unknown[] | undefined };
 
@@ -62,6 +79,97 @@ describe("authorization over every route in the OpenAPI document", () => {
         expect(res.headers.get("content-type")).toBe("application/problem+json");
         expect(res.body.code).toBe("unauthenticated");
       }
+    }
+  });
+});
+
+describe("tenancy over every org-scoped route in the OpenAPI document", () => {
+  let t: TestApp;
+  let orgRoutes: Operation[];
+  const signUp = async (name: string) => {
+    const res = await t.call("POST", "/v1/auth/register", {
+      body: {
+        email: `${name}.${Date.now()}.${Math.random()}@example.com`,
+        password: "correct horse battery",
+        name,
+      },
+    });
+    expect(res.status, res.text).toBe(201);
+    return {
+      token: res.body.access_token as string,
+      orgId: res.body.org.id as string,
+      email: res.body.user.email as string,
+    };
+  };
+
+  beforeAll(async () => {
+    t = await createTestApp({ database: "pglite", redis: false });
+    const doc = (await t.call("GET", "/openapi.json")).body as {
+      paths: Record<string, Record<string, { security?: unknown[] }>>;
+    };
+    orgRoutes = Object.entries(doc.paths)
+      .filter(([path]) => path.startsWith("/v1/orgs/{org}"))
+      .flatMap(([path, methods]) =>
+        Object.entries(methods).map(([method, op]) => ({
+          method: method.toUpperCase(),
+          path,
+          security: op.security,
+        })),
+      );
+  });
+  afterAll(() => t.close());
+
+  /** Path parameters other than {org} get well-formed ids that name nothing in the victim's org. */
+  const pathFor = (op: Operation, orgId: string) =>
+    op.path.replace("{org}", orgId).replace(/\{[^}]+\}/g, "usr_00000000000000000000000000");
+
+  it("covers every org route", () => {
+    expect(orgRoutes.length).toBeGreaterThanOrEqual(8);
+  });
+
+  it("answers another org's user 404, exactly as for an org that does not exist", async () => {
+    const victim = await signUp("victim");
+    const intruder = await signUp("intruder");
+    for (const op of orgRoutes) {
+      const body =
+        op.method === "GET" || op.method === "DELETE"
+          ? {}
+          : { body: { name: "x", role: "member", email: "x@example.com", scopes: ["usage:read"] } };
+      const res = await t.call(op.method, pathFor(op, victim.orgId), { auth: intruder.token, ...body });
+      const missing = await t.call(op.method, pathFor(op, "org_00000000000000000000000000"), {
+        auth: intruder.token,
+        ...body,
+      });
+      expect([res.status, `${op.method} ${op.path}`]).toEqual([404, `${op.method} ${op.path}`]);
+      expect(res.body.detail.replace(victim.orgId, "ORG")).toBe(
+        missing.body.detail.replace("org_00000000000000000000000000", "ORG"),
+      );
+    }
+  });
+
+  it("answers a plain member 403 on every route that changes the org", async () => {
+    const owner = await signUp("owner");
+    const member = await signUp("member");
+    const sent = await t.call("POST", `/v1/orgs/${owner.orgId}/invitations`, {
+      auth: owner.token,
+      body: { email: member.email, role: "member" },
+    });
+    expect(sent.status).toBe(201);
+    const [mail] =
+      (await t.database.query<{ text: string }>(
+        sql`select text from emails where "to" = ${member.email} and template = 'invitation'`,
+      )) ?? [];
+    const token = /invitations\/(\S+)/.exec(mail?.text ?? "")?.[1] ?? "";
+    expect((await t.call("POST", `/v1/invitations/${token}/accept`, { auth: member.token })).status).toBe(
+      200,
+    );
+    for (const op of orgRoutes.filter((o) => o.method !== "GET")) {
+      const body =
+        op.method === "DELETE"
+          ? {}
+          : { body: { name: "x", role: "admin", email: "x@example.com", scopes: ["usage:read"] } };
+      const res = await t.call(op.method, pathFor(op, owner.orgId), { auth: member.token, ...body });
+      expect([res.status, `${op.method} ${op.path}`]).toEqual([403, `${op.method} ${op.path}`]);
     }
   });
 });

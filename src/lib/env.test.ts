@@ -118,3 +118,66 @@ describe("parseEnv in production", () => {
     expect(parseEnv({ NODE_ENV: "production" }).production).toBe(true);
   });
 });
+
+describe("parseEnv: single sign-on providers", () => {
+  it("reads each TOLLGATE_OIDC_<NAME>_* triple as a provider keyed by the lower-cased name", () => {
+    const env = parseEnv({
+      TOLLGATE_OIDC_GOOGLE_ISSUER: "https://accounts.example.com",
+      TOLLGATE_OIDC_GOOGLE_CLIENT_ID: "client-1",
+      TOLLGATE_OIDC_GOOGLE_CLIENT_SECRET: "s3cret",
+      TOLLGATE_OIDC_Dev2_ISSUER: "http://127.0.0.1:9000",
+      TOLLGATE_OIDC_Dev2_CLIENT_ID: "client-2",
+      TOLLGATE_OIDC_Dev2_CLIENT_SECRET: "other",
+    });
+    expect(env.oidcProviders).toEqual([
+      { key: "dev2", issuer: "http://127.0.0.1:9000", clientId: "client-2", clientSecret: "other" },
+      { key: "google", issuer: "https://accounts.example.com", clientId: "client-1", clientSecret: "s3cret" },
+    ]);
+    expect(parseEnv({}).oidcProviders).toEqual([]);
+  });
+
+  it("names each missing variable of an incomplete provider, with the other problems", () => {
+    const problems = problemsOf({
+      PORT: "eighty",
+      TOLLGATE_OIDC_ACME_ISSUER: "https://id.acme.test",
+      TOLLGATE_OIDC_OKTA_CLIENT_SECRET: "hunter2",
+    });
+    expect(problems.map((p) => p.variable).sort()).toEqual(
+      [
+        "PORT",
+        "TOLLGATE_OIDC_ACME_CLIENT_ID",
+        "TOLLGATE_OIDC_ACME_CLIENT_SECRET",
+        "TOLLGATE_OIDC_OKTA_CLIENT_ID",
+        "TOLLGATE_OIDC_OKTA_ISSUER",
+      ].sort(),
+    );
+    expect(problems.find((p) => p.variable === "TOLLGATE_OIDC_ACME_CLIENT_ID")?.message).toMatch(
+      /required.*together/,
+    );
+    expect(JSON.stringify(problems)).not.toContain("hunter2");
+  });
+
+  it("requires the issuer to be a URL, https except on loopback", () => {
+    const base = { TOLLGATE_OIDC_X_CLIENT_ID: "id", TOLLGATE_OIDC_X_CLIENT_SECRET: "secret" };
+    expect(problemsOf({ ...base, TOLLGATE_OIDC_X_ISSUER: "not a url" })).toEqual([
+      { variable: "TOLLGATE_OIDC_X_ISSUER", message: expect.stringMatching(/URL/) },
+    ]);
+    expect(problemsOf({ ...base, TOLLGATE_OIDC_X_ISSUER: "http://id.example.com" })[0]?.message).toMatch(
+      /https/,
+    );
+    expect(parseEnv({ ...base, TOLLGATE_OIDC_X_ISSUER: "http://localhost:8080" }).oidcProviders).toHaveLength(
+      1,
+    );
+  });
+
+  it("rejects unknown TOLLGATE_OIDC_ variables and provider names that are not letters and digits", () => {
+    const problems = problemsOf({
+      TOLLGATE_OIDC_GOOGLE_SECRET: "typo",
+      TOLLGATE_OIDC_MY_CORP_ISSUER: "https://id.example.com",
+    });
+    expect(problems.map((p) => p.variable).sort()).toEqual([
+      "TOLLGATE_OIDC_GOOGLE_SECRET",
+      "TOLLGATE_OIDC_MY_CORP_ISSUER",
+    ]);
+  });
+});

@@ -57,6 +57,7 @@ const envSchema = z.object({
   TOLLGATE_PUBLIC_URL: optional(urlWithProtocols(["http:", "https:"], "http(s)")),
   TOLLGATE_WEBHOOK_ALLOWED_TARGETS: optional(z.string()),
   TOLLGATE_TEST_CLOCK: optional(flag).default(false),
+  TOLLGATE_PLATFORM_ADMINS: optional(z.string()),
   TOLLGATE_LOG_LEVEL: optional(
     z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
       message: "must be one of fatal, error, warn, info, debug, trace, silent",
@@ -108,6 +109,94 @@ function crossChecks(source: Record<string, string | undefined>): Problem[] {
   return problems;
 }
 
+/** One OpenID Connect provider for single sign-on, from `TOLLGATE_OIDC_<NAME>_*`. */
+export interface OidcProvider {
+  /** The lower-cased NAME: the `:provider` in `/v1/auth/oauth/:provider/start`. */
+  key: string;
+  issuer: string;
+  clientId: string;
+  clientSecret: string;
+}
+
+const OIDC_VARIABLE = /^TOLLGATE_OIDC_(.+)_(ISSUER|CLIENT_ID|CLIENT_SECRET)$/;
+const OIDC_FIELDS = ["ISSUER", "CLIENT_ID", "CLIENT_SECRET"] as const;
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
+
+/** An issuer must be https; plain http only on loopback (a provider on the developer's machine). */
+function issuerProblem(value: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return "must be a URL (https://…)";
+  }
+  if (url.protocol === "https:") return undefined;
+  if (url.protocol === "http:" && LOOPBACK_HOSTS.has(url.hostname)) return undefined;
+  return "must be an https:// URL (http:// only on localhost or 127.0.0.1)";
+}
+
+/**
+ * Single sign-on providers: `TOLLGATE_OIDC_<NAME>_ISSUER`, `_CLIENT_ID` and `_CLIENT_SECRET`, all
+ * three together. Any other `TOLLGATE_OIDC_*` variable is a mistake worth stopping for (a typo would
+ * otherwise silently disable a provider).
+ */
+function oidcProviders(source: Record<string, string | undefined>): {
+  providers: OidcProvider[];
+  problems: Problem[];
+} {
+  const problems: Problem[] = [];
+  const found = new Map<
+    string,
+    { name: string; values: Partial<Record<(typeof OIDC_FIELDS)[number], string>> }
+  >();
+  for (const [variable, raw] of Object.entries(source)) {
+    if (!variable.startsWith("TOLLGATE_OIDC_") || raw === undefined || raw === "") continue;
+    const match = OIDC_VARIABLE.exec(variable);
+    if (!match) {
+      problems.push({
+        variable,
+        message: "is not a known setting: use TOLLGATE_OIDC_<NAME>_ISSUER, _CLIENT_ID or _CLIENT_SECRET",
+      });
+      continue;
+    }
+    const name = match[1] ?? "";
+    const field = match[2] as (typeof OIDC_FIELDS)[number];
+    if (!/^[A-Za-z0-9]+$/.test(name)) {
+      problems.push({ variable, message: "names a provider with characters other than letters and digits" });
+      continue;
+    }
+    const key = name.toLowerCase();
+    const entry = found.get(key) ?? { name, values: {} };
+    if (entry.values[field] !== undefined) {
+      problems.push({ variable, message: `sets the ${key} provider's ${field} a second time` });
+      continue;
+    }
+    entry.values[field] = raw.trim();
+    found.set(key, entry);
+  }
+  const providers: OidcProvider[] = [];
+  for (const [key, { name, values }] of [...found].sort(([a], [b]) => a.localeCompare(b))) {
+    const missing = OIDC_FIELDS.filter((field) => !values[field]);
+    for (const field of missing) {
+      problems.push({
+        variable: `TOLLGATE_OIDC_${name}_${field}`,
+        message: `is required: the ${key} provider needs ISSUER, CLIENT_ID and CLIENT_SECRET together`,
+      });
+    }
+    const issuerIssue = values.ISSUER ? issuerProblem(values.ISSUER) : undefined;
+    if (issuerIssue) problems.push({ variable: `TOLLGATE_OIDC_${name}_ISSUER`, message: issuerIssue });
+    if (missing.length > 0 || issuerIssue || !values.ISSUER || !values.CLIENT_ID || !values.CLIENT_SECRET)
+      continue;
+    providers.push({
+      key,
+      issuer: values.ISSUER,
+      clientId: values.CLIENT_ID,
+      clientSecret: values.CLIENT_SECRET,
+    });
+  }
+  return { providers, problems };
+}
+
 export interface Env {
   port: number;
   host: string;
@@ -123,8 +212,12 @@ export interface Env {
   publicUrl: string;
   webhookAllowedTargets: string[];
   testClock: boolean;
+  /** E-mail addresses (lower-cased) of the platform's admin users. */
+  platformAdmins: string[];
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   production: boolean;
+  /** Single sign-on providers, by key; empty when none is configured. */
+  oidcProviders: OidcProvider[];
 }
 
 export class EnvError extends Error {
@@ -149,6 +242,8 @@ export function parseEnv(source: Record<string, string | undefined> = process.en
         return { variable, message: `${issue.message}${shown}` };
       });
   problems.push(...crossChecks(source));
+  const oidc = oidcProviders(source);
+  problems.push(...oidc.problems);
   if (!result.success || problems.length > 0) throw new EnvError(problems);
   const e = result.data;
   return {
@@ -173,7 +268,12 @@ export function parseEnv(source: Record<string, string | undefined> = process.en
       .map((s) => s.trim().toLowerCase())
       .filter(Boolean),
     testClock: e.TOLLGATE_TEST_CLOCK,
+    platformAdmins: (e.TOLLGATE_PLATFORM_ADMINS ?? "")
+      .split(",")
+      .map((s) => s.trim().toLowerCase())
+      .filter(Boolean),
     logLevel: e.TOLLGATE_LOG_LEVEL,
     production: e.NODE_ENV === "production",
+    oidcProviders: oidc.providers,
   };
 }

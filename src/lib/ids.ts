@@ -22,6 +22,9 @@ export const ID_PREFIXES = {
   credit: "crd",
   audit: "aud",
   invitation: "ivt",
+  email: "eml",
+  oneTimeToken: "ott",
+  recoveryCode: "rcv",
 } as const;
 
 export type IdKind = keyof typeof ID_PREFIXES;

@@ -43,6 +43,11 @@ export function mountDocs(app: OpenAPIHono<AppEnv>, version: string): void {
         "Entitlements, metering, quotas, rate limits and billing for SaaS products. Errors are RFC 9457 problem details with a stable `code`.",
     },
   });
+  app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
+    type: "http",
+    scheme: "bearer",
+    description: "A user's access token (from /v1/auth/login) or an org API key (tg_…).",
+  });
   app.openAPIRegistry.registerComponent("securitySchemes", "operator", {
     type: "http",
     scheme: "bearer",

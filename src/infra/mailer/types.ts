@@ -1,0 +1,35 @@
+/** One e-mail to send. Bodies are rendered by the caller (see src/lib/email-templates.ts). */
+export interface EmailMessage {
+  to: string;
+  subject: string;
+  text: string;
+  html: string;
+  /** Which template rendered it (`verify_email`, `reset_password`…): for the outbox view and metrics. */
+  template: string;
+  /** The org the message is about, when there is one (the outbox is filtered by it). */
+  orgId?: string | undefined;
+}
+
+/** `outbox`: kept, not (yet) sent; `sent`: accepted by the SMTP server; `failed`: it refused or was unreachable. */
+export type EmailStatus = "outbox" | "sent" | "failed";
+
+export interface SentEmail {
+  /** The row in the `emails` table (the outbox), `eml_…`. */
+  id: string;
+  status: EmailStatus;
+}
+
+/**
+ * Outgoing mail. Every message is recorded in the `emails` table first, so nothing is lost and admins
+ * can read it later; the `outbox` twin stops there (no SMTP_URL), the `smtp` twin then delivers it.
+ */
+export interface Mailer {
+  readonly kind: "outbox" | "smtp";
+  /**
+   * Records the message and, with SMTP, delivers it. Resolves once it is recorded and delivery was
+   * tried: a delivery failure is a `failed` status (and a log line), never a rejection. It rejects
+   * only when the message could not be recorded.
+   */
+  send(message: EmailMessage): Promise<SentEmail>;
+  close(): Promise<void>;
+}
