@@ -147,6 +147,32 @@ describe("tenancy over every org-scoped route in the OpenAPI document", () => {
     }
   });
 
+  it("answers another org's API key 404 on every org route, even with every scope", async () => {
+    const victim = await signUp("victim2");
+    const intruder = await signUp("intruder2");
+    const created = await t.call("POST", `/v1/orgs/${intruder.orgId}/api-keys`, {
+      auth: intruder.token,
+      body: {
+        name: "all scopes",
+        scopes: [
+          "org:read",
+          "members:read",
+          "keys:read",
+          "billing:read",
+          "webhooks:read",
+          "usage:read",
+          "audit:read",
+        ],
+      },
+    });
+    expect(created.status, created.text).toBe(201);
+    for (const op of orgRoutes) {
+      const body = op.method === "GET" || op.method === "DELETE" ? {} : { body: { name: "x" } };
+      const res = await t.call(op.method, pathFor(op, victim.orgId), { auth: created.body.key, ...body });
+      expect([res.status, `${op.method} ${op.path}`]).toEqual([404, `${op.method} ${op.path}`]);
+    }
+  });
+
   it("answers a plain member 403 on every route that changes the org", async () => {
     const owner = await signUp("owner");
     const member = await signUp("member");
