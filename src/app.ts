@@ -92,10 +92,11 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
       const route = c.get("unmatched") ? "unmatched" : routePath(c, -1);
       const status = c.res.status;
       deps.metrics.recordRequest(c.req.method, route, status, seconds);
-      // Access lines at debug (load balancers keep access logs), 5xx at error.
+      // Access lines at debug (load balancers keep access logs), 5xx at error. The route pattern, not
+      // the path: paths can carry tokens (invitation links).
       if (status >= 500 || deps.logger.isLevelEnabled("debug")) {
         requestLogger(c)[status >= 500 ? "error" : "debug"](
-          { method: c.req.method, route, status, path: c.req.path, ms: Math.round(seconds * 10_000) / 10 },
+          { method: c.req.method, route, status, ms: Math.round(seconds * 10_000) / 10 },
           "request",
         );
       }

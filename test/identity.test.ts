@@ -1,4 +1,4 @@
-import { desc, eq } from "drizzle-orm";
+import { and, desc, eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { emails } from "../src/db/schema.js";
 import { appModes, createTestApp, type TestApp } from "./support/app.js";
@@ -21,13 +21,20 @@ async function signUp(t: TestApp, name = "ada") {
   };
 }
 
+/** Follows the verification link of the newest e-mail to the user, as they would. */
+async function verifyEmail(t: TestApp, email: string) {
+  const token = new URL(await linkInLatestEmail(t, email, "verify_email")).searchParams.get("token");
+  const res = await t.call("POST", "/v1/auth/verify-email", { body: { token } });
+  expect(res.status, res.text).toBe(200);
+}
+
 /** The link in the newest e-mail to `to`, as the recipient would click it. */
-async function linkInLatestEmail(t: TestApp, to: string): Promise<string> {
+async function linkInLatestEmail(t: TestApp, to: string, template?: string): Promise<string> {
   const [mail] = await t.database.db
     .select()
     .from(emails)
-    .where(eq(emails.to, to))
-    .orderBy(desc(emails.createdAt))
+    .where(template ? and(eq(emails.to, to), eq(emails.template, template)) : eq(emails.to, to))
+    .orderBy(desc(emails.id))
     .limit(1);
   const link = /https?:\/\/\S+/.exec(mail?.text ?? "")?.[0];
   if (!link) throw new Error(`no link in the e-mail to ${to}`);
@@ -120,6 +127,23 @@ describe.each(appModes)("accounts and sessions ($name)", (mode) => {
     );
   });
 
+  it("never lets a refresh racing with a logout bring the session back", async () => {
+    for (let i = 0; i < 10; i++) {
+      const u = await signUp(t, `race${i}`);
+      const [refreshed] = await Promise.all([
+        t.call("POST", "/v1/auth/refresh", { body: { refresh_token: u.refresh } }),
+        t.call("POST", "/v1/auth/logout", { auth: u.access }),
+      ]);
+      if (refreshed.status === 200) {
+        expect((await t.call("GET", "/v1/auth/me", { auth: refreshed.body.access_token })).status).toBe(401);
+        const next = await t.call("POST", "/v1/auth/refresh", {
+          body: { refresh_token: refreshed.body.refresh_token },
+        });
+        expect(next.status).toBe(401);
+      }
+    }
+  });
+
   it("refuses forged and tampered access tokens", async () => {
     const u = await signUp(t);
     const [h, p, s] = u.access.split(".");
@@ -181,6 +205,7 @@ describe.each(appModes)("organizations, roles and invitations ($name)", (mode) =
     const people: Record<string, Awaited<ReturnType<typeof signUp>>> = {};
     for (const role of ["admin", "member", "billing"] as const) {
       const person = await signUp(t, role);
+      await verifyEmail(t, person.email);
       const sent = await t.call("POST", `/v1/orgs/${orgId}/invitations`, {
         auth: owner.access,
         body: { email: person.email, role },
@@ -202,26 +227,33 @@ describe.each(appModes)("organizations, roles and invitations ($name)", (mode) =
     return { orgId, owner, admin, member, billing };
   }
 
-  it("invites by e-mail; the link works once, only for the invited address", async () => {
+  it("invites by e-mail; the link works once, only for the invited, verified address", async () => {
     const { orgId, owner } = await team();
     const invitee = await signUp(t, "invitee");
     const stranger = await signUp(t, "stranger");
-    await t.call("POST", `/v1/orgs/${orgId}/invitations`, {
-      auth: owner.access,
-      body: { email: invitee.email, role: "member" },
-    });
+    await verifyEmail(t, stranger.email);
+    const invite = (email: string, role: string) =>
+      t.call("POST", `/v1/orgs/${orgId}/invitations`, { auth: owner.access, body: { email, role } });
+    const accept = async (token: string, auth: string) =>
+      (await t.call("POST", `/v1/invitations/${token}/accept`, { auth })).status;
+    await invite(invitee.email, "member");
     const token = (await linkInLatestEmail(t, invitee.email)).split("/invitations/")[1] ?? "";
-    expect((await t.call("POST", `/v1/invitations/${token}/accept`, { auth: stranger.access })).status).toBe(
-      403,
-    );
-    expect((await t.call("POST", `/v1/invitations/${token}/accept`, { auth: invitee.access })).status).toBe(
-      200,
-    );
-    expect((await t.call("POST", `/v1/invitations/${token}/accept`, { auth: invitee.access })).status).toBe(
-      404,
-    );
+    expect(await accept(token, stranger.access)).toBe(403);
+    // The invited address must be proven before the invitation counts.
+    expect(await accept(token, invitee.access)).toBe(403);
+    await verifyEmail(t, invitee.email);
+    expect(await accept(token, invitee.access)).toBe(200);
+    expect(await accept(token, invitee.access)).toBe(404);
     const members = await t.call("GET", `/v1/orgs/${orgId}/members`, { auth: invitee.access });
     expect(members.body.data.map((m: { email: string }) => m.email)).toContain(invitee.email);
+    // An invitation for someone already a member cannot silently change nothing.
+    await invite(invitee.email, "admin");
+    expect(
+      await accept(
+        (await linkInLatestEmail(t, invitee.email)).split("/invitations/")[1] ?? "",
+        invitee.access,
+      ),
+    ).toBe(409);
   });
 
   it("enforces the permission matrix by role", async () => {
@@ -339,5 +371,42 @@ describe.each(appModes)("organizations, roles and invitations ($name)", (mode) =
     expect(
       (await t.call("GET", `/v1/orgs/${orgId}/audit-log?before=../../etc`, { auth: owner.access })).status,
     ).toBe(400);
+  });
+});
+
+describe("platform admins", () => {
+  it("are named by e-mail in configuration, and count only once that address is verified", async () => {
+    const t = await createTestApp({
+      database: "pglite",
+      redis: false,
+      env: { TOLLGATE_PLATFORM_ADMINS: "Boss@Example.com" },
+    });
+    try {
+      const res = await t.call("POST", "/v1/auth/register", {
+        body: { email: "boss@example.com", password: PASSWORD, name: "Boss" },
+      });
+      expect(res.status).toBe(201);
+      // Anyone could register the address first: until it is proven, it grants nothing.
+      expect((await t.call("GET", "/v1/auth/me", { auth: res.body.access_token })).body.platform_admin).toBe(
+        false,
+      );
+      const [mail] = await t.database.db.select().from(emails).where(eq(emails.to, "boss@example.com"));
+      const token = /token=([\w-]+)/.exec(mail?.text ?? "")?.[1];
+      expect((await t.call("POST", "/v1/auth/verify-email", { body: { token } })).status).toBe(200);
+      const login = await t.call("POST", "/v1/auth/login", {
+        body: { email: "boss@example.com", password: PASSWORD },
+      });
+      expect(
+        (await t.call("GET", "/v1/auth/me", { auth: login.body.access_token })).body.platform_admin,
+      ).toBe(true);
+      const other = await t.call("POST", "/v1/auth/register", {
+        body: { email: "staff@example.com", password: PASSWORD, name: "S" },
+      });
+      expect(
+        (await t.call("GET", "/v1/auth/me", { auth: other.body.access_token })).body.platform_admin,
+      ).toBe(false);
+    } finally {
+      await t.close();
+    }
   });
 });

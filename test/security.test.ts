@@ -176,6 +176,14 @@ describe("tenancy over every org-scoped route in the OpenAPI document", () => {
   it("answers a plain member 403 on every route that changes the org", async () => {
     const owner = await signUp("owner");
     const member = await signUp("member");
+    // Invitations count only for a verified address: follow the verification link first.
+    const [verification] = await t.database.query<{ text: string }>(
+      sql`select text from emails where "to" = ${member.email} and template = 'verify_email'`,
+    );
+    const verifyToken = /token=([\w-]+)/.exec(verification?.text ?? "")?.[1];
+    expect((await t.call("POST", "/v1/auth/verify-email", { body: { token: verifyToken } })).status).toBe(
+      200,
+    );
     const sent = await t.call("POST", `/v1/orgs/${owner.orgId}/invitations`, {
       auth: owner.token,
       body: { email: member.email, role: "member" },

@@ -145,6 +145,8 @@ export const refreshTokens = pgTable(
     expiresAt: at("expires_at").notNull(),
     usedAt: at("used_at"),
     revokedAt: at("revoked_at"),
+    /** The sign-in that started this family used a second factor; rotation keeps it, nothing upgrades it. */
+    secondFactor: boolean("second_factor").notNull().default(false),
     userAgent: text("user_agent"),
     ...timestamps,
   },

@@ -43,10 +43,31 @@ export const REDACTED_PATHS = [
   "*.stripe",
 ];
 
+/**
+ * Errors are logged without the values of the queries that failed: Drizzle puts a failed query's
+ * parameters (which may be token hashes, e-mail bodies, personal data) in the message and in
+ * `params`. The SQL text, the driver's own error and the stack are kept.
+ */
+export function serializeError(error: unknown): Record<string, unknown> {
+  const serialized = pino.stdSerializers.err(error as Error) as unknown as Record<string, unknown>;
+  return scrub(serialized);
+}
+
+function scrub(value: Record<string, unknown>): Record<string, unknown> {
+  const { params: _params, ...rest } = value;
+  for (const key of ["message", "stack"] as const) {
+    if (typeof rest[key] === "string")
+      rest[key] = (rest[key] as string).replace(/\nparams: [\s\S]*?(?=\n {4}at |$)/, "\nparams: [redacted]");
+  }
+  if (rest.cause && typeof rest.cause === "object") rest.cause = scrub(rest.cause as Record<string, unknown>);
+  return rest;
+}
+
 export function createLogger(level: string, destination?: NodeJS.WritableStream): Logger {
   return pino(
     {
       level,
+      serializers: { err: serializeError },
       base: { service: "tollgate" },
       redact: { paths: REDACTED_PATHS, censor: "[redacted]" },
       timestamp: pino.stdTimeFunctions.isoTime,

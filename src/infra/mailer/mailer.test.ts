@@ -8,7 +8,7 @@ import { createTestDatabase, databaseModes, type TestDatabase } from "../../../t
 import { emails } from "../../db/schema.js";
 import { ManualClock } from "../../lib/clock.js";
 import { createLogger } from "../../lib/logger.js";
-import { createMailer, defaultSender } from "./mailer.js";
+import { createMailer, defaultSender, SENT_BODY } from "./mailer.js";
 
 const message = {
   to: "ada@example.com",
@@ -91,6 +91,8 @@ describe.each(databaseModes)("mailer (%s)", (mode) => {
       expect(mail?.text).toContain("https://app.example.test/verify-email?token=abc123");
       expect(mail?.html).toContain('href="https://app.example.test/verify-email?token=abc123"');
       expect(await row(result.id)).toMatchObject({ status: "sent", sentAt: clock.now(), error: null });
+      // Delivered: the stored copy no longer carries the live link.
+      expect(await row(result.id)).toMatchObject({ text: SENT_BODY, html: SENT_BODY });
     } finally {
       await mailer.close();
       await smtp.close();

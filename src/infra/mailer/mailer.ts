@@ -33,6 +33,9 @@ const MAX_ERROR_LENGTH = 1000;
 
 const newEmailId = () => newId("email");
 
+/** What a delivered message's body is replaced with. */
+export const SENT_BODY = "[delivered; the body is not kept]";
+
 /**
  * The mailer chosen by configuration: without SMTP_URL the outbox twin (messages are kept in the
  * `emails` table and shown to admins, nothing leaves the machine); with it the SMTP twin (nodemailer,
@@ -115,7 +118,14 @@ export function createMailer(options: MailerOptions): Mailer {
         log.warn({ email_id: id, template: message.template, err: reason }, "e-mail delivery failed");
         return { id, status: "failed" };
       }
-      await setOutcome(id, { status: "sent", sentAt: clock.now(), error: null });
+      // Sent: the bodies (which carry live sign-in, reset and invitation links) are not kept.
+      await setOutcome(id, {
+        status: "sent",
+        sentAt: clock.now(),
+        error: null,
+        text: SENT_BODY,
+        html: SENT_BODY,
+      });
       log.info({ email_id: id, template: message.template }, "e-mail sent");
       return { id, status: "sent" };
     },

@@ -161,7 +161,7 @@ describe.each(appModes)("e-mail verification and password reset ($name)", (mode)
 
     it("lets a signed-in user ask for a new verification e-mail until verified", async () => {
       const user = await createUser(t, "resend");
-      const session = await startSession(t.deps, { id: user.id, email: user.email, totpEnabledAt: null });
+      const session = await startSession(t.deps, { id: user.id, email: user.email });
       const auth = session.access_token;
 
       const first = await t.call("POST", "/v1/auth/verify-email/resend", { auth });

@@ -1,12 +1,13 @@
 import { and, eq, gt, isNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
-import { oneTimeTokens, refreshTokens, users } from "../../db/schema.js";
+import { oneTimeTokens, recoveryCodes, refreshTokens, users } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { randomToken, sha256Hex } from "../../lib/crypto.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import { resetPasswordMessage, verifyEmailMessage } from "./emails.js";
 import { hashPassword } from "./passwords.js";
+import { revokeUserSessions } from "./sessions.js";
 
 /**
  * E-mail verification and password reset by one-time token. A token is 32 random bytes sent only in
@@ -144,7 +145,7 @@ export async function requestPasswordReset(deps: Deps, email: string): Promise<v
     });
     await deps.mailer.send({ to: user.email, ...message });
   } catch (error) {
-    deps.logger.error({ err: (error as Error).message }, "password reset e-mail could not be prepared");
+    deps.logger.error({ err: error }, "password reset e-mail could not be prepared");
   }
 }
 
@@ -176,10 +177,20 @@ export async function resetPassword(
     );
   if (!found) return false;
   const passwordHash = await hashPassword(password);
-  return db.transaction(async (tx) => {
+  const resetUser = await db.transaction(async (tx) => {
     // Claimed again inside the transaction: of two requests racing with one token, one wins.
     const userId = await consumeToken(tx, "reset_password", token, now);
-    if (!userId) return false;
+    if (!userId) return undefined;
+    // Whoever registered an address before proving it may have set up an authenticator on it: the
+    // person who proves the address now gets the account without it (as single sign-on does).
+    const [before] = await tx
+      .select({ verified: users.emailVerifiedAt })
+      .from(users)
+      .where(eq(users.id, userId));
+    if (before && !before.verified) {
+      await tx.update(users).set({ totpSecret: null, totpEnabledAt: null }).where(eq(users.id, userId));
+      await tx.delete(recoveryCodes).where(eq(recoveryCodes.userId, userId));
+    }
     await tx
       .update(oneTimeTokens)
       .set({ usedAt: now })
@@ -205,6 +216,10 @@ export async function resetPassword(
       target: { type: "user", id: userId },
       ip,
     });
-    return true;
+    return userId;
   });
+  if (!resetUser) return false;
+  // Again after commit: a refresh racing with the reset may have added a token to a session.
+  await revokeUserSessions(deps, resetUser);
+  return true;
 }

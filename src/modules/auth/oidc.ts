@@ -387,7 +387,7 @@ export async function signInWithProvider(
   ip: string,
   userAgent: string | undefined,
 ) {
-  const tokens = await startSession(deps, user, userAgent);
+  const tokens = await startSession(deps, user, { userAgent });
   const { db } = deps.database;
   const orgIds = await db
     .select({ orgId: memberships.orgId })

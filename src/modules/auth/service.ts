@@ -87,7 +87,7 @@ export async function register(
     ip,
   );
   await sendVerificationEmail(deps, user);
-  const tokens = await startSession(deps, user, userAgent);
+  const tokens = await startSession(deps, user, { userAgent });
   return { user, org, tokens };
 }
 
@@ -130,7 +130,8 @@ export async function login(
       });
     }
   }
-  const tokens = await startSession(deps, user, userAgent);
+  // The session remembers whether this sign-in used a second factor (orgs may require it).
+  const tokens = await startSession(deps, user, { secondFactor: Boolean(user.totpEnabledAt), userAgent });
   const orgIds = await db
     .select({ orgId: memberships.orgId })
     .from(memberships)
@@ -143,7 +144,7 @@ export async function login(
 
 export async function loadSessionUser(deps: Deps, userId: string): Promise<SessionUser | undefined> {
   const [user] = await deps.database.db
-    .select({ id: users.id, email: users.email, totpEnabledAt: users.totpEnabledAt })
+    .select({ id: users.id, email: users.email, emailVerifiedAt: users.emailVerifiedAt })
     .from(users)
     .where(eq(users.id, userId));
   return user;

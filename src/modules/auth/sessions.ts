@@ -1,6 +1,6 @@
-import { and, eq, isNull } from "drizzle-orm";
+import { and, eq, isNull, ne, type SQL } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
-import { refreshTokens } from "../../db/schema.js";
+import { memberships, refreshTokens } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { randomToken, sha256Hex } from "../../lib/crypto.js";
 import { AppError } from "../../lib/errors.js";
@@ -21,36 +21,38 @@ export interface SessionTokens {
 export interface SessionUser {
   id: string;
   email: string;
-  totpEnabledAt: Date | null;
+  emailVerifiedAt?: Date | null;
 }
 
 const invalidRefresh = () => new AppError("unauthenticated", "The refresh token is not valid.");
 
-function isPlatformAdmin(deps: Deps, email: string): boolean {
-  return deps.env.platformAdmins.includes(email.toLowerCase());
+/** Platform admins are named by e-mail in configuration, and count only once that address is verified. */
+function isPlatformAdmin(deps: Deps, user: SessionUser): boolean {
+  return Boolean(user.emailVerifiedAt) && deps.env.platformAdmins.includes(user.email.toLowerCase());
 }
 
 async function issue(
   deps: Deps,
   db: Database,
   user: SessionUser,
-  familyId: string,
+  family: { id: string; secondFactor: boolean },
   userAgent?: string,
 ): Promise<SessionTokens> {
   const refresh = `tgr_${randomToken(32)}`;
   await db.insert(refreshTokens).values({
     id: newId("session"),
-    familyId,
+    familyId: family.id,
     userId: user.id,
     tokenHash: sha256Hex(refresh),
     expiresAt: new Date(deps.clock.nowMs() + REFRESH_TOKEN_DAYS * 86_400_000),
+    secondFactor: family.secondFactor,
     userAgent: userAgent?.slice(0, 300) ?? null,
   });
   const access = await issueAccessToken(deps, {
     userId: user.id,
-    sessionId: familyId,
-    platformAdmin: isPlatformAdmin(deps, user.email),
-    twoFactor: Boolean(user.totpEnabledAt),
+    sessionId: family.id,
+    platformAdmin: isPlatformAdmin(deps, user),
+    twoFactor: family.secondFactor,
   });
   return {
     access_token: access,
@@ -60,20 +62,30 @@ async function issue(
   };
 }
 
-/** Starts a session (a new refresh-token family) for a user who has just proved who they are. */
+/**
+ * Starts a session (a new refresh-token family) for a user who has just proved who they are.
+ * `secondFactor` says whether that proof included a second factor; it stays with the session.
+ */
 export function startSession(
   deps: Deps,
   user: SessionUser,
-  userAgent?: string,
+  options: { secondFactor?: boolean; userAgent?: string | undefined } = {},
   db: Database = deps.database.db,
 ) {
-  return issue(deps, db, user, newId("session"), userAgent);
+  return issue(
+    deps,
+    db,
+    user,
+    { id: newId("session"), secondFactor: options.secondFactor ?? false },
+    options.userAgent,
+  );
 }
 
 /**
  * Exchanges a refresh token for a new pair. A token can be exchanged once: presenting one that was
  * already rotated means it was copied, so the whole family is revoked and everyone holding any of
- * its tokens must sign in again.
+ * its tokens must sign in again. The exchange holds a lock on the family, so a revocation (logout,
+ * password reset, reuse detected elsewhere) either happens first and wins, or waits for it.
  */
 export async function rotateRefreshToken(
   deps: Deps,
@@ -87,33 +99,66 @@ export async function rotateRefreshToken(
     .from(refreshTokens)
     .where(eq(refreshTokens.tokenHash, sha256Hex(presented)));
   if (!row || row.revokedAt || row.expiresAt.getTime() <= deps.clock.nowMs()) throw invalidRefresh();
-  // Claim it: only one exchange of a token can win, even when two arrive at once.
-  const claimed = await db
-    .update(refreshTokens)
-    .set({ usedAt: deps.clock.now() })
-    .where(and(eq(refreshTokens.id, row.id), isNull(refreshTokens.usedAt), isNull(refreshTokens.revokedAt)))
-    .returning({ id: refreshTokens.id });
-  if (claimed.length === 0) {
-    await revokeFamily(deps, row.familyId);
-    await recordAudit(db, {
-      orgId: null,
-      actor: { kind: "user", userId: row.userId },
-      action: "session.refresh_token_reused",
-      target: { type: "session", id: row.familyId },
-    });
-    throw invalidRefresh();
-  }
+  // Read before the transaction: embedded PGlite has one connection, which the transaction holds.
   const user = await loadUser(row.userId);
   if (!user) throw invalidRefresh();
-  return issue(deps, db, user, row.familyId, userAgent);
+  const outcome = await db.transaction(async (tx) => {
+    const family = await tx
+      .select({ id: refreshTokens.id, usedAt: refreshTokens.usedAt, revokedAt: refreshTokens.revokedAt })
+      .from(refreshTokens)
+      .where(eq(refreshTokens.familyId, row.familyId))
+      .for("update");
+    if (family.some((t) => t.revokedAt)) return "revoked" as const;
+    if (family.find((t) => t.id === row.id)?.usedAt) return "reused" as const;
+    await tx.update(refreshTokens).set({ usedAt: deps.clock.now() }).where(eq(refreshTokens.id, row.id));
+    return issue(deps, tx, user, { id: row.familyId, secondFactor: row.secondFactor }, userAgent);
+  });
+  if (outcome === "revoked") throw invalidRefresh();
+  if (outcome === "reused") {
+    await revokeFamily(deps, row.familyId);
+    const orgIds = await db
+      .select({ orgId: memberships.orgId })
+      .from(memberships)
+      .where(eq(memberships.userId, row.userId));
+    for (const { orgId } of orgIds) {
+      await recordAudit(db, {
+        orgId,
+        actor: { kind: "user", userId: row.userId },
+        action: "session.refresh_token_reused",
+        target: { type: "session", id: row.familyId },
+      });
+    }
+    throw invalidRefresh();
+  }
+  return outcome;
+}
+
+/**
+ * Revokes refresh tokens matching `where`. Twice: a rotation that held the family's lock may commit
+ * a new token after the first pass's snapshot; the second pass sees and revokes it.
+ */
+async function revokeTokens(deps: Deps, where: SQL | undefined): Promise<void> {
+  for (let pass = 0; pass < 2; pass++) {
+    await deps.database.db
+      .update(refreshTokens)
+      .set({ revokedAt: deps.clock.now() })
+      .where(and(where, isNull(refreshTokens.revokedAt)));
+  }
+}
+
+/** Ends every session of a user (password reset), or every one but `keep` (two-factor turned on). */
+export function revokeUserSessions(deps: Deps, userId: string, keep?: string): Promise<void> {
+  return revokeTokens(
+    deps,
+    keep
+      ? and(eq(refreshTokens.userId, userId), ne(refreshTokens.familyId, keep))
+      : eq(refreshTokens.userId, userId),
+  );
 }
 
 /** Ends a session: every refresh token of the family, and (through the check in resolveCaller) its access tokens. */
-export async function revokeFamily(deps: Deps, familyId: string): Promise<void> {
-  await deps.database.db
-    .update(refreshTokens)
-    .set({ revokedAt: deps.clock.now() })
-    .where(and(eq(refreshTokens.familyId, familyId), isNull(refreshTokens.revokedAt)));
+export function revokeFamily(deps: Deps, familyId: string): Promise<void> {
+  return revokeTokens(deps, eq(refreshTokens.familyId, familyId));
 }
 
 /** True while the session has a live (unrevoked, unexpired) token. */

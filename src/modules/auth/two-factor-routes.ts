@@ -1,8 +1,8 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { and, eq, isNull } from "drizzle-orm";
+import { and, eq, isNull, min } from "drizzle-orm";
 import type { Context } from "hono";
 import type { Database } from "../../db/client.js";
-import { memberships, recoveryCodes, users } from "../../db/schema.js";
+import { memberships, recoveryCodes, refreshTokens, users } from "../../db/schema.js";
 import type { AppEnv } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
@@ -11,6 +11,8 @@ import { recordAudit } from "../audit/service.js";
 import { guardAttempt } from "./abuse.js";
 import { createApiRouter, requireCaller } from "./caller.js";
 import { clientIp } from "./client-ip.js";
+import { verifyPassword } from "./passwords.js";
+import { revokeUserSessions } from "./sessions.js";
 import {
   checkSecondFactor,
   hashRecoveryCode,
@@ -33,6 +35,41 @@ async function currentUser(c: Context<AppEnv>) {
   const [user] = await c.get("deps").database.db.select().from(users).where(eq(users.id, caller.userId));
   if (!user) throw new AppError("unauthenticated", "This account no longer exists.");
   return user;
+}
+
+/** SSO-only accounts (no password) prove themselves by having signed in within this long. */
+const RECENT_SIGN_IN_MS = 10 * 60_000;
+
+/** Asks for the password again (or, without one, a sign-in moments ago) before sensitive changes. */
+async function reauthenticate(
+  c: Context<AppEnv>,
+  user: typeof users.$inferSelect,
+  password: string | undefined,
+) {
+  const deps = c.get("deps");
+  if (user.passwordHash) {
+    if (!password) {
+      throw new AppError("validation_failed", "Confirm with your password.", {
+        errors: [{ field: "password", message: "is required", code: "required", location: "body" }],
+      });
+    }
+    await guardAttempt(deps, "login", user.email, clientIp(c));
+    if (!(await verifyPassword(user.passwordHash, password))) {
+      throw new AppError("forbidden", "The password is not correct.");
+    }
+    return;
+  }
+  const caller = await requireCaller(c, "user");
+  const [started] = await deps.database.db
+    .select({ at: min(refreshTokens.createdAt) })
+    .from(refreshTokens)
+    .where(eq(refreshTokens.familyId, caller.sessionId));
+  if (!started?.at || deps.clock.nowMs() - started.at.getTime() > RECENT_SIGN_IN_MS) {
+    throw new AppError(
+      "forbidden",
+      "Sign in again (within the last 10 minutes) to change two-factor authentication.",
+    );
+  }
 }
 
 /** A user-level event, recorded in each org the user belongs to (where org admins see it). */
@@ -61,6 +98,19 @@ export function twoFactorRoutes() {
       tags: ["Auth"],
       summary: "Start setting up two-factor authentication (a new TOTP secret, not yet on)",
       security: userSecurity,
+      request: {
+        body: jsonBody(
+          z
+            .strictObject({
+              password: z
+                .string()
+                .max(1024)
+                .optional()
+                .openapi({ description: "The account's password (required when it has one)" }),
+            })
+            .openapi("TwoFactorSetupRequest"),
+        ),
+      },
       responses: {
         200: jsonResponse(
           z
@@ -85,6 +135,8 @@ export function twoFactorRoutes() {
           "Two-factor authentication is already on; turn it off first to replace it.",
         );
       }
+      // A stolen session must not be able to put its own authenticator on the account.
+      await reauthenticate(c, user, c.req.valid("json").password);
       const { sealed, secret, uri } = newTotpSecret(deps, user.email);
       await deps.database.db
         .update(users)
@@ -156,6 +208,8 @@ export function twoFactorRoutes() {
         );
         await auditUser(tx, user.id, "user.two_factor_enabled", ip);
       });
+      // Every other session of the account ends; this one stays, still one-factor until the next sign-in.
+      await revokeUserSessions(deps, user.id, (await requireCaller(c, "user")).sessionId);
       c.header("cache-control", "no-store");
       return c.json({ recovery_codes: codes }, 200);
     },

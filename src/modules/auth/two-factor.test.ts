@@ -40,7 +40,7 @@ describe.each(appModes)("two-factor authentication ($name)", (mode) => {
 
   /** Sets up and turns on 2FA; returns the secret and the recovery codes. */
   const enable = async (token: string) => {
-    const setup = await t.call("POST", "/v1/auth/2fa/setup", { auth: token });
+    const setup = await t.call("POST", "/v1/auth/2fa/setup", { auth: token, body: { password: PASSWORD } });
     expect(setup.status, setup.text).toBe(200);
     const secret = setup.body.secret as string;
     const res = await t.call("POST", "/v1/auth/2fa/enable", { auth: token, body: { code: code(secret) } });
@@ -48,9 +48,49 @@ describe.each(appModes)("two-factor authentication ($name)", (mode) => {
     return { secret, recoveryCodes: res.body.recovery_codes as string[] };
   };
 
+  it("asks for the password again before setting up (a stolen session cannot add its own authenticator)", async () => {
+    const user = await signUp("reauth");
+    const missing = await t.call("POST", "/v1/auth/2fa/setup", { auth: user.token, body: {} });
+    expect(missing.status).toBe(400);
+    expect(missing.body.errors[0].field).toBe("password");
+    const wrong = await t.call("POST", "/v1/auth/2fa/setup", {
+      auth: user.token,
+      body: { password: "not the password" },
+    });
+    expect(wrong.status).toBe(403);
+    const [row] = await t.deps.database.db.select().from(users).where(eq(users.id, user.userId));
+    expect(row?.totpSecret).toBeNull();
+  });
+
+  it("ends the account's other sessions when turned on, and a refresh never upgrades a session to two-factor", async () => {
+    const user = await signUp("sessions");
+    const other = await t.call("POST", "/v1/auth/login", { body: { email: user.email, password: PASSWORD } });
+    expect(other.status).toBe(200);
+    const login = await t.call("POST", "/v1/auth/login", { body: { email: user.email, password: PASSWORD } });
+    await enable(login.body.access_token);
+    // The other session is over, access and refresh alike.
+    expect((await t.call("GET", "/v1/auth/me", { auth: other.body.access_token })).status).toBe(401);
+    expect(
+      (await t.call("POST", "/v1/auth/refresh", { body: { refresh_token: other.body.refresh_token } }))
+        .status,
+    ).toBe(401);
+    // The session that turned it on continues, still one-factor after a refresh.
+    await t.deps.database.db.update(orgs).set({ requireTwoFactor: true }).where(eq(orgs.id, user.orgId));
+    const refreshed = await t.call("POST", "/v1/auth/refresh", {
+      body: { refresh_token: login.body.refresh_token },
+    });
+    expect(refreshed.status).toBe(200);
+    expect(
+      (await t.call("GET", `/v1/orgs/${user.orgId}`, { auth: refreshed.body.access_token })).status,
+    ).toBe(403);
+  });
+
   it("sets up a pending secret, and turns it on only with a correct code", async () => {
     const user = await signUp("setup");
-    const setup = await t.call("POST", "/v1/auth/2fa/setup", { auth: user.token });
+    const setup = await t.call("POST", "/v1/auth/2fa/setup", {
+      auth: user.token,
+      body: { password: PASSWORD },
+    });
     expect(setup.status).toBe(200);
     expect(setup.body.secret).toMatch(/^[A-Z2-7]{16,}$/);
     expect(setup.body.otpauth_url).toMatch(/^otpauth:\/\/totp\//);
@@ -91,7 +131,9 @@ describe.each(appModes)("two-factor authentication ($name)", (mode) => {
     expect(audit).toHaveLength(1);
 
     // Already on: neither setup nor enable again.
-    expect((await t.call("POST", "/v1/auth/2fa/setup", { auth: user.token })).status).toBe(409);
+    expect(
+      (await t.call("POST", "/v1/auth/2fa/setup", { auth: user.token, body: { password: PASSWORD } })).status,
+    ).toBe(409);
     expect(
       (
         await t.call("POST", "/v1/auth/2fa/enable", {
@@ -198,7 +240,10 @@ describe.each(appModes)("two-factor authentication ($name)", (mode) => {
 
   it("follows the test clock: a code from another time window is refused", async () => {
     const user = await signUp("clock");
-    const setup = await t.call("POST", "/v1/auth/2fa/setup", { auth: user.token });
+    const setup = await t.call("POST", "/v1/auth/2fa/setup", {
+      auth: user.token,
+      body: { password: PASSWORD },
+    });
     const stale = code(setup.body.secret, -300);
     const res = await t.call("POST", "/v1/auth/2fa/enable", { auth: user.token, body: { code: stale } });
     expect(res.status).toBe(400);

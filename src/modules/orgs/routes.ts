@@ -86,7 +86,9 @@ export function orgRoutes() {
                 .orderBy(orgs.createdAt)
             ).map((r) => r.org)
           : caller.kind === "api_key"
-            ? [await getOrg(db, caller.orgId)]
+            ? caller.scopes.includes("org:read")
+              ? [await getOrg(db, caller.orgId)]
+              : []
             : await db.select().from(orgs).where(live).orderBy(desc(orgs.createdAt)).limit(100);
       return c.json({ data: rows.map(orgOut) }, 200);
     },

@@ -125,6 +125,11 @@ async function membershipOf(db: Database, orgId: string, userId: string) {
   return row;
 }
 
+/** Serialises membership changes of one org (two owners demoting each other at once leave one). */
+async function lockOrg(db: Database, orgId: string): Promise<void> {
+  await db.select({ id: orgs.id }).from(orgs).where(eq(orgs.id, orgId)).for("update");
+}
+
 async function ownerCount(db: Database, orgId: string): Promise<number> {
   const [row] = await db
     .select({ n: count() })
@@ -142,6 +147,7 @@ function assertMayManageRole(access: OrgAccess, role: Role) {
 
 export async function changeRole(deps: Deps, access: OrgAccess, userId: string, role: Role) {
   await deps.database.db.transaction(async (tx) => {
+    await lockOrg(tx, access.orgId);
     const member = await membershipOf(tx, access.orgId, userId);
     assertMayManageRole(access, member.role);
     assertMayManageRole(access, role);
@@ -164,6 +170,7 @@ export async function changeRole(deps: Deps, access: OrgAccess, userId: string, 
 
 export async function removeMember(deps: Deps, access: OrgAccess, userId: string) {
   await deps.database.db.transaction(async (tx) => {
+    await lockOrg(tx, access.orgId);
     const member = await membershipOf(tx, access.orgId, userId);
     const leaving = access.caller.kind === "user" && access.caller.userId === userId;
     if (!leaving) assertMayManageRole(access, member.role);
@@ -231,6 +238,16 @@ export async function acceptInvitation(deps: Deps, userId: string, token: string
   if (invitation.email !== user.email) {
     throw new AppError("forbidden", "This invitation was sent to another e-mail address.");
   }
+  // Holding the link is not enough: the account must have proved it owns the invited address.
+  if (!user.emailVerifiedAt) {
+    throw new AppError("forbidden", "Verify your e-mail address first, then accept the invitation.");
+  }
+  const [existing] = await db
+    .select({ role: memberships.role })
+    .from(memberships)
+    .where(and(eq(memberships.orgId, invitation.orgId), eq(memberships.userId, userId)));
+  if (existing)
+    throw new AppError("conflict", `You are already a member of this organization (${existing.role}).`);
   await getOrg(db, invitation.orgId);
   await db.transaction(async (tx) => {
     const claimed = await tx

@@ -1,0 +1,31 @@
+import { describe, expect, it } from "vitest";
+import { LogCapture } from "../../test/support/app.js";
+import { createLogger } from "./logger.js";
+
+describe("logger", () => {
+  it("logs a failed query's SQL and cause but not its parameters", () => {
+    const capture = new LogCapture();
+    const logger = createLogger("info", capture);
+    // The shape of Drizzle's DrizzleQueryError: parameters in the message and in `params`.
+    const error = Object.assign(
+      new Error(
+        'Failed query: insert into "emails" ("id", "text") values ($1, $2)\nparams: eml_1,Reset: https://x/reset?token=SECRET123',
+      ),
+      {
+        params: ["eml_1", "Reset: https://x/reset?token=SECRET123"],
+        cause: new Error("connection terminated"),
+      },
+    );
+    logger.error({ err: error }, "boom");
+    expect(capture.text).toContain('insert into \\"emails\\"');
+    expect(capture.text).toContain("connection terminated");
+    expect(capture.text).not.toContain("SECRET123");
+  });
+
+  it("redacts secrets by field name wherever they sit", () => {
+    const capture = new LogCapture();
+    createLogger("info", capture).info({ body: { password: "hunter22", refresh_token: "tgr_abc" } }, "x");
+    expect(capture.text).not.toContain("hunter22");
+    expect(capture.text).not.toContain("tgr_abc");
+  });
+});
