@@ -1,5 +1,6 @@
+import { eq } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
-import { auditLog } from "../../db/schema.js";
+import { auditLog, memberships } from "../../db/schema.js";
 import { newId } from "../../lib/ids.js";
 import type { Caller } from "../auth/caller.js";
 
@@ -29,4 +30,22 @@ export async function recordAudit(db: Database, entry: AuditEntry): Promise<void
     metadata: entry.metadata ?? {},
     ip: entry.ip ?? null,
   });
+}
+
+/**
+ * An account-level event (a sign-in, two-factor turned on, a session revoked), recorded in every
+ * org the user belongs to — where those orgs' admins read it — or without an org if they have none.
+ */
+export async function recordUserAudit(
+  db: Database,
+  userId: string,
+  entry: Omit<AuditEntry, "orgId" | "actor">,
+): Promise<void> {
+  const rows = await db
+    .select({ orgId: memberships.orgId })
+    .from(memberships)
+    .where(eq(memberships.userId, userId));
+  for (const { orgId } of rows.length > 0 ? rows : [{ orgId: null }]) {
+    await recordAudit(db, { ...entry, orgId, actor: { kind: "user", userId } });
+  }
 }

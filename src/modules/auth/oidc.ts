@@ -5,7 +5,7 @@ import type { Deps } from "../../deps.js";
 import { decrypt, deriveKey, encrypt, safeEqual, sha256Hex } from "../../lib/crypto.js";
 import type { OidcProvider } from "../../lib/env.js";
 import { AppError } from "../../lib/errors.js";
-import { recordAudit } from "../audit/service.js";
+import { recordAudit, recordUserAudit } from "../audit/service.js";
 import { Email } from "./schemas.js";
 import { createAccount } from "./service.js";
 import { startSession } from "./sessions.js";
@@ -389,19 +389,11 @@ export async function signInWithProvider(
 ) {
   const tokens = await startSession(deps, user, { userAgent });
   const { db } = deps.database;
-  const orgIds = await db
-    .select({ orgId: memberships.orgId })
-    .from(memberships)
-    .where(eq(memberships.userId, user.id));
-  for (const { orgId } of orgIds) {
-    await recordAudit(db, {
-      orgId,
-      actor: { kind: "user", userId: user.id },
-      action: "user.signed_in",
-      metadata: { method: "oidc", provider: providerKey },
-      ip,
-    });
-  }
+  await recordUserAudit(db, user.id, {
+    action: "user.signed_in",
+    metadata: { method: "oidc", provider: providerKey },
+    ip,
+  });
   return tokens;
 }
 

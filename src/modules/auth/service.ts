@@ -4,7 +4,7 @@ import { memberships, orgs, users } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
-import { recordAudit } from "../audit/service.js";
+import { recordAudit, recordUserAudit } from "../audit/service.js";
 import { guardAttempt } from "./abuse.js";
 import { sendVerificationEmail } from "./email-flows.js";
 import { hashPassword, verifyDecoy, verifyPassword } from "./passwords.js";
@@ -132,13 +132,7 @@ export async function login(
   }
   // The session remembers whether this sign-in used a second factor (orgs may require it).
   const tokens = await startSession(deps, user, { secondFactor: Boolean(user.totpEnabledAt), userAgent });
-  const orgIds = await db
-    .select({ orgId: memberships.orgId })
-    .from(memberships)
-    .where(eq(memberships.userId, user.id));
-  for (const { orgId } of orgIds) {
-    await recordAudit(db, { orgId, actor: { kind: "user", userId: user.id }, action: "user.signed_in", ip });
-  }
+  await recordUserAudit(db, user.id, { action: "user.signed_in", ip });
   return { user, tokens };
 }
 

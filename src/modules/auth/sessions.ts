@@ -1,11 +1,11 @@
 import { and, eq, isNull, ne, type SQL } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
-import { memberships, refreshTokens } from "../../db/schema.js";
+import { refreshTokens } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { randomToken, sha256Hex } from "../../lib/crypto.js";
 import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
-import { recordAudit } from "../audit/service.js";
+import { recordUserAudit } from "../audit/service.js";
 import { ACCESS_TOKEN_SECONDS, issueAccessToken } from "./tokens.js";
 
 /** A session lasts 30 days without use; each refresh rotates the token and renews that window. */
@@ -116,18 +116,10 @@ export async function rotateRefreshToken(
   if (outcome === "revoked") throw invalidRefresh();
   if (outcome === "reused") {
     await revokeFamily(deps, row.familyId);
-    const orgIds = await db
-      .select({ orgId: memberships.orgId })
-      .from(memberships)
-      .where(eq(memberships.userId, row.userId));
-    for (const { orgId } of orgIds) {
-      await recordAudit(db, {
-        orgId,
-        actor: { kind: "user", userId: row.userId },
-        action: "session.refresh_token_reused",
-        target: { type: "session", id: row.familyId },
-      });
-    }
+    await recordUserAudit(db, row.userId, {
+      action: "session.refresh_token_reused",
+      target: { type: "session", id: row.familyId },
+    });
     throw invalidRefresh();
   }
   return outcome;

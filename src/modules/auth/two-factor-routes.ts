@@ -1,13 +1,12 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, eq, isNull, min } from "drizzle-orm";
 import type { Context } from "hono";
-import type { Database } from "../../db/client.js";
-import { memberships, recoveryCodes, refreshTokens, users } from "../../db/schema.js";
+import { recoveryCodes, refreshTokens, users } from "../../db/schema.js";
 import type { AppEnv } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { newId } from "../../lib/ids.js";
-import { recordAudit } from "../audit/service.js";
+import { recordUserAudit } from "../audit/service.js";
 import { guardAttempt } from "./abuse.js";
 import { createApiRouter, requireCaller } from "./caller.js";
 import { clientIp } from "./client-ip.js";
@@ -69,17 +68,6 @@ async function reauthenticate(
       "forbidden",
       "Sign in again (within the last 10 minutes) to change two-factor authentication.",
     );
-  }
-}
-
-/** A user-level event, recorded in each org the user belongs to (where org admins see it). */
-async function auditUser(db: Database, userId: string, action: string, ip: string) {
-  const rows = await db
-    .select({ orgId: memberships.orgId })
-    .from(memberships)
-    .where(eq(memberships.userId, userId));
-  for (const { orgId } of rows.length > 0 ? rows : [{ orgId: null }]) {
-    await recordAudit(db, { orgId, actor: { kind: "user", userId }, action, ip });
   }
 }
 
@@ -206,7 +194,7 @@ export function twoFactorRoutes() {
             createdAt: now,
           })),
         );
-        await auditUser(tx, user.id, "user.two_factor_enabled", ip);
+        await recordUserAudit(tx, user.id, { action: "user.two_factor_enabled", ip });
       });
       // Every other session of the account ends; this one stays, still one-factor until the next sign-in.
       await revokeUserSessions(deps, user.id, (await requireCaller(c, "user")).sessionId);
@@ -259,7 +247,7 @@ export function twoFactorRoutes() {
           .set({ totpSecret: null, totpEnabledAt: null, updatedAt: now })
           .where(eq(users.id, user.id));
         await tx.delete(recoveryCodes).where(eq(recoveryCodes.userId, user.id));
-        await auditUser(tx, user.id, "user.two_factor_disabled", ip);
+        await recordUserAudit(tx, user.id, { action: "user.two_factor_disabled", ip });
       });
       return c.body(null, 204);
     },
