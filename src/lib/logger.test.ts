@@ -22,6 +22,15 @@ describe("logger", () => {
     expect(capture.text).not.toContain("SECRET123");
   });
 
+  it("scrubs a failed query's parameters from an error logged as its message string", () => {
+    const capture = new LogCapture();
+    const message =
+      'Failed query: select "id" from "api_keys" where "key_hash" = $1\nparams: 9f86d081884c7d65SECRETHASH';
+    createLogger("info", capture).warn({ err: message }, "lookup failed");
+    expect(capture.text).toContain("api_keys");
+    expect(capture.text).not.toContain("SECRETHASH");
+  });
+
   it("redacts secrets by field name wherever they sit", () => {
     const capture = new LogCapture();
     createLogger("info", capture).info({ body: { password: "hunter22", refresh_token: "tgr_abc" } }, "x");

@@ -48,16 +48,20 @@ export const REDACTED_PATHS = [
  * parameters (which may be token hashes, e-mail bodies, personal data) in the message and in
  * `params`. The SQL text, the driver's own error and the stack are kept.
  */
-export function serializeError(error: unknown): Record<string, unknown> {
-  const serialized = pino.stdSerializers.err(error as Error) as unknown as Record<string, unknown>;
+export function serializeError(error: unknown): unknown {
+  // Many call sites log `err: error.message`: a string gets the same scrubbing as an Error.
+  if (typeof error === "string") return scrubText(error);
+  if (!(error instanceof Error)) return error;
+  const serialized = pino.stdSerializers.err(error) as unknown as Record<string, unknown>;
   return scrub(serialized);
 }
+
+const scrubText = (text: string) => text.replace(/\nparams: [\s\S]*?(?=\n {4}at |$)/, "\nparams: [redacted]");
 
 function scrub(value: Record<string, unknown>): Record<string, unknown> {
   const { params: _params, ...rest } = value;
   for (const key of ["message", "stack"] as const) {
-    if (typeof rest[key] === "string")
-      rest[key] = (rest[key] as string).replace(/\nparams: [\s\S]*?(?=\n {4}at |$)/, "\nparams: [redacted]");
+    if (typeof rest[key] === "string") rest[key] = scrubText(rest[key] as string);
   }
   if (rest.cause && typeof rest.cause === "object") rest.cause = scrub(rest.cause as Record<string, unknown>);
   return rest;
