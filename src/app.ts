@@ -13,14 +13,16 @@ import { authRoutes } from "./modules/auth/routes.js";
 import { twoFactorRoutes } from "./modules/auth/two-factor-routes.js";
 import { mountDocs } from "./modules/docs/routes.js";
 import { healthRoutes } from "./modules/health/routes.js";
+import { meteringRoutes } from "./modules/metering/routes.js";
 import { orgRoutes } from "./modules/orgs/routes.js";
+import { planRoutes, subscriptionRoutes } from "./modules/plans/routes.js";
 import { testClockRoutes } from "./modules/test-clock/routes.js";
 
 export const VERSION = "0.1.0";
 
 /** Default request body limit; routes that take large batches are listed in BODY_LIMITS. */
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
-const BODY_LIMITS: Record<string, number> = {};
+const BODY_LIMITS: Record<string, number> = { "/v1/events": 4 * 1024 * 1024 };
 
 const JSON_TYPE = /^application\/([\w.-]+\+)?json$/i;
 
@@ -110,6 +112,9 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", oidcRoutes());
   app.route("/", twoFactorRoutes());
   app.route("/", orgRoutes());
+  app.route("/", planRoutes());
+  app.route("/", subscriptionRoutes());
+  app.route("/", meteringRoutes());
   if (deps.testClock) app.route("/", testClockRoutes());
   mountDocs(app, VERSION);
 

@@ -20,8 +20,11 @@ import { closeApiKeys } from "./modules/api-keys/verify.js";
 import type { Caller } from "./modules/auth/caller.js";
 import type { Catalog } from "./modules/catalog/schema.js";
 import { DEFAULT_CATALOG_PATH, loadCatalog } from "./modules/catalog/validate.js";
+import { closeMetering } from "./modules/metering/check.js";
 import { type InstanceSecrets, loadInstanceSecrets } from "./modules/operator/secrets.js";
 import type { OrgAccess } from "./modules/orgs/access.js";
+import { closeSubscriptionCache } from "./modules/plans/subscriptions.js";
+import { backfillSubscriptions, type PlanRegistry, syncPlanVersions } from "./modules/plans/versions.js";
 import { createTestClock, type TestClockService } from "./modules/test-clock/service.js";
 
 /**
@@ -45,6 +48,8 @@ export interface Deps {
   /** The price list in force, validated at boot; a bad catalog stops the server. */
   catalog: Catalog;
   catalogPath: string;
+  /** Every version of every plan; subscribers keep theirs (grandfathering). */
+  plans: PlanRegistry;
   testClock: TestClockService | undefined;
   /** True once shutdown has begun: readiness goes red so load balancers stop sending traffic. */
   draining: boolean;
@@ -88,6 +93,8 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
   const opened: Array<() => Promise<unknown>> = options.database ? [] : [() => database.close()];
   try {
     await runMigrations(database);
+    const plans = await syncPlanVersions(database, catalog, logger);
+    await backfillSubscriptions(database, plans, catalog);
 
     const redis = env.redisUrl ? createRedis(env.redisUrl, { logger, name: "tollgate-hot-path" }) : undefined;
     if (redis) {
@@ -155,6 +162,7 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
       secrets,
       catalog,
       catalogPath,
+      plans,
       testClock,
       draining: false,
     };
@@ -169,6 +177,9 @@ export async function closeDeps(deps: Deps, options: { keepDatabase?: boolean } 
   const steps: Array<[string, () => Promise<unknown>]> = [
     // First: flushes API keys' last-used times while the database is still open.
     ["api keys", () => closeApiKeys(deps)],
+    ["subscription cache", () => closeSubscriptionCache(deps)],
+    // Commits consumed usage still queued, while the database is open.
+    ["metering", () => closeMetering(deps)],
     ["jobs", () => deps.jobs.close()],
     ["mailer", () => deps.mailer.close()],
     ["test clock", async () => deps.testClock?.close()],

@@ -24,6 +24,8 @@ const PUBLIC_OPERATIONS = new Set([
   "POST /v1/auth/verify-email",
   "POST /v1/auth/forgot-password",
   "POST /v1/auth/reset-password",
+  // The pricing page.
+  "GET /v1/plans",
 ]);
 
 type Operation = { method: string; path: string; security: unknown[] | undefined };

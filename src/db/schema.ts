@@ -1,9 +1,11 @@
 import { sql } from "drizzle-orm";
 import {
+  bigint,
   boolean,
   index,
   integer,
   jsonb,
+  numeric,
   pgTable,
   primaryKey,
   text,
@@ -264,4 +266,172 @@ export const emails = pgTable(
     ...timestamps,
   },
   (t) => [index("emails_to_idx").on(t.to), index("emails_created_idx").on(t.createdAt)],
+);
+
+// ---------------------------------------------------------------------------------------------
+// Plans, subscriptions and metering
+
+/**
+ * Every plan definition the catalog has ever had. A plan whose definition changes gets a new version
+ * at the next boot; subscribers keep the version they bought until migrated (grandfathering).
+ */
+export const planVersions = pgTable(
+  "plan_versions",
+  {
+    planKey: text("plan_key").notNull(),
+    version: integer("version").notNull(),
+    /** SHA-256 of the canonical JSON of `definition`: a boot with an unchanged plan adds nothing. */
+    hash: text("hash").notNull(),
+    /** The parsed plan, as the catalog validator normalised it. */
+    definition: jsonb("definition").notNull(),
+    ...timestamps,
+  },
+  (t) => [
+    primaryKey({ columns: [t.planKey, t.version] }),
+    uniqueIndex("plan_versions_hash_idx").on(t.planKey, t.hash),
+  ],
+);
+
+export const SUBSCRIPTION_STATUSES = ["trialing", "active", "past_due", "canceled"] as const;
+export type SubscriptionStatus = (typeof SUBSCRIPTION_STATUSES)[number];
+
+/** An org's current subscription: every org has exactly one, created with the org. */
+export const subscriptions = pgTable(
+  "subscriptions",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id")
+      .notNull()
+      .references(() => orgs.id),
+    planKey: text("plan_key").notNull(),
+    planVersion: integer("plan_version").notNull(),
+    interval: text("interval", { enum: ["month", "year"] }).notNull(),
+    status: text("status", { enum: SUBSCRIPTION_STATUSES }).notNull(),
+    /** Billing periods run from this instant in steps of the interval (month-end days clamp). */
+    anchorAt: at("anchor_at").notNull(),
+    trialEndsAt: at("trial_ends_at"),
+    ...timestamps,
+    updatedAt: at("updated_at").notNull().defaultNow(),
+  },
+  (t) => [
+    uniqueIndex("subscriptions_org_idx").on(t.orgId),
+    index("subscriptions_plan_idx").on(t.planKey, t.planVersion),
+  ],
+);
+
+/**
+ * Raw usage events, deduplicated per org by the caller's event id forever. `period_start` is the
+ * billing period the event was counted in.
+ */
+export const usageEvents = pgTable(
+  "usage_events",
+  {
+    orgId: text("org_id").notNull(),
+    eventId: text("event_id").notNull(),
+    meter: text("meter").notNull(),
+    timestamp: at("timestamp").notNull(),
+    value: numeric("value").notNull(),
+    properties: jsonb("properties").$type<Record<string, unknown>>().notNull(),
+    periodStart: at("period_start").notNull(),
+    receivedAt: at("received_at").notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.orgId, t.eventId] }),
+    index("usage_events_meter_idx").on(t.orgId, t.meter, t.timestamp),
+  ],
+);
+
+/**
+ * Hourly rollups per org, meter and billing period: every read of usage (entitlements, series,
+ * billing) costs the same whatever the number of events. `bucket` is the hour the events fell in
+ * (an hour that straddles a period boundary has one row per period).
+ */
+export const usageRollups = pgTable(
+  "usage_rollups",
+  {
+    orgId: text("org_id").notNull(),
+    meter: text("meter").notNull(),
+    periodStart: at("period_start").notNull(),
+    bucket: at("bucket").notNull(),
+    /** Events (or units consumed by checks, for count meters). */
+    count: numeric("count").notNull(),
+    sum: numeric("sum").notNull(),
+    min: numeric("min"),
+    max: numeric("max"),
+    latestAt: at("latest_at"),
+    latestValue: numeric("latest_value"),
+    /** Σ value × epoch seconds of its timestamp: with `sum`, gives weighted_sum for any interval. */
+    sumValueTime: numeric("sum_value_time").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.orgId, t.meter, t.periodStart, t.bucket] })],
+);
+
+/** Period totals of count and sum meters: what quotas are enforced against, one row per period. */
+export const usagePeriods = pgTable(
+  "usage_periods",
+  {
+    orgId: text("org_id").notNull(),
+    meter: text("meter").notNull(),
+    periodStart: at("period_start").notNull(),
+    quantity: numeric("quantity").notNull(),
+    updatedAt: at("updated_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.orgId, t.meter, t.periodStart] })],
+);
+
+/** Distinct values seen by unique_count meters, per period. */
+export const usageUniques = pgTable(
+  "usage_uniques",
+  {
+    orgId: text("org_id").notNull(),
+    meter: text("meter").notNull(),
+    periodStart: at("period_start").notNull(),
+    value: text("value").notNull(),
+    firstSeenAt: at("first_seen_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.orgId, t.meter, t.periodStart, t.value] })],
+);
+
+/** Allocations of limit features (seats, profiles): the current amount in use per org. */
+export const allocations = pgTable(
+  "allocations",
+  {
+    orgId: text("org_id").notNull(),
+    feature: text("feature").notNull(),
+    value: bigint("value", { mode: "number" }).notNull(),
+    updatedAt: at("updated_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.orgId, t.feature] })],
+);
+
+/** The first answer to each idempotent check, returned to every retry for 24 hours. */
+export const checkIdempotency = pgTable(
+  "check_idempotency",
+  {
+    orgId: text("org_id").notNull(),
+    key: text("key").notNull(),
+    fingerprint: text("fingerprint").notNull(),
+    response: jsonb("response").notNull(),
+    ...timestamps,
+  },
+  (t) => [primaryKey({ columns: [t.orgId, t.key] }), index("check_idempotency_created_idx").on(t.createdAt)],
+);
+
+/** A metered quota crossing one of its thresholds, recorded once per threshold and period. */
+export const thresholdEvents = pgTable(
+  "threshold_events",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id").notNull(),
+    feature: text("feature").notNull(),
+    periodStart: at("period_start").notNull(),
+    threshold: integer("threshold").notNull(),
+    limit: numeric("limit").notNull(),
+    quantity: numeric("quantity").notNull(),
+    ...timestamps,
+  },
+  (t) => [
+    uniqueIndex("threshold_events_once_idx").on(t.orgId, t.feature, t.periodStart, t.threshold),
+    index("threshold_events_created_idx").on(t.createdAt),
+  ],
 );

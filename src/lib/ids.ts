@@ -25,6 +25,7 @@ export const ID_PREFIXES = {
   email: "eml",
   oneTimeToken: "ott",
   recoveryCode: "rcv",
+  threshold: "thr",
 } as const;
 
 export type IdKind = keyof typeof ID_PREFIXES;

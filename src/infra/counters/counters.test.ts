@@ -54,7 +54,7 @@ const rate = (key: string, limit: number, periodMs: number, cost = 1): RateOp =>
 
 async function done(store: CounterStore, ops: Op[], nowMs: number, options?: ApplyOptions) {
   const result = await store.apply(ops, nowMs, options);
-  if (result.status !== "done") throw new Error(`expected done, got missing ${result.missing}`);
+  if (result.status !== "done") throw new Error(`expected done, got ${JSON.stringify(result)}`);
   return result;
 }
 
@@ -99,13 +99,19 @@ describe.each(twins)("$name counter store", (twin) => {
     const k = key("fit");
     await store.seed(k, 8, 3600);
     expect((await done(store, [counter(k, 3, 10)], T0)).outcomes).toEqual([
-      { kind: "counter", allowed: false, value: 8, limit: 10 },
+      { kind: "counter", allowed: false, previous: 8, value: 8, limit: 10 },
     ]);
     expect((await done(store, [counter(k, 2, 10)], T0)).outcomes).toEqual([
-      { kind: "counter", allowed: true, value: 10, limit: 10 },
+      { kind: "counter", allowed: true, previous: 8, value: 10, limit: 10 },
     ]);
     const unlimited = await done(store, [counter(k, 1_000_000, null)], T0);
-    expect(unlimited.outcomes[0]).toEqual({ kind: "counter", allowed: true, value: 1_000_010, limit: null });
+    expect(unlimited.outcomes[0]).toEqual({
+      kind: "counter",
+      allowed: true,
+      previous: 10,
+      value: 1_000_010,
+      limit: null,
+    });
   });
 
   it("lets two ops on one counter see each other, all or nothing", async () => {
@@ -126,7 +132,7 @@ describe.each(twins)("$name counter store", (twin) => {
     expect((await done(store, [counter(k, 1, 100), rate(r, 1, 60_000)], T0)).allowed).toBe(true);
     const denied = await done(store, [counter(k, 1, 100), rate(r, 1, 60_000)], T0 + 1000);
     expect(denied.allowed).toBe(false);
-    expect(denied.outcomes[0]).toEqual({ kind: "counter", allowed: true, value: 1, limit: 100 });
+    expect(denied.outcomes[0]).toEqual({ kind: "counter", allowed: true, previous: 1, value: 1, limit: 100 });
     expect(rateView(denied.outcomes[1])).toEqual([false, 0, 59_000, 59_000]);
     expect(await store.get([k])).toEqual([1]);
   });
@@ -138,7 +144,7 @@ describe.each(twins)("$name counter store", (twin) => {
     expect(denied.allowed).toBe(false);
     // The rate op was allowed on its own, but nothing was applied: it reports the untouched limiter.
     expect(rateView(denied.outcomes[0])).toEqual([true, 2, 0, 0]);
-    expect(denied.outcomes[1]).toEqual({ kind: "counter", allowed: false, value: 5, limit: 5 });
+    expect(denied.outcomes[1]).toEqual({ kind: "counter", allowed: false, previous: 5, value: 5, limit: 5 });
     const first = await done(store, [rate(r, 2, 60_000)], T0);
     const second = await done(store, [rate(r, 2, 60_000)], T0);
     expect([first.allowed, second.allowed]).toEqual([true, true]);
@@ -206,10 +212,16 @@ describe.each(twins)("$name counter store", (twin) => {
     await store.seed(k, 2, 3600);
     const would = await done(store, [counter(k, 3, 10), rate(r, 10, 60_000)], T0, { dryRun: true });
     expect(would.allowed).toBe(true);
-    expect(would.outcomes[0]).toEqual({ kind: "counter", allowed: true, value: 5, limit: 10 });
+    expect(would.outcomes[0]).toEqual({ kind: "counter", allowed: true, previous: 2, value: 5, limit: 10 });
     expect(rateView(would.outcomes[1])).toEqual([true, 9, 6000, 0]);
     const wouldNot = await done(store, [counter(k, 9, 10)], T0, { dryRun: true });
-    expect(wouldNot.outcomes[0]).toEqual({ kind: "counter", allowed: false, value: 2, limit: 10 });
+    expect(wouldNot.outcomes[0]).toEqual({
+      kind: "counter",
+      allowed: false,
+      previous: 2,
+      value: 2,
+      limit: 10,
+    });
     expect(await store.get([k])).toEqual([2]);
     expect(rateView((await done(store, [rate(r, 10, 60_000)], T0)).outcomes[0])).toEqual([true, 9, 6000, 0]);
   });

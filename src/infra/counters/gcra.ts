@@ -89,7 +89,13 @@ export interface Evaluation {
 export function toOutcome(op: Op, evaluation: Evaluation, overall: boolean): Outcome {
   const after = overall ? evaluation.next : evaluation.stored;
   if (op.kind === "counter")
-    return { kind: "counter", allowed: evaluation.allowed, value: after, limit: op.limit };
+    return {
+      kind: "counter",
+      allowed: evaluation.allowed,
+      previous: evaluation.stored,
+      value: after,
+      limit: op.limit,
+    };
   const { remaining, resetMs } = gcraReport(after, op.limit, op.periodMs);
   return {
     kind: "rate",

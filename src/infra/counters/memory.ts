@@ -7,7 +7,7 @@ import {
   toOutcome,
   validateOps,
 } from "./gcra.js";
-import type { ApplyOptions, ApplyResult, CounterStore, Op } from "./types.js";
+import type { ApplyOptions, ApplyResult, CounterStore, Increment, Op } from "./types.js";
 
 interface CounterEntry {
   value: number;
@@ -33,6 +33,7 @@ const SWEEP_EVERY_APPLIES = 4096;
 export function createMemoryCounterStore(options: { now?: () => number } = {}): CounterStore {
   const counters = new Map<string, CounterEntry>();
   const rates = new Map<string, RateEntry>();
+  const held = new Map<string, { value: string; expiresAtMs: number }>();
   let lastNowMs: number | undefined;
   let appliesSinceSweep = 0;
   const clock = (): number => options.now?.() ?? lastNowMs ?? Date.now();
@@ -49,6 +50,7 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
   function sweep(nowMs: number): void {
     for (const [key, entry] of counters) if (nowMs >= entry.expiresAtMs) counters.delete(key);
     for (const [key, entry] of rates) if (nowMs >= entry.expiresAtMs) rates.delete(key);
+    for (const [key, entry] of held) if (nowMs >= entry.expiresAtMs) held.delete(key);
   }
 
   return {
@@ -60,6 +62,12 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
       if (++appliesSinceSweep >= SWEEP_EVERY_APPLIES) {
         appliesSinceSweep = 0;
         sweep(nowMs);
+      }
+
+      const claim = applyOptions.idempotency;
+      if (claim) {
+        const previous = live(held, claim.key, nowMs);
+        if (previous) return { status: "replay", held: previous.value };
       }
 
       const missing: number[] = [];
@@ -96,6 +104,9 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
       const allowed = evaluated.every((evaluation) => evaluation.allowed);
       const outcomes = ops.map((op, index) => toOutcome(op, evaluated[index] as Evaluation, allowed));
 
+      if (claim && !applyOptions.dryRun) {
+        held.set(claim.key, { value: claim.claim, expiresAtMs: nowMs + claim.ttlSeconds * 1000 });
+      }
       if (allowed && !applyOptions.dryRun) {
         for (const op of ops) {
           if (op.kind !== "counter") continue;
@@ -108,6 +119,29 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
         }
       }
       return { status: "done", allowed, outcomes };
+    },
+
+    async increment(increments: Increment[]): Promise<void> {
+      const nowMs = clock();
+      for (const { key, amount, ttlSeconds } of increments) {
+        validateOps([{ kind: "counter", key, amount, limit: null, ttlSeconds }], 0);
+        const entry = live(counters, key, nowMs);
+        if (!entry) continue;
+        entry.value = Math.max(entry.value + amount, 0);
+        entry.expiresAtMs = nowMs + ttlSeconds * 1000;
+      }
+    },
+
+    async remember(key: string, value: string, ttlSeconds: number): Promise<void> {
+      held.set(key, { value, expiresAtMs: clock() + ttlSeconds * 1000 });
+    },
+
+    async recall(key: string): Promise<string | null> {
+      return live(held, key, clock())?.value ?? null;
+    },
+
+    async forget(key: string): Promise<void> {
+      held.delete(key);
     },
 
     async get(keys: string[]): Promise<(number | null)[]> {
@@ -137,6 +171,7 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
     async close(): Promise<void> {
       counters.clear();
       rates.clear();
+      held.clear();
     },
   };
 }

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import type { Redis } from "ioredis";
 import { type Evaluation, toOutcome, validateOps } from "./gcra.js";
-import type { ApplyOptions, ApplyResult, CounterStore, Op } from "./types.js";
+import type { ApplyOptions, ApplyResult, CounterStore, Increment, Op } from "./types.js";
 
 /** Rate state outlives its TAT by this much (see the script). */
 const EXPIRY_SLACK_MS = 1000;
@@ -10,10 +10,13 @@ const EXPIRY_SLACK_MS = 1000;
  * The whole of `apply` in one script, so a call is one round trip and atomic. It mirrors memory.ts
  * and gcra.ts step for step; keep them in lockstep.
  *
- * KEYS[i] is op i's key. ARGV[1] = nowMs, ARGV[2] = "1" for a dry run, then four per op:
+ * KEYS[i] is op i's key, and KEYS[n + 1] the idempotency key when there is one. ARGV[1] = nowMs,
+ * ARGV[2] = "1" for a dry run, ARGV[3] = the idempotency claim ("" for none), ARGV[4] = its TTL in
+ * seconds, then four per op:
  *   counter: "c", amount, limit ("" = unlimited), ttlSeconds
  *   rate:    "r", limit, periodMs, cost
- * Reply: {0, missing op indexes...} or {1, all allowed, then per op: allowed, stored, next, retry}.
+ * Reply: {0, missing op indexes...}, {2, held value} for a claimed idempotency key, or
+ * {1, all allowed, then per op: allowed, stored, next, retry}.
  *
  * Lua numbers are doubles, like JS numbers: every value here is an integer below 2^53, so +, −, ×
  * and floor/ceil of a quotient agree bit for bit. Numbers are never handed to Redis as Lua numbers
@@ -23,9 +26,15 @@ const EXPIRY_SLACK_MS = 1000;
 const APPLY_SCRIPT = `
 local now = tonumber(ARGV[1])
 local dry = ARGV[2] == "1"
-local n = #KEYS
+local claim = ARGV[3]
+local n = (#ARGV - 4) / 4
 
-local function arg(i, k) return ARGV[2 + (i - 1) * 4 + k] end
+local function arg(i, k) return ARGV[4 + (i - 1) * 4 + k] end
+
+if claim ~= "" then
+  local previous = redis.call("GET", KEYS[n + 1])
+  if previous then return { 2, previous } end
+end
 
 -- Rate state is "tatMs:frac:limit": the TAT is tatMs + frac / limit ms, exactly.
 local function read_state(key)
@@ -104,6 +113,9 @@ for i = 1, n do
   reply[#reply + 1] = string.format("%.0f", retry)
 end
 
+if claim ~= "" and not dry then
+  redis.call("SET", KEYS[n + 1], claim, "EX", ARGV[4])
+end
 if reply[2] == 1 and not dry then
   for i = 1, n do
     local key = KEYS[i]
@@ -126,6 +138,19 @@ end
 return reply
 `;
 
+/** Adds to counters that exist, each on its own; absent ones stay absent. */
+const INCREMENT_SCRIPT = `
+for i = 1, #KEYS do
+  local raw = redis.call("GET", KEYS[i])
+  if raw then
+    local nextv = tonumber(raw) + tonumber(ARGV[2 * i - 1])
+    if nextv < 0 then nextv = 0 end
+    redis.call("SET", KEYS[i], string.format("%.0f", nextv), "EX", ARGV[2 * i])
+  end
+end
+return 1
+`;
+
 /** Set-if-absent, then read back what is held, atomically. */
 const SEED_SCRIPT = `
 redis.call("SET", KEYS[1], ARGV[1], "EX", ARGV[2], "NX")
@@ -145,7 +170,9 @@ return redis.call("GET", KEYS[1])
 export function createRedisCounterStore(redis: Redis, options: { prefix: string }): CounterStore {
   const counterKey = (key: string) => `${options.prefix}c:${key}`;
   const rateKey = (key: string) => `${options.prefix}r:${key}`;
+  const heldKey = (key: string) => `${options.prefix}i:${key}`;
   const apply = scriptRunner(redis, APPLY_SCRIPT);
+  const increment = scriptRunner(redis, INCREMENT_SCRIPT);
   const seed = scriptRunner(redis, SEED_SCRIPT);
 
   return {
@@ -153,9 +180,16 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
 
     async apply(ops: Op[], nowMs: number, applyOptions: ApplyOptions = {}): Promise<ApplyResult> {
       validateOps(ops, nowMs);
-      if (ops.length === 0) return { status: "done", allowed: true, outcomes: [] };
+      const claim = applyOptions.idempotency;
+      if (ops.length === 0 && !claim) return { status: "done", allowed: true, outcomes: [] };
       const keys = ops.map((op) => (op.kind === "counter" ? counterKey(op.key) : rateKey(op.key)));
-      const args: string[] = [String(nowMs), applyOptions.dryRun ? "1" : "0"];
+      if (claim) keys.push(heldKey(claim.key));
+      const args: string[] = [
+        String(nowMs),
+        applyOptions.dryRun ? "1" : "0",
+        claim?.claim ?? "",
+        String(claim?.ttlSeconds ?? 0),
+      ];
       for (const op of ops) {
         if (op.kind === "counter") {
           args.push("c", String(op.amount), op.limit === null ? "" : String(op.limit), String(op.ttlSeconds));
@@ -163,7 +197,9 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
           args.push("r", String(op.limit), String(op.periodMs), String(op.cost));
         }
       }
-      const reply = ((await apply(keys, args)) as Array<number | string>).map(Number);
+      const raw = (await apply(keys, args)) as Array<number | string>;
+      if (raw[0] === 2) return { status: "replay", held: String(raw[1]) };
+      const reply = raw.map(Number);
       if (reply[0] === 0) return { status: "missing", missing: reply.slice(1) };
       const allowed = reply[1] === 1;
       const outcomes = ops.map((op, index) => {
@@ -177,6 +213,31 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
         return toOutcome(op, evaluation, allowed);
       });
       return { status: "done", allowed, outcomes };
+    },
+
+    async increment(increments: Increment[]): Promise<void> {
+      if (increments.length === 0) return;
+      const args: string[] = [];
+      for (const { key, amount, ttlSeconds } of increments) {
+        validateOps([{ kind: "counter", key, amount, limit: null, ttlSeconds }], 0);
+        args.push(String(amount), String(ttlSeconds));
+      }
+      await increment(
+        increments.map((entry) => counterKey(entry.key)),
+        args,
+      );
+    },
+
+    async remember(key: string, value: string, ttlSeconds: number): Promise<void> {
+      await redis.set(heldKey(key), value, "EX", ttlSeconds);
+    },
+
+    async recall(key: string): Promise<string | null> {
+      return redis.get(heldKey(key));
+    },
+
+    async forget(key: string): Promise<void> {
+      await redis.del(heldKey(key));
     },
 
     async get(keys: string[]): Promise<(number | null)[]> {

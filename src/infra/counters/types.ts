@@ -32,6 +32,8 @@ export type Op = CounterOp | RateOp;
 export interface CounterOutcome {
   kind: "counter";
   allowed: boolean;
+  /** The value held before the call. */
+  previous: number;
   /** The value after the call (unchanged if the call was denied or nothing was applied). */
   value: number;
   limit: number | null;
@@ -58,17 +60,52 @@ export type ApplyResult =
    * Some counters are not in the store (first use, or lost with a Redis restart). Nothing was
    * applied: the caller seeds them from Postgres — the source of truth — and calls again.
    */
-  | { status: "missing"; missing: number[] };
+  | { status: "missing"; missing: number[] }
+  /**
+   * The idempotency key was already claimed: nothing was evaluated or applied. `held` is what the
+   * first call stored with {@link CounterStore.remember} (or its pending claim).
+   */
+  | { status: "replay"; held: string };
+
+/**
+ * Claims an idempotency key in the same atomic step as the ops: the first call evaluates and stores
+ * `claim` under the key; any later call with the key gets `replay` and changes nothing.
+ */
+export interface IdempotencyClaim {
+  key: string;
+  /** Stored as the key's value until the caller replaces it with the final answer. */
+  claim: string;
+  ttlSeconds: number;
+}
 
 export interface ApplyOptions {
   /** Evaluate without applying anything (a check with consume = false). */
   dryRun?: boolean;
+  idempotency?: IdempotencyClaim;
+}
+
+/** An unconditional addition to a counter that exists (usage that already happened). */
+export interface Increment {
+  key: string;
+  amount: number;
+  ttlSeconds: number;
 }
 
 export interface CounterStore {
   readonly kind: "memory" | "redis";
   /** Applies every op atomically, all or nothing, at time `nowMs` (from the clock). */
   apply(ops: Op[], nowMs: number, options?: ApplyOptions): Promise<ApplyResult>;
+  /**
+   * Adds to each counter the store holds, each on its own (no limit: the usage already happened);
+   * absent counters stay absent and are seeded from Postgres when next needed.
+   */
+  increment(increments: Increment[]): Promise<void>;
+  /** Stores a value (an idempotent answer) under an idempotency key. */
+  remember(key: string, value: string, ttlSeconds: number): Promise<void>;
+  /** The value under an idempotency key, or null. */
+  recall(key: string): Promise<string | null>;
+  /** Removes an idempotency key (its call failed and may be retried). */
+  forget(key: string): Promise<void>;
   /** Current counter values; null for a counter the store does not hold. */
   get(keys: string[]): Promise<(number | null)[]>;
   /** Sets a counter only if absent (rebuild from Postgres); returns the value now held. */

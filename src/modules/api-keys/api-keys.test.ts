@@ -3,18 +3,20 @@ import { PgDialect } from "drizzle-orm/pg-core";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { appModes, createTestApp, deleteRedisPrefix, type TestApp } from "../../../test/support/app.js";
 import { createTestDatabase, type TestDatabase, uniquePrefix } from "../../../test/support/storage.js";
-import { apiKeys, auditLog, orgs } from "../../db/schema.js";
+import { apiKeys, auditLog, orgs, subscriptions } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { newId } from "../../lib/ids.js";
+import { defaultSubscription } from "../plans/subscriptions.js";
 import { generateKey, KEY_PATTERN } from "./format.js";
 import { closeApiKeys, flushKeyUsage, verifyApiKey } from "./verify.js";
 
 const hour = 3_600_000;
 
-/** Until the orgs module lands, orgs are made directly in the database. */
+/** An org made directly in the database, with the subscription every org has. */
 async function newOrg(t: TestApp, name: string): Promise<string> {
   const id = newId("org");
   await t.database.db.insert(orgs).values({ id, name });
+  await t.database.db.insert(subscriptions).values(defaultSubscription(t.deps, id, t.deps.clock.now()));
   return id;
 }
 
@@ -294,17 +296,39 @@ describe.each(appModes)("API keys ($name)", (mode) => {
       expect(res.body.errors).toEqual([expect.objectContaining({ field: "expires_at" })]);
     });
 
-    it("refuses unknown fields, including verify's feature and amount (they come with metering)", async () => {
+    it("refuses unknown fields, on create and on verify", async () => {
       const res = await create({ name: "x", scopes: ["keys:read"], admin: true });
       expect(res.status).toBe(400);
       expect(res.body.errors[0]).toMatchObject({ field: "admin", code: "unknown_field" });
       const key = await newKey();
       const check = await t.call("POST", "/v1/keys/verify", {
         auth: "operator",
-        body: { key: key.key, feature: "api_calls", amount: 1 },
+        body: { key: key.key, feature: "kolekts", amont: 1 },
       });
       expect(check.status).toBe(400);
-      expect(check.body.errors.map((e: { field: string }) => e.field).sort()).toEqual(["amount", "feature"]);
+      expect(check.body.errors.map((e: { field: string }) => e.field)).toEqual(["amont"]);
+    });
+
+    it("verifies a key and checks a feature for its org in one call", async () => {
+      const key = await newKey();
+      const res = await t.call("POST", "/v1/keys/verify", {
+        auth: "operator",
+        body: { key: key.key, feature: "kolekts", amount: 3 },
+      });
+      expect(res.status, res.text).toBe(200);
+      expect(res.body).toMatchObject({ valid: true, org_id: org, plan: "free" });
+      expect(res.body.check).toMatchObject({
+        allowed: true,
+        feature: "kolekts",
+        limit: 10,
+        used: 3,
+        remaining: 7,
+      });
+      const over = await t.call("POST", "/v1/keys/verify", {
+        auth: "operator",
+        body: { key: key.key, feature: "kolekts", amount: 8 },
+      });
+      expect(over.body.check).toMatchObject({ allowed: false, reason: "quota_exceeded", used: 3 });
     });
 
     it("refuses a grace period over a week, and rotating a key twice or after revocation", async () => {
@@ -396,8 +420,7 @@ describe.each(appModes.filter((m) => m.database === "postgres"))(
       const a = await createTestApp(options);
       const b = await createTestApp(options);
       try {
-        const org = newId("org");
-        await a.database.db.insert(orgs).values({ id: org, name: "Shared" });
+        const org = await newOrg(a, "Shared");
         const created = await a.call("POST", `/v1/orgs/${org}/api-keys`, {
           auth: "operator",
           body: { name: "shared", scopes: ["keys:read"] },

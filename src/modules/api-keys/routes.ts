@@ -1,10 +1,12 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { createMiddleware } from "hono/factory";
-import type { AppEnv } from "../../deps.js";
 import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
-import { createApiRouter, requireCaller } from "../auth/caller.js";
+import { createApiRouter, operatorOnly } from "../auth/caller.js";
+import { type FeatureResult, runCheck } from "../metering/check.js";
+import { setRateHeaders } from "../metering/rate-headers.js";
+import { Amount, CheckResult } from "../metering/schemas.js";
 import { accessOf, orgAccess } from "../orgs/access.js";
 import { API_KEY_SCOPES } from "../orgs/permissions.js";
+import { orgPlan } from "../plans/subscriptions.js";
 import { KEY_LENGTH } from "./format.js";
 import {
   type ApiKeyRow,
@@ -86,6 +88,15 @@ const VerifyRequest = z
       .string()
       .max(KEY_LENGTH * 4)
       .openapi({ example: "tg_…" }),
+    feature: z
+      .string()
+      .min(1)
+      .max(128)
+      .optional()
+      .openapi({ description: "Also run a check of this feature for the key's org, in the same call." }),
+    amount: Amount.optional(),
+    consume: z.boolean().optional().openapi({ description: "For the check; default true." }),
+    idempotency_key: z.string().min(1).max(255).optional(),
   })
   .openapi("KeyVerifyRequest");
 
@@ -97,6 +108,7 @@ const VerifyResult = z
       key_id: z.string(),
       scopes: z.array(z.string()),
       plan: z.string().openapi({ description: "The org's plan key." }),
+      check: CheckResult.optional().openapi({ description: "When `feature` was given." }),
     }),
     z.object({ valid: z.literal(false), reason: z.enum(["malformed", "unknown", "revoked", "expired"]) }),
   ])
@@ -113,11 +125,6 @@ const orgSecurity: Record<string, string[]>[] = [{ operator: [] }, { bearer: [] 
 const operatorSecurity: Record<string, string[]>[] = [{ operator: [] }];
 
 /** Credentials before validation, as for every secured route. */
-const operatorOnly = createMiddleware<AppEnv>(async (c, next) => {
-  await requireCaller(c, "operator");
-  await next();
-});
-
 const iso = (date: Date | null) => date?.toISOString() ?? null;
 
 function view(row: ApiKeyRow): z.infer<typeof ApiKey> {
@@ -241,16 +248,31 @@ export function apiKeyRoutes() {
     }),
     async (c) => {
       const deps = c.get("deps");
-      const result = await verifyApiKey(deps, c.req.valid("json").key);
+      const body = c.req.valid("json");
+      const result = await verifyApiKey(deps, body.key);
       if (!result.valid) return c.json({ valid: false as const, reason: result.reason }, 200);
+      const org = await orgPlan(deps, result.orgId, deps.clock.nowMs());
+      if (!org) return c.json({ valid: false as const, reason: "revoked" as const }, 200);
+      let check: (FeatureResult & { allowed: boolean }) | undefined;
+      if (body.feature !== undefined) {
+        const answer = await runCheck(deps, {
+          orgId: result.orgId,
+          items: [{ feature: body.feature, amount: body.amount ?? 1 }],
+          consume: body.consume ?? true,
+          idempotencyKey: body.idempotency_key,
+          fieldOf: (_i, field) => field,
+        });
+        setRateHeaders(c, answer.rate);
+        check = { ...(answer.results[0] as FeatureResult), allowed: answer.allowed };
+      }
       return c.json(
         {
           valid: true as const,
           org_id: result.orgId,
           key_id: result.keyId,
           scopes: result.scopes,
-          // Orgs have no plans until the metering issue: every org is on the catalog's default plan.
-          plan: deps.catalog.default_plan,
+          plan: org.planKey,
+          ...(check ? { check } : {}),
         },
         200,
       );

@@ -3,6 +3,7 @@ import type { AppEnv, Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { createRouter } from "../../lib/http.js";
 import { verifyApiKey } from "../api-keys/verify.js";
+import { enforceApiKeyRate } from "../metering/api-rate.js";
 import { bearerToken, isOperatorKey } from "../operator/auth.js";
 import { sessionIsLive } from "./sessions.js";
 import { verifyAccessToken } from "./tokens.js";
@@ -47,6 +48,8 @@ export async function requireCaller<K extends Caller["kind"]>(
     if (!token) throw unauthenticated("This endpoint needs credentials as a Bearer token.");
     caller = await resolveCaller(c.get("deps"), token);
     c.set("caller", caller);
+    // Org API keys are rate limited by their org's plan (once per request: the caller is cached).
+    if (caller.kind === "api_key") await enforceApiKeyRate(c, c.get("deps"), caller.orgId);
   }
   if (kinds.length > 0 && !kinds.includes(caller.kind as K)) {
     // Valid credentials of the wrong kind: an API key calling a user-only route, for example.
@@ -62,6 +65,12 @@ function describe(caller: Caller): string {
       ? "user sessions"
       : "the operator key";
 }
+
+/** Route middleware admitting only the operator (403 for other valid credentials, 401 for none). */
+export const operatorOnly: MiddlewareHandler<AppEnv> = async (c, next) => {
+  await requireCaller(c, "operator");
+  await next();
+};
 
 /**
  * A router for API routes: every route that declares `security` in its OpenAPI definition first

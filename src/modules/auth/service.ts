@@ -5,6 +5,7 @@ import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit, recordUserAudit } from "../audit/service.js";
+import { insertDefaultSubscription } from "../plans/subscriptions.js";
 import { guardAttempt } from "./abuse.js";
 import { sendVerificationEmail } from "./email-flows.js";
 import { hashPassword, verifyDecoy, verifyPassword } from "./passwords.js";
@@ -50,6 +51,7 @@ export async function createAccount(
       await tx.insert(users).values(user);
       await tx.insert(orgs).values(org);
       await tx.insert(memberships).values({ orgId: org.id, userId: user.id, role: "owner", createdAt: now });
+      await insertDefaultSubscription(tx, deps, org.id, now);
       await recordAudit(tx, {
         orgId: org.id,
         actor: { kind: "user", userId: user.id },

@@ -114,7 +114,15 @@ function checkPlanRefs(
   return normalised;
 }
 
-const SECTION_ORDER = ["currency", "default_plan", "proration_unit", "meters", "features", "plans"];
+const SECTION_ORDER = [
+  "currency",
+  "default_plan",
+  "api_rate_feature",
+  "proration_unit",
+  "meters",
+  "features",
+  "plans",
+];
 
 /**
  * Document order (section, then element), and each problem once: the cross-field rules run both inside
@@ -187,11 +195,38 @@ export function checkCatalogData(data: unknown): { catalog?: Catalog; issues: Ca
         message: `unknown meter "${feature.meter}"${known(meterKeys)}`,
       });
     }
+    // A quota is consumed: only a meter whose quantity grows with use (count, sum) can carry one.
+    if (isRecord(feature) && feature.type === "metered" && typeof feature.meter === "string") {
+      const meter = rawMeters.find((m) => isRecord(m) && m.key === feature.meter);
+      const aggregation = isRecord(meter) ? meter.aggregation : undefined;
+      if (typeof aggregation === "string" && aggregation !== "count" && aggregation !== "sum") {
+        issues.push({
+          path: ["features", i, "meter"],
+          message: `meter "${feature.meter}" aggregates by ${aggregation}; a metered quota needs a count or sum meter (bill other aggregations with charges)`,
+        });
+      }
+    }
   });
   const refs = { meterKeys, featureKeys, types: featureTypes(rawFeatures) };
   const entitlements = rawPlans.map((plan, i) =>
     isRecord(plan) ? checkPlanRefs(plan, i, refs, issues) : {},
   );
+
+  const apiRate = data.api_rate_feature;
+  if (typeof apiRate === "string") {
+    const type = refs.types.get(apiRate);
+    if (type === undefined) {
+      issues.push({
+        path: ["api_rate_feature"],
+        message: `unknown feature "${apiRate}"${known(featureKeys)}`,
+      });
+    } else if (type !== "rate") {
+      issues.push({
+        path: ["api_rate_feature"],
+        message: `"${apiRate}" is a ${type} feature; it must be a rate feature`,
+      });
+    }
+  }
 
   const defaultPlan = data.default_plan;
   if (typeof defaultPlan === "string" && !planKeys.has(defaultPlan)) {

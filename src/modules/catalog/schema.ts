@@ -103,7 +103,7 @@ export const featureSchema = z.discriminatedUnion(
   "type",
   [
     z.strictObject({ ...featureCommon, type: z.literal("boolean") }),
-    z.strictObject({ ...featureCommon, type: z.literal("limit") }),
+    z.strictObject({ ...featureCommon, type: z.literal("limit"), on_unavailable: onUnavailable }),
     z.strictObject({
       ...featureCommon,
       type: z.literal("metered"),
@@ -156,6 +156,11 @@ export const catalogShellSchema = z.strictObject({
   currency: z.string().regex(/^[A-Z]{3}$/, "must be an ISO 4217 code of three upper-case letters, like USD"),
   /** The plan every new org starts on. */
   default_plan: catalogKey(),
+  /**
+   * The rate feature that limits Tollgate's own API for requests made with an org's API key, by that
+   * org's plan. Unset: 600 requests a minute per org.
+   */
+  api_rate_feature: catalogKey().optional(),
   proration_unit: z.enum(["second", "day"]).default("second"),
   meters: z.array(z.unknown()).default([]),
   features: z.array(z.unknown()).default([]),
@@ -170,6 +175,8 @@ export type Feature = z.output<typeof featureSchema>;
 export type MeteredFeature = Extract<Feature, { type: "metered" }>;
 /** A rate-limited feature. */
 export type RateFeature = Extract<Feature, { type: "rate" }>;
+/** A limit (allocation) feature. */
+export type LimitFeature = Extract<Feature, { type: "limit" }>;
 /** A billing interval of a plan's base fee. */
 export type Interval = "month" | "year";
 /** A plan's base fee per interval, as exact decimal strings. */

@@ -1,3 +1,4 @@
+import { z } from "@hono/zod-openapi";
 import { and, eq, isNull } from "drizzle-orm";
 import type { Context, MiddlewareHandler } from "hono";
 import { memberships, orgs, type Role } from "../../db/schema.js";
@@ -87,3 +88,11 @@ export function accessOf(c: Context<AppEnv>): OrgAccess {
   if (!access) throw new Error(`${c.req.method} ${c.req.path}: handler expects orgAccess middleware`);
   return access;
 }
+
+/** The `{org}` path parameter of every org-scoped route. */
+export const OrgParam = z.object({
+  org: z
+    .string()
+    .max(64)
+    .openapi({ param: { name: "org", in: "path" }, example: "org_01jd…" }),
+});

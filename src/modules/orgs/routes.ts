@@ -7,7 +7,7 @@ import { AppError } from "../../lib/errors.js";
 import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { createApiRouter, requireCaller } from "../auth/caller.js";
 import { Email } from "../auth/schemas.js";
-import { accessOf, orgAccess } from "./access.js";
+import { accessOf, OrgParam, orgAccess } from "./access.js";
 import type { Permission } from "./permissions.js";
 import {
   acceptInvitation,
@@ -25,12 +25,6 @@ import {
 
 const security: Record<string, string[]>[] = [{ bearer: [] }, { operator: [] }];
 const Role = z.enum(ROLES);
-const OrgParam = z.object({
-  org: z
-    .string()
-    .max(64)
-    .openapi({ param: { name: "org", in: "path" }, example: "org_01jd…" }),
-});
 const MemberParam = OrgParam.extend({
   user: z
     .string()

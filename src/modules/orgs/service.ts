@@ -1,12 +1,21 @@
 import { and, count, desc, eq, isNull, lt } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
-import { auditLog, invitations, memberships, orgs, type Role, users } from "../../db/schema.js";
+import {
+  auditLog,
+  invitations,
+  memberships,
+  orgs,
+  type Role,
+  subscriptions,
+  users,
+} from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { randomToken, sha256Hex } from "../../lib/crypto.js";
 import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
+import { insertDefaultSubscription, subscriptionChanged } from "../plans/subscriptions.js";
 import type { OrgAccess } from "./access.js";
 import { invitationEmail } from "./invitation-email.js";
 
@@ -48,6 +57,7 @@ export async function createOrg(deps: Deps, caller: Caller, name: string): Promi
   };
   await deps.database.db.transaction(async (tx) => {
     await tx.insert(orgs).values(org);
+    await insertDefaultSubscription(tx, deps, org.id, now);
     if (caller.kind === "user") {
       await tx
         .insert(memberships)
@@ -85,13 +95,19 @@ export async function updateOrg(
 
 /**
  * Deletes an org (kept as a tombstone: invoices and the audit trail must survive). Its members lose
- * access at once. Cancelling its subscription joins this once billing exists.
+ * access at once, its subscription is canceled, and every process stops answering checks for it.
  */
 export async function deleteOrg(deps: Deps, access: OrgAccess): Promise<void> {
+  const now = deps.clock.now();
   await deps.database.db.transaction(async (tx) => {
-    await tx.update(orgs).set({ deletedAt: deps.clock.now() }).where(eq(orgs.id, access.orgId));
+    await tx.update(orgs).set({ deletedAt: now }).where(eq(orgs.id, access.orgId));
+    await tx
+      .update(subscriptions)
+      .set({ status: "canceled", updatedAt: now })
+      .where(eq(subscriptions.orgId, access.orgId));
     await recordAudit(tx, { orgId: access.orgId, actor: actorOf(access.caller), action: "org.deleted" });
   });
+  await subscriptionChanged(deps, access.orgId);
 }
 
 export async function listMembers(db: Database, orgId: string) {

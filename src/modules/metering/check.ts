@@ -1,0 +1,778 @@
+import { and, eq, gt, inArray } from "drizzle-orm";
+import { allocations, checkIdempotency, usagePeriods } from "../../db/schema.js";
+import type { Deps } from "../../deps.js";
+import type { CounterOutcome, Op, RateOutcome } from "../../infra/counters/types.js";
+import { sha256Hex } from "../../lib/crypto.js";
+import { AppError, type FieldError } from "../../lib/errors.js";
+import type { FeatureType } from "../catalog/schema.js";
+import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
+import { catalogIndex, type Grant, grantOf } from "./features.js";
+import { decimalPlaces, numericToMicros, toDecimalText, toMicros, unitsToNumber } from "./quantities.js";
+import { upgradeFor } from "./upgrades.js";
+import { type ConsumedUsage, createUsageWriter, type UsageWrite, type UsageWriter } from "./writer.js";
+
+/**
+ * `POST /v1/check`: may this org use these features now, and if so, consume them — atomically, all
+ * or nothing, exactly under any concurrency and across processes.
+ *
+ * 1. The org's plan comes from the process cache (subscriptions.ts); every feature resolves to a
+ *    grant of that plan version.
+ * 2. Limit, metered and rate features become ops for the counter store, applied in one atomic step
+ *    (one Lua script on Redis). A counter the store lacks is seeded from Postgres and the call retried.
+ * 3. Allowed consumption is committed to Postgres by the group-commit writer before the answer goes
+ *    out: a crash never loses acknowledged usage, and Postgres can rebuild every counter.
+ * 4. If the counter store cannot be reached, each feature follows its `on_unavailable` policy.
+ */
+
+export type Reason =
+  | "feature_not_in_plan"
+  | "limit_exceeded"
+  | "quota_exceeded"
+  | "rate_limited"
+  | "subscription_inactive"
+  | "unavailable";
+
+export interface CheckItem {
+  feature: string;
+  /** A decimal string or number, validated per feature type. */
+  amount: unknown;
+}
+
+export interface CheckInput {
+  orgId: string;
+  items: CheckItem[];
+  consume: boolean;
+  idempotencyKey?: string | undefined;
+  /** Field path of item i in the request, for validation errors. */
+  fieldOf: (index: number, field: "feature" | "amount") => string;
+}
+
+export interface FeatureResult {
+  allowed: boolean;
+  feature: string;
+  type: FeatureType;
+  limit: number | null;
+  used: number | null;
+  remaining: number | null;
+  resets_at: string | null;
+  reason?: Reason;
+  upgrade_url?: string;
+  upgrade_plan?: string;
+  retry_after_ms?: number;
+}
+
+/** Rate-limit state for the response headers (the most constrained rate feature of the call). */
+export interface RateHeaderState {
+  feature: string;
+  limit: number;
+  windowSeconds: number;
+  remaining: number;
+  resetSeconds: number;
+  retryAfterSeconds: number | undefined;
+}
+
+export interface CheckAnswer {
+  allowed: boolean;
+  results: FeatureResult[];
+  rate: RateHeaderState | undefined;
+  /** Set when the answer is a replay of an earlier call with the same idempotency key. */
+  replayed: boolean;
+  /** Answered by policy because the counter store was unreachable. */
+  degraded: boolean;
+}
+
+/** Idempotency keys are remembered this long (as Stripe does). */
+export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
+/** A claim whose call never finished (a crash) frees the key after this long. */
+const CLAIM_TTL_SECONDS = 30;
+/** Allocations (seats, profiles) are kept in the store this long after their last change. */
+const ALLOCATION_TTL_SECONDS = 35 * 86_400;
+const MAX_SEED_ATTEMPTS = 3;
+
+interface Planned {
+  grant: Grant;
+  /** Units in the counter store (count: whole units, sum: micro-units, rate: cost). */
+  units: number;
+  denied: Reason | undefined;
+  op: Op | undefined;
+}
+
+interface EngineState {
+  /** Counter keys whose usage was recorded while the store was unreachable: stale once it returns. */
+  stale: Set<string>;
+  lastDegradedLog: number;
+}
+
+const states = new WeakMap<Deps, EngineState>();
+
+function stateOf(deps: Deps): EngineState {
+  let state = states.get(deps);
+  if (!state) {
+    state = { stale: new Set(), lastDegradedLog: 0 };
+    states.set(deps, state);
+  }
+  return state;
+}
+
+/** Counter keys, shared with event ingest (which adds to the same metered counters). */
+export const meterCounterKey = (orgId: string, meter: string, periodStartMs: number) =>
+  `m:${orgId}:${meter}:${periodStartMs}`;
+const allocationKey = (orgId: string, feature: string) => `a:${orgId}:${feature}`;
+const rateKey = (orgId: string, feature: string) => `r:${orgId}:${feature}`;
+
+/** TTL of a period's counter: until the period ends, plus two days of slack for late reads. */
+export function meterCounterTtl(periodEndMs: number, nowMs: number): number {
+  return Math.max(1, Math.ceil((periodEndMs - nowMs) / 1000) + 2 * 86_400);
+}
+
+export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnswer> {
+  const nowMs = deps.clock.nowMs();
+  const org = await orgPlan(deps, input.orgId, nowMs);
+  if (!org) throw new AppError("not_found", `No organization ${input.orgId}.`);
+  const planned = planItems(deps, org, input, nowMs);
+  const consume = input.consume;
+  const ops: Op[] = [];
+  const opIndex: number[] = [];
+  for (const item of planned) {
+    opIndex.push(item.op ? ops.length : -1);
+    if (item.op) ops.push(item.op);
+  }
+  const staticallyAllowed = planned.every((p) => p.denied === undefined);
+  const dryRun = !consume || !staticallyAllowed;
+
+  // Idempotency applies to consuming calls: a dry run has nothing to repeat.
+  const idempotent = consume && input.idempotencyKey !== undefined;
+  const fingerprint = idempotent ? fingerprintOf(input) : "";
+  const heldKey = idempotent ? `${input.orgId}:${input.idempotencyKey}` : "";
+  if (idempotent) {
+    const earlier = await storedAnswer(deps, input.orgId, input.idempotencyKey as string);
+    if (earlier) return replay(earlier.fingerprint, fingerprint, earlier.response);
+  }
+
+  let outcome: Awaited<ReturnType<typeof applyOps>>;
+  try {
+    outcome = await applyOps(
+      deps,
+      org,
+      ops,
+      planned.filter((p) => p.op),
+      nowMs,
+      dryRun,
+      idempotent ? { key: heldKey, claim: `p:${fingerprint}`, ttlSeconds: CLAIM_TTL_SECONDS } : undefined,
+    );
+  } catch (error) {
+    if (error instanceof AppError || error instanceof RangeError) throw error;
+    return degraded(deps, org, input, planned, nowMs, error as Error, fingerprint);
+  }
+  if (outcome.status === "replay") {
+    return awaitReplay(deps, input, heldKey, fingerprint, outcome.held);
+  }
+
+  const allowed = staticallyAllowed && outcome.allowed;
+  const applied = allowed && !dryRun;
+  const results = planned.map((item, i) => {
+    const index = opIndex[i] as number;
+    const result = index >= 0 ? outcome.outcomes[index] : undefined;
+    return describe(deps, org, item, result, applied, outcome.allowed, nowMs);
+  });
+  const answer: CheckAnswer = {
+    allowed,
+    results,
+    rate: rateHeaders(planned, results, nowMs),
+    replayed: false,
+    degraded: false,
+  };
+
+  if (!consume) return answer;
+  const write: UsageWrite = { usage: [], allocations: [] };
+  if (applied) collectWrites(org, planned, outcome.outcomes, opIndex, nowMs, write);
+  if (idempotent) {
+    write.answer = {
+      orgId: input.orgId,
+      key: input.idempotencyKey as string,
+      fingerprint,
+      response: toJson(answer),
+    };
+  }
+  if (write.usage.length === 0 && write.allocations.length === 0 && !write.answer) return answer;
+  try {
+    await usageWriter(deps).write(write);
+  } catch {
+    // Not committed, so not acknowledged: take the consumption back and let the caller retry.
+    await compensate(deps, planned, outcome.outcomes, opIndex, applied).catch(() => {});
+    if (idempotent) await deps.counters.forget(heldKey).catch(() => {});
+    throw new AppError("unavailable", "Usage could not be recorded; nothing was consumed. Retry shortly.");
+  }
+  if (idempotent) {
+    await deps.counters
+      .remember(heldKey, `d:${fingerprint}:${JSON.stringify(toJson(answer))}`, IDEMPOTENCY_TTL_SECONDS)
+      .catch(() => {});
+  }
+  return answer;
+}
+
+/** Resolves every item to a grant and its op, validating amounts; all problems are reported at once. */
+function planItems(deps: Deps, org: OrgPlan, input: CheckInput, nowMs: number): Planned[] {
+  const index = catalogIndex(deps.catalog);
+  const errors: FieldError[] = [];
+  const planned: Planned[] = [];
+  input.items.forEach((item, i) => {
+    const feature = index.features.get(item.feature);
+    if (!feature) {
+      errors.push({
+        field: input.fieldOf(i, "feature"),
+        message: `no feature has the key "${item.feature}"`,
+        code: "unknown_feature",
+        location: "body",
+      });
+      return;
+    }
+    const grant = grantOf(deps.catalog, org.plan, feature);
+    const units = amountUnits(grant, item.amount, (message) =>
+      errors.push({ field: input.fieldOf(i, "amount"), message, code: "invalid_amount", location: "body" }),
+    );
+    if (units === undefined) return;
+    planned.push(planOne(org, grant, units, nowMs));
+  });
+  if (errors.length > 0) {
+    throw new AppError(
+      "validation_failed",
+      `Invalid check: ${errors.map((e) => `${e.field} ${e.message}`).join("; ")}`,
+      {
+        errors,
+      },
+    );
+  }
+  return planned;
+}
+
+/** The amount in counter-store units, or undefined after reporting why it is not valid for the feature. */
+function amountUnits(grant: Grant, amount: unknown, fail: (message: string) => void): number | undefined {
+  const text = toDecimalText(amount);
+  if (text === undefined) {
+    fail("must be a number or a decimal string");
+    return undefined;
+  }
+  const negative = text.startsWith("-");
+  switch (grant.type) {
+    case "boolean":
+      return 0;
+    case "limit":
+    case "rate":
+      if (decimalPlaces(text) > 0 && !/^-?\d+\.0+$/.test(text)) {
+        fail(`must be a whole number for a ${grant.type} feature`);
+        return undefined;
+      }
+      if (grant.type === "rate" && negative) {
+        fail("must not be negative for a rate feature");
+        return undefined;
+      }
+      return bounded(Number.parseInt(text, 10), fail);
+    case "metered":
+      if (negative) {
+        fail("must not be negative for a metered feature (only limit features release)");
+        return undefined;
+      }
+      if (grant.scale === 1) {
+        if (decimalPlaces(text) > 0 && !/^\d+\.0+$/.test(text)) {
+          fail(`must be a whole number: meter ${grant.meter.key} counts units`);
+          return undefined;
+        }
+        return bounded(Number.parseInt(text, 10), fail);
+      }
+      if (decimalPlaces(text) > 6) {
+        fail("must have at most 6 decimal places");
+        return undefined;
+      }
+      return bounded(Number(toMicros(text)), fail);
+  }
+}
+
+function bounded(units: number, fail: (message: string) => void): number | undefined {
+  if (!Number.isSafeInteger(units) || Math.abs(units) > 2 ** 50) {
+    fail("is too large");
+    return undefined;
+  }
+  return units;
+}
+
+function planOne(org: OrgPlan, grant: Grant, units: number, nowMs: number): Planned {
+  const { orgId, period } = org;
+  if (!org.entitled && grant.type !== "boolean") {
+    return { grant, units, denied: "subscription_inactive", op: undefined };
+  }
+  switch (grant.type) {
+    case "boolean":
+      return {
+        grant,
+        units,
+        denied: !org.entitled ? "subscription_inactive" : grant.enabled ? undefined : "feature_not_in_plan",
+        op: undefined,
+      };
+    case "limit":
+      return {
+        grant,
+        units,
+        denied: undefined,
+        op: {
+          kind: "counter",
+          key: allocationKey(orgId, grant.feature.key),
+          amount: units,
+          limit: grant.limit,
+          ttlSeconds: ALLOCATION_TTL_SECONDS,
+        },
+      };
+    case "metered":
+      return {
+        grant,
+        units,
+        denied: undefined,
+        op: {
+          kind: "counter",
+          key: meterCounterKey(orgId, grant.meter.key, period.startMs),
+          amount: units,
+          limit: grant.overage === "allow" ? null : grant.limitUnits,
+          ttlSeconds: meterCounterTtl(period.endMs, nowMs),
+        },
+      };
+    case "rate":
+      if (!grant.rate) return { grant, units, denied: "feature_not_in_plan", op: undefined };
+      return {
+        grant,
+        units,
+        denied: undefined,
+        op: {
+          kind: "rate",
+          key: rateKey(orgId, grant.feature.key),
+          limit: grant.rate.limit,
+          periodMs: grant.rate.window_ms,
+          cost: units,
+        },
+      };
+  }
+}
+
+type Applied =
+  | { status: "done"; allowed: boolean; outcomes: (CounterOutcome | RateOutcome)[] }
+  | { status: "replay"; held: string };
+
+/** Applies the ops, seeding counters the store lacks from Postgres and retrying. */
+async function applyOps(
+  deps: Deps,
+  org: OrgPlan,
+  ops: Op[],
+  planned: Planned[],
+  nowMs: number,
+  dryRun: boolean,
+  idempotency: { key: string; claim: string; ttlSeconds: number } | undefined,
+): Promise<Applied> {
+  if (ops.length === 0 && !idempotency) return { status: "done", allowed: true, outcomes: [] };
+  for (let attempt = 0; ; attempt++) {
+    const result = await deps.counters.apply(ops, nowMs, { dryRun, ...(idempotency ? { idempotency } : {}) });
+    clearStale(deps);
+    if (result.status !== "missing") return result;
+    if (attempt >= MAX_SEED_ATTEMPTS) throw new Error("counters vanished while being seeded");
+    await seedCounters(
+      deps,
+      org,
+      result.missing.map((i) => planned[i] as Planned),
+    );
+  }
+}
+
+/** Rebuilds counters from Postgres, the source of truth; set only if still absent (another process may win). */
+async function seedCounters(deps: Deps, org: OrgPlan, items: Planned[]): Promise<void> {
+  const { db } = deps.database;
+  const meters = items
+    .filter((p) => p.grant.type === "metered")
+    .map((p) => (p.grant as Extract<Grant, { type: "metered" }>).meter.key);
+  const features = items.filter((p) => p.grant.type === "limit").map((p) => p.grant.feature.key);
+  const [periodRows, allocationRows] = await Promise.all([
+    meters.length > 0
+      ? db
+          .select({ meter: usagePeriods.meter, quantity: usagePeriods.quantity })
+          .from(usagePeriods)
+          .where(
+            and(
+              eq(usagePeriods.orgId, org.orgId),
+              inArray(usagePeriods.meter, meters),
+              eq(usagePeriods.periodStart, new Date(org.period.startMs)),
+            ),
+          )
+      : [],
+    features.length > 0
+      ? db
+          .select({ feature: allocations.feature, value: allocations.value })
+          .from(allocations)
+          .where(and(eq(allocations.orgId, org.orgId), inArray(allocations.feature, features)))
+      : [],
+  ]);
+  for (const item of items) {
+    const op = item.op;
+    if (op?.kind !== "counter") continue;
+    let value = 0;
+    if (item.grant.type === "metered") {
+      const grant = item.grant;
+      const row = periodRows.find((r) => r.meter === grant.meter.key);
+      if (row)
+        value = grant.scale === 1 ? Math.floor(Number(row.quantity)) : Number(numericToMicros(row.quantity));
+    } else {
+      const row = allocationRows.find((r) => r.feature === item.grant.feature.key);
+      value = row?.value ?? 0;
+    }
+    await deps.counters.seed(op.key, Math.max(0, value), op.ttlSeconds);
+  }
+}
+
+/** One result per item, as the caller sees it. */
+function describe(
+  deps: Deps,
+  org: OrgPlan,
+  item: Planned,
+  outcome: CounterOutcome | RateOutcome | undefined,
+  applied: boolean,
+  storeAllowed: boolean,
+  nowMs: number,
+): FeatureResult {
+  const { grant } = item;
+  const feature = grant.feature.key;
+  const denied = (reason: Reason, base: Omit<FeatureResult, "allowed" | "reason">): FeatureResult => {
+    const upgrade = reason === "unavailable" ? undefined : upgradeFor(deps, org, grant);
+    return {
+      ...base,
+      allowed: false,
+      reason,
+      ...(upgrade
+        ? { upgrade_url: upgrade.url, ...(upgrade.plan ? { upgrade_plan: upgrade.plan } : {}) }
+        : {}),
+    };
+  };
+  switch (grant.type) {
+    case "boolean": {
+      const base = {
+        feature,
+        type: "boolean" as const,
+        limit: null,
+        used: null,
+        remaining: null,
+        resets_at: null,
+      };
+      return item.denied ? denied(item.denied, base) : { allowed: true, ...base };
+    }
+    case "limit":
+    case "metered": {
+      const scale = grant.type === "metered" ? grant.scale : 1;
+      const counter = outcome as CounterOutcome | undefined;
+      const usedUnits = counter ? (applied ? counter.value : counter.previous) : 0;
+      const used = counter ? unitsToNumber(usedUnits, scale) : null;
+      const limit = grant.limit;
+      const base = {
+        feature,
+        type: grant.type,
+        limit,
+        used,
+        remaining: limit === null || used === null ? null : Math.max(0, roundTo(limit - used, scale)),
+        resets_at: grant.type === "metered" ? new Date(org.period.endMs).toISOString() : null,
+      };
+      if (item.denied) return denied(item.denied, base);
+      if (counter && !counter.allowed)
+        return denied(grant.type === "metered" ? "quota_exceeded" : "limit_exceeded", base);
+      return { allowed: true, ...base };
+    }
+    case "rate": {
+      const rate = outcome as RateOutcome | undefined;
+      const limit = grant.rate?.limit ?? 0;
+      // Reported as before the call when nothing was applied (see rateRemaining).
+      const remaining = rate ? rateRemaining(rate, item.units, applied, storeAllowed) : 0;
+      const base = {
+        feature,
+        type: "rate" as const,
+        limit,
+        used: null,
+        remaining,
+        resets_at: rate ? new Date(nowMs + rate.resetMs).toISOString() : null,
+      };
+      if (item.denied) return denied(item.denied, base);
+      if (rate && !rate.allowed)
+        return { ...denied("rate_limited", base), retry_after_ms: rate.retryAfterMs };
+      return { allowed: true, ...base };
+    }
+  }
+}
+
+/**
+ * The store reports a dry run (or a call whose every op fit) as if applied. When nothing was applied
+ * although this op fit, the remaining count before the call is the reported one plus the cost: GCRA
+ * removes exactly `cost` whole requests (floor((C − b − P·cost) / P) = floor((C − b) / P) − cost).
+ */
+function rateRemaining(rate: RateOutcome, cost: number, applied: boolean, storeAllowed: boolean): number {
+  if (applied || !storeAllowed) return rate.remaining;
+  return rate.remaining + cost;
+}
+
+function roundTo(value: number, scale: number): number {
+  return scale === 1 ? value : Math.round(value * scale) / scale;
+}
+
+/** The most constrained rate feature of the call, for the RateLimit headers. */
+function rateHeaders(
+  planned: Planned[],
+  results: FeatureResult[],
+  nowMs: number,
+): RateHeaderState | undefined {
+  let chosen: RateHeaderState | undefined;
+  planned.forEach((item, i) => {
+    const result = results[i] as FeatureResult;
+    if (item.grant.type !== "rate" || !item.grant.rate || result.remaining === null) return;
+    const state: RateHeaderState = {
+      feature: item.grant.feature.key,
+      limit: item.grant.rate.limit,
+      windowSeconds: Math.ceil(item.grant.rate.window_ms / 1000),
+      remaining: result.remaining,
+      resetSeconds: result.resets_at
+        ? Math.max(0, Math.ceil((Date.parse(result.resets_at) - nowMs) / 1000))
+        : 0,
+      retryAfterSeconds:
+        result.retry_after_ms !== undefined ? Math.ceil(result.retry_after_ms / 1000) : undefined,
+    };
+    if (!chosen || state.remaining < chosen.remaining) chosen = state;
+  });
+  return chosen;
+}
+
+/** What Postgres must record for an applied call: usage per meter and allocation changes. */
+function collectWrites(
+  org: OrgPlan,
+  planned: Planned[],
+  outcomes: (CounterOutcome | RateOutcome)[],
+  opIndex: number[],
+  nowMs: number,
+  write: UsageWrite,
+): void {
+  planned.forEach((item, i) => {
+    const outcome = outcomes[opIndex[i] as number];
+    if (outcome?.kind !== "counter") return;
+    const delta = outcome.value - outcome.previous;
+    if (delta === 0) return;
+    if (item.grant.type === "metered") write.usage.push(consumedUsage(org, item.grant, delta, nowMs));
+    else if (item.grant.type === "limit") {
+      write.allocations.push({ orgId: org.orgId, feature: item.grant.feature.key, delta });
+    }
+  });
+}
+
+function consumedUsage(
+  org: OrgPlan,
+  grant: Extract<Grant, { type: "metered" }>,
+  units: number,
+  nowMs: number,
+): ConsumedUsage {
+  const quantity = grant.scale === 1 ? String(units) : String(unitsToNumber(units, grant.scale));
+  return {
+    orgId: org.orgId,
+    meter: grant.meter.key,
+    periodStartMs: org.period.startMs,
+    atMs: nowMs,
+    quantity,
+    count: grant.scale === 1 ? quantity : "1",
+    sum: quantity,
+    thresholds:
+      grant.limit !== null && grant.limit > 0
+        ? [{ feature: grant.feature.key, limit: grant.limit, thresholds: grant.thresholds }]
+        : [],
+  };
+}
+
+/** Takes back what a call consumed when its usage could not be committed. */
+async function compensate(
+  deps: Deps,
+  planned: Planned[],
+  outcomes: (CounterOutcome | RateOutcome)[],
+  opIndex: number[],
+  applied: boolean,
+): Promise<void> {
+  if (!applied) return;
+  const increments = planned.flatMap((item, i) => {
+    const outcome = outcomes[opIndex[i] as number];
+    if (outcome?.kind !== "counter" || !item.op || item.op.kind !== "counter") return [];
+    const delta = outcome.value - outcome.previous;
+    return delta === 0 ? [] : [{ key: item.op.key, amount: -delta, ttlSeconds: item.op.ttlSeconds }];
+  });
+  await deps.counters.increment(increments);
+}
+
+/**
+ * The counter store is unreachable: each feature follows its policy. Allowed consumption is still
+ * recorded in Postgres, and its counters are marked stale, to be rebuilt once the store is back.
+ */
+async function degraded(
+  deps: Deps,
+  org: OrgPlan,
+  input: CheckInput,
+  planned: Planned[],
+  nowMs: number,
+  error: Error,
+  fingerprint: string,
+): Promise<CheckAnswer> {
+  const state = stateOf(deps);
+  const results = planned.map((item): FeatureResult => {
+    const base = describe(deps, org, item, undefined, false, false, nowMs);
+    if (!item.op || item.denied) return base;
+    const open = item.grant.type !== "boolean" && item.grant.onUnavailable === "open";
+    deps.metrics.degraded.inc({
+      component: `check:${item.grant.feature.key}`,
+      decision: open ? "open" : "closed",
+    });
+    const unknown = { ...base, used: null, remaining: null };
+    if (open) return { ...unknown, allowed: true };
+    return { ...unknown, allowed: false, reason: "unavailable" };
+  });
+  const allowed = results.every((r) => r.allowed);
+  if (performance.now() - state.lastDegradedLog > 5000) {
+    state.lastDegradedLog = performance.now();
+    deps.logger.warn(
+      {
+        err: error.message,
+        org: org.orgId,
+        decisions: results.map((r) => `${r.feature}:${r.allowed ? "open" : "closed"}`),
+      },
+      "counter store unreachable: checks follow each feature's on_unavailable policy",
+    );
+  }
+  const answer: CheckAnswer = { allowed, results, rate: undefined, replayed: false, degraded: true };
+  if (!input.consume) return answer;
+  const write: UsageWrite = { usage: [], allocations: [] };
+  if (allowed) {
+    for (const item of planned) {
+      if (item.op?.kind !== "counter" || item.units === 0) continue;
+      state.stale.add(item.op.key);
+      if (item.grant.type === "metered") write.usage.push(consumedUsage(org, item.grant, item.units, nowMs));
+      else if (item.grant.type === "limit")
+        write.allocations.push({ orgId: org.orgId, feature: item.grant.feature.key, delta: item.units });
+    }
+  }
+  if (input.idempotencyKey !== undefined) {
+    write.answer = { orgId: input.orgId, key: input.idempotencyKey, fingerprint, response: toJson(answer) };
+  }
+  if (write.usage.length > 0 || write.allocations.length > 0 || write.answer) {
+    try {
+      await usageWriter(deps).write(write);
+    } catch {
+      throw new AppError(
+        "unavailable",
+        "Neither the counter store nor the database can record usage right now.",
+      );
+    }
+  }
+  return answer;
+}
+
+/** Once the store answers again, counters that missed usage while it was away are dropped (and reseeded). */
+function clearStale(deps: Deps): void {
+  const state = states.get(deps);
+  if (!state || state.stale.size === 0) return;
+  const keys = [...state.stale];
+  state.stale.clear();
+  deps.counters.delete(keys).catch(() => {
+    for (const key of keys) state.stale.add(key);
+  });
+}
+
+/** Marks counters stale after a failed increment (event ingest while the store was away). */
+export function markStale(deps: Deps, keys: string[]): void {
+  const state = stateOf(deps);
+  for (const key of keys) state.stale.add(key);
+}
+
+export function fingerprintOf(input: CheckInput): string {
+  return sha256Hex(
+    JSON.stringify([
+      input.orgId,
+      input.consume,
+      input.items.map((i) => [i.feature, toDecimalText(i.amount)]),
+    ]),
+  );
+}
+
+async function storedAnswer(deps: Deps, orgId: string, key: string) {
+  const since = new Date(deps.clock.nowMs() - IDEMPOTENCY_TTL_SECONDS * 1000);
+  const [row] = await deps.database.db
+    .select({ fingerprint: checkIdempotency.fingerprint, response: checkIdempotency.response })
+    .from(checkIdempotency)
+    .where(
+      and(
+        eq(checkIdempotency.orgId, orgId),
+        eq(checkIdempotency.key, key),
+        gt(checkIdempotency.createdAt, since),
+      ),
+    );
+  return row;
+}
+
+function replay(storedFingerprint: string, fingerprint: string, response: unknown): CheckAnswer {
+  if (storedFingerprint !== fingerprint) {
+    throw new AppError(
+      "conflict",
+      "This idempotency key was used with different parameters; use a new key for a different request.",
+    );
+  }
+  const json = response as { allowed: boolean; results: FeatureResult[]; rate?: RateHeaderState };
+  return { allowed: json.allowed, results: json.results, rate: json.rate, replayed: true, degraded: false };
+}
+
+/** Another call holds the key: wait for its answer (briefly), then replay it. */
+async function awaitReplay(
+  deps: Deps,
+  input: CheckInput,
+  heldKey: string,
+  fingerprint: string,
+  held: string,
+): Promise<CheckAnswer> {
+  const deadline = performance.now() + 3000;
+  let value: string | null = held;
+  for (;;) {
+    if (value?.startsWith("d:")) {
+      const rest = value.slice(2);
+      const colon = rest.indexOf(":");
+      return replay(rest.slice(0, colon), fingerprint, JSON.parse(rest.slice(colon + 1)));
+    }
+    // A different request under the same key is refused at once, even while the first is running.
+    if (value?.startsWith("p:") && value.slice(2) !== fingerprint)
+      return replay(value.slice(2), fingerprint, {});
+    if (value === null) {
+      const earlier = await storedAnswer(deps, input.orgId, input.idempotencyKey as string);
+      if (earlier) return replay(earlier.fingerprint, fingerprint, earlier.response);
+    }
+    if (performance.now() > deadline) {
+      throw new AppError(
+        "conflict",
+        "A request with this idempotency key is still in progress; retry shortly.",
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    value = await deps.counters.recall(heldKey);
+  }
+}
+
+/** The stored (and replayed) form of an answer. */
+function toJson(answer: CheckAnswer) {
+  return { allowed: answer.allowed, results: answer.results, ...(answer.rate ? { rate: answer.rate } : {}) };
+}
+
+// The writer is created lazily per deps (closed by closeMetering).
+
+const writers = new WeakMap<Deps, UsageWriter>();
+
+export function usageWriter(deps: Deps): UsageWriter {
+  let writer = writers.get(deps);
+  if (!writer) {
+    writer = createUsageWriter({ database: deps.database, logger: deps.logger });
+    writers.set(deps, writer);
+  }
+  return writer;
+}
+
+/** For closeDeps: commits whatever usage is still queued. */
+export async function closeMetering(deps: Deps): Promise<void> {
+  await writers.get(deps)?.close();
+}

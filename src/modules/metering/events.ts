@@ -1,0 +1,361 @@
+import { sql } from "drizzle-orm";
+import type { Deps } from "../../deps.js";
+import { AppError } from "../../lib/errors.js";
+import type { Meter } from "../catalog/schema.js";
+import { periodAt } from "../plans/periods.js";
+import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
+import { markStale, meterCounterKey, meterCounterTtl } from "./check.js";
+import { catalogIndex, grantOf } from "./features.js";
+import { addToPeriods, type PeriodDelta, ROLLUP_MERGE, type ThresholdSpec, textArray } from "./ledger.js";
+import { decimalPlaces, toDecimalText, toMicros } from "./quantities.js";
+
+/**
+ * `POST /v1/events`: usage that already happened, in batches of up to 1000. Each event is validated
+ * on its own (rejected ones are listed, the rest accepted); events are deduplicated per org by id
+ * forever (a replay is a success, never a second count); everything accepted is committed — events,
+ * hourly rollups, period totals, threshold crossings — in one transaction before the 202.
+ */
+
+export const MAX_BATCH = 1000;
+/** Events may run ahead of the server's clock by this much (clock skew); later is refused. */
+export const MAX_FUTURE_MS = 5 * 60_000;
+const MAX_ID_LENGTH = 256;
+const MAX_PROPERTIES_BYTES = 8 * 1024;
+
+export interface Rejection {
+  index: number;
+  code: string;
+  detail: string;
+}
+
+export interface IngestResult {
+  accepted: number;
+  duplicates: number;
+  rejected: Rejection[];
+}
+
+interface ValidEvent {
+  index: number;
+  orgId: string;
+  id: string;
+  meter: Meter;
+  atMs: number;
+  value: string;
+  properties: string;
+  periodStartMs: number;
+  periodEndMs: number;
+  unique: string | null;
+  org: OrgPlan;
+}
+
+const ISO_TIMESTAMP = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/i;
+const EVENT_FIELDS = new Set(["id", "org_id", "meter", "value", "timestamp", "properties"]);
+
+/** Validates the envelope: `{events: [...]}` with 1 to 1000 entries; each entry is checked later. */
+export function eventsOf(body: unknown): unknown[] {
+  const problem = (field: string, message: string, code: string) =>
+    new AppError("validation_failed", `Invalid request body: ${field} ${message}`, {
+      errors: [{ field, message, code, location: "body" }],
+    });
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw problem("body", "must be an object with an events array", "invalid_type");
+  }
+  const unknown = Object.keys(body).filter((k) => k !== "events");
+  if (unknown.length > 0) {
+    throw new AppError(
+      "validation_failed",
+      `Invalid request body: ${unknown.join(", ")} is not a known field`,
+      {
+        errors: unknown.map((field) => ({
+          field,
+          message: "is not a known field",
+          code: "unknown_field",
+          location: "body",
+        })),
+      },
+    );
+  }
+  const events = (body as { events?: unknown }).events;
+  if (events === undefined) throw problem("events", "is required", "required");
+  if (!Array.isArray(events)) throw problem("events", "must be an array", "invalid_type");
+  if (events.length === 0) throw problem("events", "must contain at least one event", "too_small");
+  if (events.length > MAX_BATCH) {
+    throw problem(
+      "events",
+      `must contain at most ${MAX_BATCH} events (got ${events.length}); split the batch`,
+      "too_big",
+    );
+  }
+  return events;
+}
+
+export async function ingestEvents(deps: Deps, raw: unknown[]): Promise<IngestResult> {
+  const nowMs = deps.clock.nowMs();
+  const index = catalogIndex(deps.catalog);
+  const rejected: Rejection[] = [];
+  const reject = (i: number, code: string, detail: string) => rejected.push({ index: i, code, detail });
+
+  // Orgs are looked up once per batch (through the hot path's cache).
+  const orgIds = new Set<string>();
+  for (const event of raw) {
+    const orgId = (event as { org_id?: unknown } | null)?.org_id;
+    if (typeof orgId === "string" && orgId.length <= MAX_ID_LENGTH) orgIds.add(orgId);
+  }
+  const orgs = new Map<string, OrgPlan | undefined>();
+  await Promise.all([...orgIds].map(async (id) => orgs.set(id, await orgPlan(deps, id, nowMs))));
+
+  const valid: ValidEvent[] = [];
+  const seen = new Set<string>();
+  let duplicates = 0;
+  for (let i = 0; i < raw.length; i++) {
+    const event = raw[i];
+    if (typeof event !== "object" || event === null || Array.isArray(event)) {
+      reject(i, "invalid_event", "must be an object");
+      continue;
+    }
+    const e = event as Record<string, unknown>;
+    const extra = Object.keys(e).find((k) => !EVENT_FIELDS.has(k));
+    if (extra !== undefined) {
+      reject(i, "unknown_field", `${extra} is not a known field`);
+      continue;
+    }
+    if (typeof e.id !== "string" || e.id.length === 0 || e.id.length > MAX_ID_LENGTH) {
+      reject(i, "invalid_id", `id must be a string of 1 to ${MAX_ID_LENGTH} characters`);
+      continue;
+    }
+    if (typeof e.org_id !== "string") {
+      reject(i, "invalid_org", "org_id must be a string");
+      continue;
+    }
+    const org = orgs.get(e.org_id);
+    if (!org) {
+      reject(i, "unknown_org", `no organization ${e.org_id}`);
+      continue;
+    }
+    if (typeof e.meter !== "string") {
+      reject(i, "invalid_meter", "meter must be a string");
+      continue;
+    }
+    const meter = index.meters.get(e.meter);
+    if (!meter) {
+      reject(i, "unknown_meter", `no meter has the key "${e.meter}"`);
+      continue;
+    }
+
+    const value = e.value === undefined ? "1" : toDecimalText(e.value);
+    if (value === undefined) {
+      reject(i, "invalid_value", "value must be a number or a decimal string");
+      continue;
+    }
+    if (meter.aggregation === "sum") {
+      if (value.startsWith("-")) {
+        reject(i, "invalid_value", `value must not be negative: meter ${meter.key} sums usage`);
+        continue;
+      }
+      if (decimalPlaces(value) > 6) {
+        reject(i, "invalid_value", "value must have at most 6 decimal places");
+        continue;
+      }
+      if (toMicros(value) > BigInt(Number.MAX_SAFE_INTEGER)) {
+        reject(i, "invalid_value", "value is too large");
+        continue;
+      }
+    }
+
+    let atMs = nowMs;
+    if (e.timestamp !== undefined) {
+      if (
+        typeof e.timestamp !== "string" ||
+        !ISO_TIMESTAMP.test(e.timestamp) ||
+        Number.isNaN(Date.parse(e.timestamp))
+      ) {
+        reject(
+          i,
+          "invalid_timestamp",
+          "timestamp must be an ISO 8601 date-time with a time zone, like 2026-11-23T10:00:00Z",
+        );
+        continue;
+      }
+      atMs = Date.parse(e.timestamp);
+    }
+    if (atMs > nowMs + MAX_FUTURE_MS) {
+      reject(i, "timestamp_in_future", "timestamp is more than 5 minutes in the future");
+      continue;
+    }
+    if (atMs < org.period.startMs) {
+      reject(
+        i,
+        "timestamp_too_old",
+        `timestamp is before the open billing period (which started ${new Date(org.period.startMs).toISOString()}); closed periods cannot change`,
+      );
+      continue;
+    }
+    // An event a little in the future may fall in the next period.
+    const inPeriod = atMs < org.period.endMs;
+    const periodStartMs = inPeriod ? org.period.startMs : org.period.endMs;
+    const periodEndMs = inPeriod ? org.period.endMs : nextPeriodEnd(org, atMs);
+
+    let properties = "{}";
+    if (e.properties !== undefined) {
+      if (typeof e.properties !== "object" || e.properties === null || Array.isArray(e.properties)) {
+        reject(i, "invalid_properties", "properties must be an object");
+        continue;
+      }
+      properties = JSON.stringify(e.properties);
+      if (Buffer.byteLength(properties) > MAX_PROPERTIES_BYTES) {
+        reject(i, "invalid_properties", `properties must be at most ${MAX_PROPERTIES_BYTES} bytes of JSON`);
+        continue;
+      }
+    }
+    let unique: string | null = null;
+    if (meter.aggregation === "unique_count" && meter.property) {
+      const v = (e.properties as Record<string, unknown> | undefined)?.[meter.property];
+      if (typeof v !== "string" && typeof v !== "number") {
+        reject(
+          i,
+          "missing_property",
+          `properties.${meter.property} (a string or number) is required by meter ${meter.key}`,
+        );
+        continue;
+      }
+      unique = String(v);
+    }
+
+    const key = `${e.org_id}\u0000${e.id}`;
+    if (seen.has(key)) {
+      duplicates++;
+      continue;
+    }
+    seen.add(key);
+    valid.push({
+      index: i,
+      orgId: e.org_id,
+      id: e.id,
+      meter,
+      atMs,
+      value,
+      properties,
+      periodStartMs,
+      periodEndMs,
+      unique,
+      org,
+    });
+  }
+
+  if (valid.length === 0) return { accepted: 0, duplicates, rejected };
+  const accepted = await commitEvents(deps, valid);
+  await addToCounters(deps, accepted, nowMs);
+  return { accepted: accepted.length, duplicates: duplicates + valid.length - accepted.length, rejected };
+}
+
+/** For an event up to 5 minutes ahead, across a period boundary (rare: computed on demand). */
+function nextPeriodEnd(org: OrgPlan, atMs: number): number {
+  return periodAt(org.anchorMs, org.interval, atMs).endMs;
+}
+
+/** Inserts the events and everything derived from them in one transaction; returns the new ones. */
+async function commitEvents(deps: Deps, events: ValidEvent[]): Promise<ValidEvent[]> {
+  const iso = (ms: number) => new Date(ms).toISOString();
+  return deps.database.db.transaction(async (tx) => {
+    const result = await tx.execute(sql`
+      with input as (
+        select * from unnest(
+          ${textArray(events.map((e) => e.orgId))}::text[],
+          ${textArray(events.map((e) => e.id))}::text[],
+          ${textArray(events.map((e) => e.meter.key))}::text[],
+          ${textArray(events.map((e) => iso(e.atMs)))}::timestamptz[],
+          ${textArray(events.map((e) => e.value))}::numeric[],
+          ${textArray(events.map((e) => e.properties))}::jsonb[],
+          ${textArray(events.map((e) => iso(e.periodStartMs)))}::timestamptz[],
+          ${textArray(events.map((e) => e.unique))}::text[]
+        ) as t(org_id, event_id, meter, ts, value, properties, period_start, uniq)
+      ), inserted as (
+        insert into usage_events (org_id, event_id, meter, "timestamp", value, properties, period_start)
+        select org_id, event_id, meter, ts, value, properties, period_start from input
+        on conflict (org_id, event_id) do nothing
+        returning org_id, event_id
+      ), accepted as (
+        select input.* from input join inserted using (org_id, event_id)
+      ), rollups as (
+        insert into usage_rollups (org_id, meter, period_start, bucket, count, sum, min, max, latest_at, latest_value, sum_value_time)
+        select org_id, meter, period_start, date_trunc('hour', ts, 'UTC'), count(*), sum(value), min(value), max(value),
+          max(ts), (array_agg(value order by ts desc))[1], sum(value * extract(epoch from ts))
+        from accepted
+        group by 1, 2, 3, 4
+        order by 1, 2, 3, 4
+        ${ROLLUP_MERGE}
+      ), uniques as (
+        insert into usage_uniques (org_id, meter, period_start, value, first_seen_at)
+        select org_id, meter, period_start, uniq, min(ts) from accepted where uniq is not null
+        group by 1, 2, 3, 4
+        order by 1, 2, 3, 4
+        on conflict (org_id, meter, period_start, value) do update
+          set first_seen_at = least(usage_uniques.first_seen_at, excluded.first_seen_at)
+      )
+      select org_id, event_id from accepted`);
+    const rows = (result as unknown as { rows: { org_id: string; event_id: string }[] }).rows;
+    const fresh = new Set(rows.map((r) => `${r.org_id}\u0000${r.event_id}`));
+    const accepted = events.filter((e) => fresh.has(`${e.orgId}\u0000${e.id}`));
+    await addToPeriods(tx, periodDeltas(deps, accepted));
+    return accepted;
+  });
+}
+
+/** Period totals of count and sum meters, with the thresholds each org's plan sets on them. */
+function periodDeltas(deps: Deps, events: ValidEvent[]): PeriodDelta[] {
+  const index = catalogIndex(deps.catalog);
+  const deltas: PeriodDelta[] = [];
+  const specsCache = new Map<string, ThresholdSpec[]>();
+  for (const e of events) {
+    if (e.meter.aggregation !== "count" && e.meter.aggregation !== "sum") continue;
+    const cacheKey = `${e.orgId}\u0000${e.meter.key}`;
+    let specs = specsCache.get(cacheKey);
+    if (!specs) {
+      specs = [];
+      for (const feature of index.meteredByMeter.get(e.meter.key) ?? []) {
+        const grant = grantOf(deps.catalog, e.org.plan, feature);
+        if (grant.type === "metered" && grant.limit !== null && grant.limit > 0) {
+          specs.push({ feature: feature.key, limit: grant.limit, thresholds: grant.thresholds });
+        }
+      }
+      specsCache.set(cacheKey, specs);
+    }
+    deltas.push({
+      orgId: e.orgId,
+      meter: e.meter.key,
+      periodStartMs: e.periodStartMs,
+      quantity: e.meter.aggregation === "count" ? "1" : e.value,
+      thresholds: specs,
+    });
+  }
+  return deltas;
+}
+
+/** Adds committed usage to the counters the store holds (absent ones are seeded from Postgres later). */
+async function addToCounters(deps: Deps, events: ValidEvent[], nowMs: number): Promise<void> {
+  const sums = new Map<string, { amount: number; ttlSeconds: number }>();
+  for (const e of events) {
+    if (e.meter.aggregation !== "count" && e.meter.aggregation !== "sum") continue;
+    const key = meterCounterKey(e.orgId, e.meter.key, e.periodStartMs);
+    const units = e.meter.aggregation === "count" ? 1 : Number(toMicros(e.value));
+    const entry = sums.get(key);
+    if (entry) entry.amount += units;
+    else sums.set(key, { amount: units, ttlSeconds: meterCounterTtl(e.periodEndMs, nowMs) });
+  }
+  if (sums.size === 0) return;
+  const increments = [...sums].map(([key, v]) => ({ key, amount: v.amount, ttlSeconds: v.ttlSeconds }));
+  try {
+    await deps.counters.increment(increments);
+  } catch (error) {
+    // The events are committed; the counters that missed them are rebuilt once the store is back.
+    markStale(
+      deps,
+      increments.map((i) => i.key),
+    );
+    deps.metrics.degraded.inc({ component: "events", decision: "counters_stale" });
+    deps.logger.warn(
+      { err: (error as Error).message },
+      "counter store unreachable: counters rebuilt from Postgres once it is back",
+    );
+  }
+}

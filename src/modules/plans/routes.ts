@@ -1,0 +1,212 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import { AppError } from "../../lib/errors.js";
+import { createRouter, errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
+import { createApiRouter, operatorOnly, requireCaller } from "../auth/caller.js";
+import type { Plan } from "../catalog/schema.js";
+import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
+import { getSubscription, migrateSubscribers, setPlan, subscriptionOut } from "./subscriptions.js";
+
+const orgSecurity: Record<string, string[]>[] = [{ bearer: [] }, { operator: [] }];
+const operatorSecurity: Record<string, string[]>[] = [{ operator: [] }];
+
+const PublicPlan = z
+  .object({
+    key: z.string(),
+    name: z.string(),
+    description: z.string().nullable(),
+    version: z.number().int(),
+    price: z.object({ month: z.string().optional(), year: z.string().optional() }),
+    currency: z.string(),
+    trial_days: z.number().int(),
+    entitlements: z.record(z.string(), z.unknown()),
+    charges: z.array(z.unknown()),
+    default: z.boolean(),
+  })
+  .openapi("Plan");
+
+const Subscription = z
+  .object({
+    id: z.string(),
+    org_id: z.string(),
+    plan: z.string(),
+    plan_name: z.string(),
+    plan_version: z.number().int(),
+    interval: z.enum(["month", "year"]),
+    status: z.enum(["trialing", "active", "past_due", "canceled"]),
+    price: z.string().nullable(),
+    current_period_start: z.string(),
+    current_period_end: z.string(),
+    anchor_at: z.string(),
+    trial_ends_at: z.string().nullable(),
+    created_at: z.string(),
+    updated_at: z.string(),
+  })
+  .openapi("Subscription");
+
+const SetPlan = z
+  .strictObject({
+    plan: z.string().min(1).max(128).openapi({ example: "pro" }),
+    interval: z
+      .enum(["month", "year"])
+      .optional()
+      .openapi({ description: "Default: monthly if the plan has a monthly price." }),
+    skip_payment: z.literal(true).openapi({
+      description:
+        "Required: the operator puts the org on the plan without payment (comps, migrations, tests). Checkout for paying customers comes with billing.",
+    }),
+  })
+  .openapi("SetPlan");
+
+/** A plan as the public pricing page shows it (charges included: they are part of the price). */
+function publicPlan(plan: Plan, version: number, currency: string, isDefault: boolean) {
+  const entitlements = Object.fromEntries(
+    Object.entries(plan.entitlements).map(([key, value]) => {
+      if (value && typeof value === "object" && "window_ms" in value) {
+        const { window_ms: _ms, ...rest } = value as { window_ms: number };
+        return [key, rest];
+      }
+      return [key, value];
+    }),
+  );
+  return {
+    key: plan.key,
+    name: plan.name,
+    description: plan.description ?? null,
+    version,
+    price: plan.price,
+    currency,
+    trial_days: plan.trial_days,
+    entitlements,
+    charges: plan.charges,
+    default: isDefault,
+  };
+}
+
+/** The public plan list. */
+export function planRoutes() {
+  const router = createRouter();
+  router.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/plans",
+      tags: ["Catalog"],
+      summary: "The plans on the pricing page (public)",
+      description: "Hidden plans are left out. Each plan is given in the version new subscribers get.",
+      responses: { 200: jsonResponse(z.object({ data: z.array(PublicPlan) }), "The plans") },
+    }),
+    (c) => {
+      const deps = c.get("deps");
+      const data = deps.catalog.plans
+        .filter((plan) => !plan.hidden)
+        .map((plan) =>
+          publicPlan(
+            plan,
+            deps.plans.current(plan.key)?.version ?? 1,
+            deps.catalog.currency,
+            plan.key === deps.catalog.default_plan,
+          ),
+        );
+      c.header("cache-control", "public, max-age=60");
+      return c.json({ data }, 200);
+    },
+  );
+  return router;
+}
+
+/** An org's subscription, and the operator's plan changes. */
+export function subscriptionRoutes() {
+  const router = createApiRouter();
+  router.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/orgs/{org}/subscription",
+      tags: ["Billing"],
+      summary: "The org's subscription: plan, version, interval, current period",
+      security: orgSecurity,
+      middleware: orgAccess("billing:read"),
+      request: { params: OrgParam },
+      responses: { 200: jsonResponse(Subscription, "The subscription"), ...errorResponses(401, 403, 404) },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const { row, plan } = await getSubscription(deps, accessOf(c).orgId);
+      return c.json(subscriptionOut(row, plan, deps.clock.nowMs()), 200);
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/subscription",
+      tags: ["Billing"],
+      summary: "Put the org on a plan without payment (operator)",
+      description:
+        "The operator's comps, migrations and tests: `skip_payment: true` is required. Keeps the period anchor when the interval stays the same (usage so far counts against the new plan), restarts it when the interval changes. Audited.",
+      security: operatorSecurity,
+      middleware: [orgAccess("billing:manage"), operatorOnly],
+      request: { params: OrgParam, body: jsonBody(SetPlan) },
+      responses: {
+        200: jsonResponse(Subscription, "The new subscription"),
+        ...errorResponses(400, 401, 403, 404),
+      },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const access = accessOf(c);
+      const body = c.req.valid("json");
+      const { row, plan } = await setPlan(deps, access.caller, access.orgId, body);
+      return c.json(subscriptionOut(row, plan, deps.clock.nowMs()), 200);
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/admin/plans/{plan}/migrate",
+      tags: ["Admin"],
+      summary: "Move a plan's grandfathered subscribers to its current version (operator)",
+      security: operatorSecurity,
+      middleware: operatorOnly,
+      request: {
+        params: z.object({
+          plan: z
+            .string()
+            .max(128)
+            .openapi({ param: { name: "plan", in: "path" } }),
+        }),
+        body: jsonBody(
+          z
+            .strictObject({
+              from_version: z
+                .number()
+                .int()
+                .positive()
+                .optional()
+                .openapi({ description: "Only this version; default every older one." }),
+            })
+            .openapi("MigratePlan"),
+        ),
+      },
+      responses: {
+        200: jsonResponse(
+          z.object({ plan: z.string(), migrated: z.number().int(), to_version: z.number().int() }),
+          "Moved",
+        ),
+        ...errorResponses(400, 401, 403, 404),
+      },
+    }),
+    async (c) => {
+      const plan = c.req.valid("param").plan;
+      if (!c.get("deps").plans.current(plan))
+        throw new AppError("not_found", `There is no plan ${plan} in the catalog.`);
+      const result = await migrateSubscribers(
+        c.get("deps"),
+        await requireCaller(c),
+        plan,
+        c.req.valid("json").from_version,
+      );
+      return c.json({ plan, ...result }, 200);
+    },
+  );
+  return router;
+}

@@ -1,0 +1,383 @@
+import { and, eq, isNull, lt, sql } from "drizzle-orm";
+import type { Database } from "../../db/client.js";
+import { orgs, type SubscriptionStatus, subscriptions } from "../../db/schema.js";
+import type { Deps } from "../../deps.js";
+import { AppError } from "../../lib/errors.js";
+import { newId } from "../../lib/ids.js";
+import { recordAudit } from "../audit/service.js";
+import type { Caller } from "../auth/caller.js";
+import type { Interval, Plan } from "../catalog/schema.js";
+import { type Period, periodAt } from "./periods.js";
+
+/**
+ * Every org has one subscription: created with the org on the catalog's default plan, changed by
+ * the operator here (checkout, proration and invoices come with billing). The hot path reads it
+ * through an in-process cache that every change invalidates in every process.
+ */
+
+type SubscriptionRow = typeof subscriptions.$inferSelect;
+
+/** What the hot path needs about an org's subscription, cached per process. */
+export interface OrgPlan {
+  orgId: string;
+  subscriptionId: string;
+  planKey: string;
+  planVersion: number;
+  plan: Plan;
+  interval: Interval;
+  status: SubscriptionStatus;
+  anchorMs: number;
+  trialEndsMs: number | null;
+  /** Whether the subscription's current state grants the plan's entitlements. */
+  entitled: boolean;
+  /** The period last computed, reused until it ends. */
+  period: Period;
+}
+
+/** Carries an org id whose subscription (or existence) changed to every process. */
+export const SUBSCRIPTION_CHANNEL = "subscriptions.changed";
+
+/** A cached subscription is re-read after this long even if no change message arrived. */
+const CACHE_TTL_MS = 10_000;
+const MAX_ENTRIES = 50_000;
+
+/** The default plan's interval: monthly when it has a monthly price. */
+export function defaultInterval(plan: Plan): Interval {
+  return plan.price.month !== undefined ? "month" : "year";
+}
+
+/** The subscription row a new org starts with: the default plan, a trial if the plan has one. */
+export function defaultSubscription(deps: Deps, orgId: string, now: Date): typeof subscriptions.$inferInsert {
+  const current = deps.plans.current(deps.catalog.default_plan);
+  if (!current) throw new Error(`default plan ${deps.catalog.default_plan} has no version`);
+  const trialDays = current.plan.trial_days;
+  return {
+    id: newId("subscription"),
+    orgId,
+    planKey: current.plan.key,
+    planVersion: current.version,
+    interval: defaultInterval(current.plan),
+    status: trialDays > 0 ? "trialing" : "active",
+    anchorAt: now,
+    trialEndsAt: trialDays > 0 ? new Date(now.getTime() + trialDays * 86_400_000) : null,
+    createdAt: now,
+    updatedAt: now,
+  };
+}
+
+/** Inserts a new org's subscription in the org's own transaction. */
+export async function insertDefaultSubscription(tx: Database, deps: Deps, orgId: string, now: Date) {
+  await tx.insert(subscriptions).values(defaultSubscription(deps, orgId, now));
+}
+
+/** Active and trialing subscriptions grant their plan; past_due and canceled fall back to nothing paid. */
+export function isEntitled(status: SubscriptionStatus, trialEndsMs: number | null, nowMs: number): boolean {
+  if (status === "active") return true;
+  if (status === "trialing") return trialEndsMs === null || nowMs < trialEndsMs;
+  return false;
+}
+
+export function subscriptionOut(row: SubscriptionRow, plan: Plan, nowMs: number) {
+  const period = periodAt(row.anchorAt.getTime(), row.interval, nowMs);
+  return {
+    id: row.id,
+    org_id: row.orgId,
+    plan: row.planKey,
+    plan_name: plan.name,
+    plan_version: row.planVersion,
+    interval: row.interval,
+    status: row.status,
+    price: plan.price[row.interval] ?? null,
+    current_period_start: new Date(period.startMs).toISOString(),
+    current_period_end: new Date(period.endMs).toISOString(),
+    anchor_at: row.anchorAt.toISOString(),
+    trial_ends_at: row.trialEndsAt?.toISOString() ?? null,
+    created_at: row.createdAt.toISOString(),
+    updated_at: row.updatedAt.toISOString(),
+  };
+}
+
+/** The org's subscription row and its plan version; 404 for an unknown or deleted org. */
+export async function getSubscription(
+  deps: Deps,
+  orgId: string,
+): Promise<{ row: SubscriptionRow; plan: Plan }> {
+  const [row] = await deps.database.db
+    .select({ sub: subscriptions })
+    .from(subscriptions)
+    .innerJoin(orgs, eq(orgs.id, subscriptions.orgId))
+    .where(and(eq(subscriptions.orgId, orgId), isNull(orgs.deletedAt)));
+  if (!row) throw new AppError("not_found", `No organization ${orgId}.`);
+  const plan = await deps.plans.load(row.sub.planKey, row.sub.planVersion);
+  if (!plan) throw new Error(`plan ${row.sub.planKey} v${row.sub.planVersion} is missing from plan_versions`);
+  return { row: row.sub, plan };
+}
+
+/**
+ * Puts an org on a plan without payment (the operator's comps, migrations and tests). The period
+ * anchor is kept when the interval stays — usage counted so far in the period counts against the new
+ * plan's limits — and restarts now when the interval changes.
+ */
+export async function setPlan(
+  deps: Deps,
+  caller: Caller,
+  orgId: string,
+  input: { plan: string; interval?: Interval | undefined },
+): Promise<{ row: SubscriptionRow; plan: Plan }> {
+  const current = deps.plans.current(input.plan);
+  if (!current) {
+    throw new AppError("validation_failed", `There is no plan ${input.plan} in the catalog.`, {
+      errors: [
+        {
+          field: "plan",
+          message: `no plan has the key ${input.plan}`,
+          code: "unknown_plan",
+          location: "body",
+        },
+      ],
+    });
+  }
+  const interval = input.interval ?? defaultInterval(current.plan);
+  if (current.plan.price[interval] === undefined) {
+    throw new AppError("validation_failed", `Plan ${input.plan} has no ${interval}ly price.`, {
+      errors: [
+        {
+          field: "interval",
+          message: `plan ${input.plan} is not sold by the ${interval}`,
+          code: "unknown_interval",
+          location: "body",
+        },
+      ],
+    });
+  }
+  const now = deps.clock.now();
+  const before = await getSubscription(deps, orgId);
+  const trialDays = current.plan.trial_days;
+  const onTrial = trialDays > 0 && before.row.planKey !== current.plan.key && before.row.trialEndsAt === null;
+  const [row] = await deps.database.db.transaction(async (tx) => {
+    const updated = await tx
+      .update(subscriptions)
+      .set({
+        planKey: current.plan.key,
+        planVersion: current.version,
+        interval,
+        status: onTrial ? "trialing" : "active",
+        anchorAt: interval === before.row.interval ? before.row.anchorAt : now,
+        trialEndsAt: onTrial ? new Date(now.getTime() + trialDays * 86_400_000) : before.row.trialEndsAt,
+        updatedAt: now,
+      })
+      .where(eq(subscriptions.orgId, orgId))
+      .returning();
+    await recordAudit(tx, {
+      orgId,
+      actor: caller,
+      action: "subscription.plan_changed",
+      target: { type: "subscription", id: before.row.id },
+      metadata: {
+        from: { plan: before.row.planKey, version: before.row.planVersion, interval: before.row.interval },
+        to: { plan: current.plan.key, version: current.version, interval },
+        payment: "skipped",
+      },
+    });
+    return updated;
+  });
+  await subscriptionChanged(deps, orgId);
+  if (!row) throw new AppError("not_found", `No organization ${orgId}.`);
+  return { row, plan: current.plan };
+}
+
+/**
+ * Moves a plan's grandfathered subscribers (every older version, or one) to the version in the
+ * catalog now. Returns how many moved; each move is audited in its org.
+ */
+export async function migrateSubscribers(
+  deps: Deps,
+  caller: Caller,
+  planKey: string,
+  fromVersion: number | undefined,
+): Promise<{ migrated: number; to_version: number }> {
+  const current = deps.plans.current(planKey);
+  if (!current) throw new AppError("not_found", `There is no plan ${planKey} in the catalog.`);
+  const now = deps.clock.now();
+  const moved = await deps.database.db.transaction(async (tx) => {
+    const rows = await tx
+      .update(subscriptions)
+      .set({ planVersion: current.version, updatedAt: now })
+      .where(
+        and(
+          eq(subscriptions.planKey, planKey),
+          fromVersion === undefined
+            ? lt(subscriptions.planVersion, current.version)
+            : eq(subscriptions.planVersion, fromVersion),
+          sql`${subscriptions.planVersion} <> ${current.version}`,
+        ),
+      )
+      .returning({ orgId: subscriptions.orgId, id: subscriptions.id });
+    for (const row of rows) {
+      await recordAudit(tx, {
+        orgId: row.orgId,
+        actor: caller,
+        action: "subscription.plan_migrated",
+        target: { type: "subscription", id: row.id },
+        metadata: { plan: planKey, from_version: fromVersion ?? "older", to_version: current.version },
+      });
+    }
+    return rows;
+  });
+  for (const row of moved) await subscriptionChanged(deps, row.orgId);
+  return { migrated: moved.length, to_version: current.version };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hot path's cache
+
+interface CacheEntry {
+  value: OrgPlan;
+  fetchedAt: number;
+}
+
+interface CacheState {
+  entries: Map<string, CacheEntry>;
+  inflight: Map<string, Promise<OrgPlan | undefined>>;
+  generation: number;
+  subscription: Promise<(() => Promise<void>) | undefined> | undefined;
+  closed: boolean;
+}
+
+const caches = new WeakMap<Deps, CacheState>();
+
+function cacheOf(deps: Deps): CacheState {
+  let state = caches.get(deps);
+  if (!state) {
+    state = {
+      entries: new Map(),
+      inflight: new Map(),
+      generation: 0,
+      subscription: undefined,
+      closed: false,
+    };
+    caches.set(deps, state);
+  }
+  return state;
+}
+
+/** Evicts an org here and tells every other process to. Call after any change to a subscription or org. */
+export async function subscriptionChanged(deps: Deps, orgId: string): Promise<void> {
+  const state = caches.get(deps);
+  if (state) evict(state, orgId);
+  await deps.pubsub
+    .publish(SUBSCRIPTION_CHANNEL, orgId)
+    .catch((error: Error) =>
+      deps.logger.warn(
+        { err: error.message, org: orgId },
+        "publishing a subscription change failed; caches expire within 10 s",
+      ),
+    );
+}
+
+function evict(state: CacheState, orgId: string) {
+  state.generation++;
+  state.entries.delete(orgId);
+}
+
+/**
+ * The org's plan for the hot path: from the process cache, or one query. Undefined for an unknown
+ * or deleted org. The period is recomputed only once the cached one has ended.
+ */
+export async function orgPlan(deps: Deps, orgId: string, nowMs: number): Promise<OrgPlan | undefined> {
+  const state = cacheOf(deps);
+  const entry = state.entries.get(orgId);
+  let value: OrgPlan | undefined;
+  if (entry && performance.now() - entry.fetchedAt < CACHE_TTL_MS) value = entry.value;
+  else {
+    let pending = state.inflight.get(orgId);
+    if (!pending) {
+      pending = fetchOrgPlan(deps, state, orgId, nowMs).finally(() => state.inflight.delete(orgId));
+      state.inflight.set(orgId, pending);
+    }
+    value = await pending;
+  }
+  if (!value) return undefined;
+  if (nowMs >= value.period.endMs || nowMs < value.period.startMs) {
+    value.period = periodAt(value.anchorMs, value.interval, nowMs);
+    value.entitled = isEntitled(value.status, value.trialEndsMs, nowMs);
+  } else if (value.trialEndsMs !== null && nowMs >= value.trialEndsMs) {
+    value.entitled = isEntitled(value.status, value.trialEndsMs, nowMs);
+  }
+  return value;
+}
+
+async function fetchOrgPlan(deps: Deps, state: CacheState, orgId: string, nowMs: number) {
+  subscribe(deps, state);
+  const generation = state.generation;
+  const started = performance.now();
+  let row: SubscriptionRow | undefined;
+  try {
+    [row] = await deps.database.db
+      .select({ sub: subscriptions })
+      .from(subscriptions)
+      .innerJoin(orgs, eq(orgs.id, subscriptions.orgId))
+      .where(and(eq(subscriptions.orgId, orgId), isNull(orgs.deletedAt)))
+      .then((rows) => rows.map((r) => r.sub));
+  } catch (error) {
+    deps.logger.warn({ err: (error as Error).message }, "subscription lookup failed");
+    throw new AppError("unavailable", "The database cannot be reached; try again shortly.");
+  }
+  if (!row) return undefined;
+  const plan = await deps.plans.load(row.planKey, row.planVersion);
+  if (!plan) throw new Error(`plan ${row.planKey} v${row.planVersion} is missing from plan_versions`);
+  const anchorMs = row.anchorAt.getTime();
+  const trialEndsMs = row.trialEndsAt?.getTime() ?? null;
+  const value: OrgPlan = {
+    orgId,
+    subscriptionId: row.id,
+    planKey: row.planKey,
+    planVersion: row.planVersion,
+    plan,
+    interval: row.interval,
+    status: row.status,
+    anchorMs,
+    trialEndsMs,
+    entitled: isEntitled(row.status, trialEndsMs, nowMs),
+    period: periodAt(anchorMs, row.interval, nowMs),
+  };
+  // A change message that arrived while we read may describe a newer state than the row.
+  if (!state.closed && generation === state.generation) {
+    if (state.entries.size >= MAX_ENTRIES) {
+      const oldest = state.entries.keys().next();
+      if (!oldest.done) state.entries.delete(oldest.value);
+    }
+    state.entries.set(orgId, { value, fetchedAt: started });
+  }
+  return value;
+}
+
+function subscribe(deps: Deps, state: CacheState) {
+  if (state.subscription || state.closed) return;
+  state.subscription = deps.pubsub
+    .subscribe(SUBSCRIPTION_CHANNEL, (orgId) => evict(state, orgId))
+    .then(
+      async (unsubscribe) => {
+        if (state.closed) await unsubscribe().catch(() => {});
+        return unsubscribe;
+      },
+      (error: Error) => {
+        deps.logger.warn(
+          { err: error.message },
+          "subscription change channel failed; caches expire within 10 s",
+        );
+        state.subscription = undefined;
+        return undefined;
+      },
+    );
+}
+
+/** For closeDeps: ends the change subscription. */
+export async function closeSubscriptionCache(deps: Deps): Promise<void> {
+  const state = caches.get(deps);
+  if (!state) return;
+  state.closed = true;
+  state.entries.clear();
+  const unsubscribe = await state.subscription;
+  await unsubscribe?.().catch(() => {});
+}
