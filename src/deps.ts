@@ -96,7 +96,11 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
     const plans = await syncPlanVersions(database, catalog, logger);
     await backfillSubscriptions(database, plans, catalog);
 
-    const redis = env.redisUrl ? createRedis(env.redisUrl, { logger, name: "tollgate-hot-path" }) : undefined;
+    // Commands in flight when the connection drops are not resent on reconnect: Redis may have run
+    // them already (the answer was lost), and a counter script run twice counts twice.
+    const redis = env.redisUrl
+      ? createRedis(env.redisUrl, { logger, name: "tollgate-hot-path", autoResendUnfulfilledCommands: false })
+      : undefined;
     if (redis) {
       opened.push(() => redis.quit().catch(() => redis.disconnect()));
       // Serve only once Redis answers, unless it is down: then start anyway (readiness stays red)

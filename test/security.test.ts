@@ -168,6 +168,12 @@ describe("tenancy over every org-scoped route in the OpenAPI document", () => {
       },
     });
     expect(created.status, created.text).toBe(201);
+    // Org API keys are rate limited by the org's plan (free: 10 a minute); this walks every route.
+    const upgraded = await t.call("POST", `/v1/orgs/${intruder.orgId}/subscription`, {
+      auth: "operator",
+      body: { plan: "enterprise", skip_payment: true },
+    });
+    expect(upgraded.status, upgraded.text).toBe(200);
     for (const op of orgRoutes) {
       const body = op.method === "GET" || op.method === "DELETE" ? {} : { body: { name: "x" } };
       const res = await t.call(op.method, pathFor(op, victim.orgId), { auth: created.body.key, ...body });

@@ -36,7 +36,20 @@ export function fieldErrors(issues: readonly Issue[], location?: string): FieldE
       }
       continue;
     }
-    const missing = issue.code === "invalid_type" && issue.input === undefined;
+    if (issue.code === "invalid_union" && issue.errors.length > 0) {
+      // No alternative matched: the closest one (fewest issues) names the bad fields. Alternatives
+      // of one value (a number or a string) all fail at the value itself, which is then the field.
+      const closest = issue.errors.reduce((best, next) => (next.length < best.length ? next : best));
+      if (!closest.every((inner) => inner.path.length === 0 && inner.code === "invalid_type")) {
+        const nested = closest.map((inner) => ({ ...inner, path: [...issue.path, ...inner.path] }) as Issue);
+        errors.push(...fieldErrors(nested, location));
+        continue;
+      }
+    }
+    // zod reports the input only when asked to; without it, its message says what was received.
+    const missing =
+      issue.code === "invalid_type" &&
+      ("input" in issue ? issue.input === undefined : /received undefined$/.test(issue.message));
     errors.push({
       field: base.join(".") || (location ?? "body"),
       message: missing ? "is required" : issue.message,

@@ -67,7 +67,11 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
       const claim = applyOptions.idempotency;
       if (claim) {
         const previous = live(held, claim.key, nowMs);
-        if (previous) return { status: "replay", held: previous.value };
+        // Mirrors the Redis script: an expiry on the caller's clock inside the value ("x:<ms>:…").
+        const expires = previous
+          ? Number(/^[a-z]:(\d+):/i.exec(previous.value)?.[1] ?? Number.NaN)
+          : Number.NaN;
+        if (previous && !(expires <= nowMs)) return { status: "replay", held: previous.value };
       }
 
       const missing: number[] = [];

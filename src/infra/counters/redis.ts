@@ -33,7 +33,11 @@ local function arg(i, k) return ARGV[4 + (i - 1) * 4 + k] end
 
 if claim ~= "" then
   local previous = redis.call("GET", KEYS[n + 1])
-  if previous then return { 2, previous } end
+  -- A held value may carry an expiry on the caller's clock ("x:<expiresMs>:..."): past it, it is absent.
+  if previous then
+    local expires = tonumber(string.match(previous, "^%a:(%d+):"))
+    if not expires or expires > now then return { 2, previous } end
+  end
 end
 
 -- Rate state is "tatMs:frac:limit": the TAT is tatMs + frac / limit ms, exactly.

@@ -73,7 +73,10 @@ export type ApplyResult =
  */
 export interface IdempotencyClaim {
   key: string;
-  /** Stored as the key's value until the caller replaces it with the final answer. */
+  /**
+   * Stored as the key's value until the caller replaces it with the final answer. A value of the
+   * form `x:<expiresAtMs>:…` expires at that time of the caller's clock, whatever the store's TTL.
+   */
   claim: string;
   ttlSeconds: number;
 }

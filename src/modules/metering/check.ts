@@ -100,6 +100,8 @@ interface Planned {
 interface EngineState {
   /** Counter keys whose usage was recorded while the store was unreachable: stale once it returns. */
   stale: Set<string>;
+  /** The deletion of stale counters under way: every apply waits for it. */
+  clearing: Promise<void> | undefined;
   lastDegradedLog: number;
 }
 
@@ -108,7 +110,7 @@ const states = new WeakMap<Deps, EngineState>();
 function stateOf(deps: Deps): EngineState {
   let state = states.get(deps);
   if (!state) {
-    state = { stale: new Set(), lastDegradedLog: 0 };
+    state = { stale: new Set(), clearing: undefined, lastDegradedLog: 0 };
     states.set(deps, state);
   }
   return state;
@@ -158,7 +160,13 @@ export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnsw
       planned.filter((p) => p.op),
       nowMs,
       dryRun,
-      idempotent ? { key: heldKey, claim: `p:${fingerprint}`, ttlSeconds: CLAIM_TTL_SECONDS } : undefined,
+      idempotent
+        ? {
+            key: heldKey,
+            claim: `p:${nowMs + CLAIM_TTL_SECONDS * 1000}:${fingerprint}`,
+            ttlSeconds: CLAIM_TTL_SECONDS,
+          }
+        : undefined,
     );
   } catch (error) {
     if (error instanceof AppError || error instanceof RangeError) throw error;
@@ -205,7 +213,11 @@ export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnsw
   }
   if (idempotent) {
     await deps.counters
-      .remember(heldKey, `d:${fingerprint}:${JSON.stringify(toJson(answer))}`, IDEMPOTENCY_TTL_SECONDS)
+      .remember(
+        heldKey,
+        `d:${nowMs + IDEMPOTENCY_TTL_SECONDS * 1000}:${fingerprint}:${JSON.stringify(toJson(answer))}`,
+        IDEMPOTENCY_TTL_SECONDS,
+      )
       .catch(() => {});
   }
   return answer;
@@ -337,6 +349,8 @@ function planOne(org: OrgPlan, grant: Grant, units: number, nowMs: number): Plan
       };
     case "rate":
       if (!grant.rate) return { grant, units, denied: "feature_not_in_plan", op: undefined };
+      // More than the whole burst can never pass: denied without a retry time (a larger plan may fit it).
+      if (units > grant.rate.limit) return { grant, units, denied: "rate_limited", op: undefined };
       return {
         grant,
         units,
@@ -368,8 +382,10 @@ async function applyOps(
 ): Promise<Applied> {
   if (ops.length === 0 && !idempotency) return { status: "done", allowed: true, outcomes: [] };
   for (let attempt = 0; ; attempt++) {
+    // Stale counters go before anything is decided on them (throws while the store is still away).
+    const state = states.get(deps);
+    if (state && (state.clearing || state.stale.size > 0)) await clearStale(deps, state);
     const result = await deps.counters.apply(ops, nowMs, { dryRun, ...(idempotency ? { idempotency } : {}) });
-    clearStale(deps);
     if (result.status !== "missing") return result;
     if (attempt >= MAX_SEED_ATTEMPTS) throw new Error("counters vanished while being seeded");
     await seedCounters(
@@ -475,8 +491,11 @@ function describe(
         resets_at: grant.type === "metered" ? new Date(org.period.endMs).toISOString() : null,
       };
       if (item.denied) return denied(item.denied, base);
-      if (counter && !counter.allowed)
+      if (counter && !counter.allowed) {
+        // A plan that grants none of it (not listed, or 0) does not include the feature at all.
+        if (limit === 0) return denied("feature_not_in_plan", base);
         return denied(grant.type === "metered" ? "quota_exceeded" : "limit_exceeded", base);
+      }
       return { allowed: true, ...base };
     }
     case "rate": {
@@ -641,11 +660,14 @@ async function degraded(
   }
   const answer: CheckAnswer = { allowed, results, rate: undefined, replayed: false, degraded: true };
   if (!input.consume) return answer;
+  // Whatever the decision, the store may have applied this call before the connection dropped (its
+  // answer lost): every counter it names is rebuilt from Postgres once the store is back.
+  const touched = planned.flatMap((item) => (item.op?.kind === "counter" ? [item.op.key] : []));
+  for (const key of touched) state.stale.add(key);
   const write: UsageWrite = { usage: [], allocations: [] };
   if (allowed) {
     for (const item of planned) {
       if (item.op?.kind !== "counter" || item.units === 0) continue;
-      state.stale.add(item.op.key);
       if (item.grant.type === "metered") write.usage.push(consumedUsage(org, item.grant, item.units, nowMs));
       else if (item.grant.type === "limit")
         write.allocations.push({ orgId: org.orgId, feature: item.grant.feature.key, delta: item.units });
@@ -663,19 +685,33 @@ async function degraded(
         "Neither the counter store nor the database can record usage right now.",
       );
     }
+    // Again once committed: had the store come back meanwhile, a counter rebuilt before this commit
+    // would lack it.
+    for (const key of touched) state.stale.add(key);
   }
   return answer;
 }
 
-/** Once the store answers again, counters that missed usage while it was away are dropped (and reseeded). */
-function clearStale(deps: Deps): void {
-  const state = states.get(deps);
-  if (!state || state.stale.size === 0) return;
+/**
+ * Once the store answers again, counters that missed usage while it was away are dropped (and
+ * reseeded from Postgres). Awaited before every apply, so no decision is ever taken on a stale
+ * counter; concurrent callers share one deletion. Rejects while the store is still unreachable.
+ */
+async function clearStale(deps: Deps, state: EngineState): Promise<void> {
+  while (state.clearing) await state.clearing;
+  if (state.stale.size === 0) return;
   const keys = [...state.stale];
   state.stale.clear();
-  deps.counters.delete(keys).catch(() => {
-    for (const key of keys) state.stale.add(key);
-  });
+  state.clearing = deps.counters
+    .delete(keys)
+    .catch((error: Error) => {
+      for (const key of keys) state.stale.add(key);
+      throw error;
+    })
+    .finally(() => {
+      state.clearing = undefined;
+    });
+  await state.clearing;
 }
 
 /** Marks counters stale after a failed increment (event ingest while the store was away). */
@@ -729,17 +765,12 @@ async function awaitReplay(
   held: string,
 ): Promise<CheckAnswer> {
   const deadline = performance.now() + 3000;
-  let value: string | null = held;
+  let value = parseHeld(held, deps.clock.nowMs());
   for (;;) {
-    if (value?.startsWith("d:")) {
-      const rest = value.slice(2);
-      const colon = rest.indexOf(":");
-      return replay(rest.slice(0, colon), fingerprint, JSON.parse(rest.slice(colon + 1)));
-    }
+    if (value?.answer !== undefined) return replay(value.fingerprint, fingerprint, JSON.parse(value.answer));
     // A different request under the same key is refused at once, even while the first is running.
-    if (value?.startsWith("p:") && value.slice(2) !== fingerprint)
-      return replay(value.slice(2), fingerprint, {});
-    if (value === null) {
+    if (value && value.fingerprint !== fingerprint) return replay(value.fingerprint, fingerprint, {});
+    if (value === undefined) {
       const earlier = await storedAnswer(deps, input.orgId, input.idempotencyKey as string);
       if (earlier) return replay(earlier.fingerprint, fingerprint, earlier.response);
     }
@@ -750,8 +781,23 @@ async function awaitReplay(
       );
     }
     await new Promise((resolve) => setTimeout(resolve, 20));
-    value = await deps.counters.recall(heldKey);
+    const raw = await deps.counters.recall(heldKey);
+    value = raw === null ? undefined : parseHeld(raw, deps.clock.nowMs());
   }
+}
+
+/**
+ * What the counter store holds under an idempotency key: `p:<expires>:<fingerprint>` while the first
+ * call runs, `d:<expires>:<fingerprint>:<answer JSON>` once answered. The expiry is on the app clock
+ * (the store's own TTL runs on real time, which the test clock does not move); an expired value is
+ * treated as absent, here and in the store's atomic claim.
+ */
+function parseHeld(value: string, nowMs: number): { fingerprint: string; answer?: string } | undefined {
+  const match = /^([pd]):(\d+):([0-9a-f]+)(?::([\s\S]*))?$/.exec(value);
+  if (!match || Number(match[2]) <= nowMs) return undefined;
+  return match[1] === "d"
+    ? { fingerprint: match[3] as string, answer: match[4] ?? "null" }
+    : { fingerprint: match[3] as string };
 }
 
 /** The stored (and replayed) form of an answer. */

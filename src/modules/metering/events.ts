@@ -2,7 +2,7 @@ import { sql } from "drizzle-orm";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import type { Meter } from "../catalog/schema.js";
-import { periodAt } from "../plans/periods.js";
+import { usagePeriodAt } from "../plans/periods.js";
 import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { markStale, meterCounterKey, meterCounterTtl } from "./check.js";
 import { catalogIndex, grantOf } from "./features.js";
@@ -186,7 +186,7 @@ export async function ingestEvents(deps: Deps, raw: unknown[]): Promise<IngestRe
       reject(
         i,
         "timestamp_too_old",
-        `timestamp is before the open billing period (which started ${new Date(org.period.startMs).toISOString()}); closed periods cannot change`,
+        `timestamp is before the open usage period (which started ${new Date(org.period.startMs).toISOString()}); closed periods cannot change`,
       );
       continue;
     }
@@ -243,14 +243,28 @@ export async function ingestEvents(deps: Deps, raw: unknown[]): Promise<IngestRe
   }
 
   if (valid.length === 0) return { accepted: 0, duplicates, rejected };
-  const accepted = await commitEvents(deps, valid);
+  // One lock order for every batch: two batches sharing event ids cannot deadlock on them.
+  valid.sort((a, b) =>
+    a.orgId < b.orgId ? -1 : a.orgId > b.orgId ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0,
+  );
+  let accepted: ValidEvent[];
+  try {
+    accepted = await commitEvents(deps, valid);
+  } catch (error) {
+    // Every value was validated above, so a failure here is the database's, and nothing was written.
+    deps.logger.error({ err: error, events: valid.length }, "recording events failed");
+    throw new AppError(
+      "unavailable",
+      "The events could not be recorded, and none of this batch was. Send it again: replays are safe.",
+    );
+  }
   await addToCounters(deps, accepted, nowMs);
   return { accepted: accepted.length, duplicates: duplicates + valid.length - accepted.length, rejected };
 }
 
 /** For an event up to 5 minutes ahead, across a period boundary (rare: computed on demand). */
 function nextPeriodEnd(org: OrgPlan, atMs: number): number {
-  return periodAt(org.anchorMs, org.interval, atMs).endMs;
+  return usagePeriodAt(org.anchorMs, atMs).endMs;
 }
 
 /** Inserts the events and everything derived from them in one transaction; returns the new ones. */

@@ -3,6 +3,7 @@ import { desc, eq } from "drizzle-orm";
 import type { Context } from "hono";
 import { thresholdEvents } from "../../db/schema.js";
 import type { AppEnv } from "../../deps.js";
+import { AppError } from "../../lib/errors.js";
 import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { createApiRouter, operatorOnly } from "../auth/caller.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
@@ -96,8 +97,12 @@ const Entitlements = z
     plan: z.string(),
     plan_version: z.number().int(),
     status: z.string(),
-    current_period_start: z.string(),
+    current_period_start: z.string().openapi({ description: "The billing period." }),
     current_period_end: z.string(),
+    usage_period_start: z
+      .string()
+      .openapi({ description: "The usage period: metered quotas reset monthly." }),
+    usage_period_end: z.string(),
     features: z.array(Entitlement),
   })
   .openapi("Entitlements");
@@ -214,7 +219,12 @@ export function meteringRoutes() {
     responses: { 202: jsonResponse(EventsResponse, "Recorded"), ...errorResponses(400, 401, 403, 413, 503) },
   });
   router.post("/v1/events", operatorOnly, async (c) => {
-    const events = eventsOf(await c.req.json());
+    const body = await c.req.json().catch(() => {
+      throw new AppError("validation_failed", "The request body is not valid JSON.", {
+        errors: [{ field: "body", message: "is not valid JSON", code: "invalid_json", location: "body" }],
+      });
+    });
+    const events = eventsOf(body);
     const result = await ingestEvents(c.get("deps"), events);
     return c.json(result, 202);
   });

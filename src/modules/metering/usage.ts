@@ -3,7 +3,8 @@ import { and, eq, sql } from "drizzle-orm";
 import { allocations, usagePeriods } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
-import type { Meter } from "../catalog/schema.js";
+import type { Interval, Meter } from "../catalog/schema.js";
+import { periodAt } from "../plans/periods.js";
 import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { catalogIndex, grantOf } from "./features.js";
 
@@ -13,11 +14,10 @@ import { catalogIndex, grantOf } from "./features.js";
  * a read costs the same with ten events or ten million.
  */
 
-const _rowsOf = <T>(result: unknown) => (result as { rows: T[] }).rows;
-
 /**
- * A meter's aggregate over one billing period [start, end), exactly as the spec defines it. Returned
- * as a decimal string (weighted_sum divides, and is given to 20 significant digits).
+ * A meter's aggregate over one billing period [start, end), exactly as the spec defines it: the
+ * rollups of every usage period that starts within it (one for a monthly plan, twelve for an annual
+ * one). Returned as a decimal string (weighted_sum divides, and is given to 20 significant digits).
  */
 export async function aggregatePeriod(
   deps: Deps,
@@ -26,7 +26,9 @@ export async function aggregatePeriod(
   period: { startMs: number; endMs: number },
 ): Promise<string> {
   const start = new Date(period.startMs).toISOString();
+  const end = new Date(period.endMs).toISOString();
   const db = deps.database;
+  const inPeriod = sql`period_start >= ${start} and period_start < ${end}`;
   switch (meter.aggregation) {
     case "count":
     case "sum":
@@ -37,13 +39,13 @@ export async function aggregatePeriod(
       ];
       const [row] = await db.query<{ value: string | null }>(sql`
         select (${column})::text as value from usage_rollups
-        where org_id = ${orgId} and meter = ${meter.key} and period_start = ${start}`);
+        where org_id = ${orgId} and meter = ${meter.key} and ${inPeriod}`);
       return normalise(row?.value ?? "0");
     }
     case "latest": {
       const [row] = await db.query<{ value: string | null }>(sql`
         select latest_value::text as value from usage_rollups
-        where org_id = ${orgId} and meter = ${meter.key} and period_start = ${start} and latest_at is not null
+        where org_id = ${orgId} and meter = ${meter.key} and ${inPeriod} and latest_at is not null
         order by latest_at desc, bucket desc limit 1`);
       return normalise(row?.value ?? "0");
     }
@@ -52,9 +54,9 @@ export async function aggregatePeriod(
       const [row] = await db.query<{ value: string }>(
         meter.recurring
           ? sql`select count(distinct value)::text as value from usage_uniques
-                where org_id = ${orgId} and meter = ${meter.key} and period_start <= ${start}`
-          : sql`select count(*)::text as value from usage_uniques
-                where org_id = ${orgId} and meter = ${meter.key} and period_start = ${start}`,
+                where org_id = ${orgId} and meter = ${meter.key} and period_start < ${end}`
+          : sql`select count(distinct value)::text as value from usage_uniques
+                where org_id = ${orgId} and meter = ${meter.key} and ${inPeriod}`,
       );
       return row?.value ?? "0";
     }
@@ -64,14 +66,9 @@ export async function aggregatePeriod(
           (select sum(sum) from usage_rollups
             where org_id = ${orgId} and meter = ${meter.key} and period_start < ${start})::text as carried,
           sum(sum)::text as sum, sum(sum_value_time)::text as svt
-        from usage_rollups where org_id = ${orgId} and meter = ${meter.key} and period_start = ${start}`);
-      const carried = meter.recurring ? new Decimal(row?.carried ?? 0) : new Decimal(0);
-      return weightedAverage(
-        carried,
-        new Decimal(row?.sum ?? 0),
-        new Decimal(row?.svt ?? 0),
-        period,
-      ).toString();
+        from usage_rollups where org_id = ${orgId} and meter = ${meter.key} and ${inPeriod}`);
+      const carried = meter.recurring ? new Exact(row?.carried ?? 0) : new Exact(0);
+      return weightedAverage(carried, new Exact(row?.sum ?? 0), new Exact(row?.svt ?? 0), period).toFixed();
     }
   }
 }
@@ -87,14 +84,21 @@ function weightedAverage(
   svt: Decimal,
   span: { startMs: number; endMs: number },
 ) {
-  const begin = new Decimal(span.startMs).div(1000);
-  const end = new Decimal(span.endMs).div(1000);
+  const begin = new Exact(span.startMs).div(1000);
+  const end = new Exact(span.endMs).div(1000);
   const seconds = end.minus(begin);
-  const integral = start.times(seconds).plus(end.times(sum)).minus(svt);
+  const integral = new Exact(start).times(seconds).plus(end.times(sum)).minus(svt);
   return integral.div(seconds).toSignificantDigits(20);
 }
 
-const normalise = (text: string) => new Decimal(text).toString();
+/**
+ * Decimals with room for every digit of the integral (epoch seconds with milliseconds times values),
+ * so that the only rounding is the final one to 20 significant digits.
+ */
+const Exact = Decimal.clone({ precision: 100 });
+
+/** A numeric as a plain decimal string (never exponent notation, which Decimal uses below 1e-7). */
+const normalise = (text: string) => new Decimal(text).toFixed();
 
 /** Every feature of the catalog as the org's plan grants it, with what is used now. */
 export async function entitlementsOf(deps: Deps, orgId: string) {
@@ -113,9 +117,11 @@ export async function entitlementsOf(deps: Deps, orgId: string) {
       .where(eq(allocations.orgId, orgId)),
   ]);
   const used = new Map(periodRows.map((r) => [r.meter, Number(r.quantity)]));
-  const allocated = new Map(allocationRows.map((r) => [r.feature, r.value]));
+  // Clamped: a release recorded while the counter store was away may overshoot (see check.ts).
+  const allocated = new Map(allocationRows.map((r) => [r.feature, Math.max(0, r.value)]));
   const rateRemaining = await ratesRemaining(deps, org, nowMs);
   const resetsAt = new Date(org.period.endMs).toISOString();
+  const billing = periodAt(org.anchorMs, org.interval, nowMs);
 
   const features = deps.catalog.features.map((feature) => {
     const grant = grantOf(deps.catalog, org.plan, feature);
@@ -173,8 +179,10 @@ export async function entitlementsOf(deps: Deps, orgId: string) {
     plan: org.planKey,
     plan_version: org.planVersion,
     status: org.status,
-    current_period_start: start.toISOString(),
-    current_period_end: resetsAt,
+    current_period_start: new Date(billing.startMs).toISOString(),
+    current_period_end: new Date(billing.endMs).toISOString(),
+    usage_period_start: start.toISOString(),
+    usage_period_end: resetsAt,
     features,
   };
 }
@@ -231,6 +239,9 @@ function nextBucket(ms: number, granularity: Granularity): number {
 
 export interface SeriesQuery {
   meter: Meter;
+  /** The org's subscription anchor and interval: billing periods, where weighted levels restart. */
+  anchorMs: number;
+  interval: Interval;
   fromMs: number;
   toMs: number;
   granularity: Granularity;
@@ -265,7 +276,8 @@ export async function resolveSeriesQuery(
   if (!org) throw new AppError("not_found", `No organization ${orgId}.`);
   const granularity = input.granularity ?? "day";
   const fromMs = input.from ? Date.parse(input.from) : org.period.startMs;
-  const toMs = input.to ? Date.parse(input.to) : nowMs;
+  // With no range at all, a period that starts this very millisecond is one bucket, not an error.
+  const toMs = input.to ? Date.parse(input.to) : input.from ? nowMs : Math.max(nowMs, fromMs + 1);
   if (toMs <= fromMs) {
     throw new AppError("validation_failed", "`to` must be after `from`.", {
       errors: [{ field: "to", message: "must be after from", code: "invalid_range", location: "query" }],
@@ -294,7 +306,7 @@ export async function resolveSeriesQuery(
       },
     );
   }
-  return { meter, fromMs, toMs, granularity };
+  return { meter, fromMs, toMs, granularity, anchorMs: org.anchorMs, interval: org.interval };
 }
 
 /**
@@ -348,7 +360,6 @@ export async function usageSeries(
 /** weighted_sum per bucket: the level carried in (from the period's start, or all time if recurring). */
 async function weightedSeries(deps: Deps, orgId: string, query: SeriesQuery) {
   const { meter, fromMs, toMs, granularity } = query;
-  const first = truncate(fromMs, granularity);
   const rows = await deps.database.query<{
     bucket: string | Date;
     period_start: string | Date;
@@ -359,41 +370,39 @@ async function weightedSeries(deps: Deps, orgId: string, query: SeriesQuery) {
     where org_id = ${orgId} and meter = ${meter.key} and bucket < ${new Date(toMs).toISOString()}
     order by bucket`);
   const ms = (v: string | Date) => (v instanceof Date ? v.getTime() : Date.parse(v));
+  // Σ deltas so far per usage period: the level at a time is the sum over the periods of its billing
+  // period (non-recurring: the level restarts at 0 each billing period) or over all (recurring).
+  const cumulative = new Map<number, InstanceType<typeof Exact>>();
   const series: { start: string; value: string }[] = [];
-  let level = new Decimal(0);
-  let periodStart: number | undefined;
   let i = 0;
-  // Levels before the first bucket.
-  for (; i < rows.length && ms((rows[i] as (typeof rows)[number]).bucket) < first; i++) {
-    const row = rows[i] as (typeof rows)[number];
-    if (!meter.recurring && periodStart !== ms(row.period_start)) {
-      level = new Decimal(0);
-      periodStart = ms(row.period_start);
-    }
-    level = level.plus(row.sum);
-  }
-  for (let b = first; b < toMs; b = nextBucket(b, granularity)) {
+  for (let b = truncate(fromMs, granularity); b < toMs; b = nextBucket(b, granularity)) {
     const end = nextBucket(b, granularity);
-    let sum = new Decimal(0);
-    let svt = new Decimal(0);
-    let startLevel = level;
+    const since = meter.recurring
+      ? Number.NEGATIVE_INFINITY
+      : periodAt(query.anchorMs, query.interval, b).startMs;
+    const counts = (period: number) => period >= since;
+    for (; i < rows.length && ms((rows[i] as (typeof rows)[number]).bucket) < b; i++) {
+      const row = rows[i] as (typeof rows)[number];
+      const period = ms(row.period_start);
+      cumulative.set(period, (cumulative.get(period) ?? new Exact(0)).plus(row.sum));
+    }
+    let startLevel = new Exact(0);
+    for (const [period, total] of cumulative) if (counts(period)) startLevel = startLevel.plus(total);
+    let sum = new Exact(0);
+    let svt = new Exact(0);
     for (; i < rows.length && ms((rows[i] as (typeof rows)[number]).bucket) < end; i++) {
       const row = rows[i] as (typeof rows)[number];
-      if (!meter.recurring && periodStart !== undefined && periodStart !== ms(row.period_start)) {
-        // A new period starts inside this bucket: its level restarts at 0 (approximated at the bucket's start).
-        startLevel = new Decimal(0);
-        sum = new Decimal(0);
-        svt = new Decimal(0);
-      }
-      periodStart = ms(row.period_start);
+      const period = ms(row.period_start);
+      cumulative.set(period, (cumulative.get(period) ?? new Exact(0)).plus(row.sum));
+      // A bucket straddling a period boundary shows the new period (the old one's tail is left out).
+      if (!counts(period)) continue;
       sum = sum.plus(row.sum);
       svt = svt.plus(row.svt);
     }
     series.push({
       start: new Date(b).toISOString(),
-      value: weightedAverage(startLevel, sum, svt, { startMs: b, endMs: end }).toString(),
+      value: weightedAverage(startLevel, sum, svt, { startMs: b, endMs: end }).toFixed(),
     });
-    level = startLevel.plus(sum);
   }
   return series;
 }

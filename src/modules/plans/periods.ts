@@ -33,6 +33,15 @@ export function periodStart(anchorMs: number, interval: Interval, k: number): nu
   );
 }
 
+/**
+ * The usage period containing `atMs`: metered quotas reset monthly from the subscription's anchor,
+ * whatever the billing interval — the design customers sell "100 uploads a month" on annual plans too.
+ * On monthly plans it is the billing period.
+ */
+export function usagePeriodAt(anchorMs: number, atMs: number): Period {
+  return periodAt(anchorMs, "month", atMs);
+}
+
 /** The period containing `atMs`: start <= atMs < end. */
 export function periodAt(anchorMs: number, interval: Interval, atMs: number): Period {
   const anchor = new Date(anchorMs);

@@ -36,6 +36,10 @@ const Subscription = z
     price: z.string().nullable(),
     current_period_start: z.string(),
     current_period_end: z.string(),
+    usage_period_start: z
+      .string()
+      .openapi({ description: "Metered quotas reset monthly from the anchor, also on annual plans." }),
+    usage_period_end: z.string(),
     anchor_at: z.string(),
     trial_ends_at: z.string().nullable(),
     created_at: z.string(),

@@ -7,7 +7,7 @@ import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
 import type { Interval, Plan } from "../catalog/schema.js";
-import { type Period, periodAt } from "./periods.js";
+import { type Period, periodAt, usagePeriodAt } from "./periods.js";
 
 /**
  * Every org has one subscription: created with the org on the catalog's default plan, changed by
@@ -30,7 +30,10 @@ export interface OrgPlan {
   trialEndsMs: number | null;
   /** Whether the subscription's current state grants the plan's entitlements. */
   entitled: boolean;
-  /** The period last computed, reused until it ends. */
+  /**
+   * The usage period (monthly from the anchor; see usagePeriodAt) last computed, reused until it
+   * ends. Metered quotas, counters and rollups are per usage period.
+   */
   period: Period;
 }
 
@@ -79,6 +82,7 @@ export function isEntitled(status: SubscriptionStatus, trialEndsMs: number | nul
 
 export function subscriptionOut(row: SubscriptionRow, plan: Plan, nowMs: number) {
   const period = periodAt(row.anchorAt.getTime(), row.interval, nowMs);
+  const usage = usagePeriodAt(row.anchorAt.getTime(), nowMs);
   return {
     id: row.id,
     org_id: row.orgId,
@@ -90,6 +94,8 @@ export function subscriptionOut(row: SubscriptionRow, plan: Plan, nowMs: number)
     price: plan.price[row.interval] ?? null,
     current_period_start: new Date(period.startMs).toISOString(),
     current_period_end: new Date(period.endMs).toISOString(),
+    usage_period_start: new Date(usage.startMs).toISOString(),
+    usage_period_end: new Date(usage.endMs).toISOString(),
     anchor_at: row.anchorAt.toISOString(),
     trial_ends_at: row.trialEndsAt?.toISOString() ?? null,
     created_at: row.createdAt.toISOString(),
@@ -182,6 +188,10 @@ export async function setPlan(
     return updated;
   });
   await subscriptionChanged(deps, orgId);
+  // A new plan starts with full rate limiters: state kept from the old limits would hold an org that
+  // upgraded because it was rate limited for up to a window longer.
+  const rateKeys = deps.catalog.features.filter((f) => f.type === "rate").map((f) => `r:${orgId}:${f.key}`);
+  await deps.counters.delete([...rateKeys, `api:${orgId}`]).catch(() => {});
   if (!row) throw new AppError("not_found", `No organization ${orgId}.`);
   return { row, plan: current.plan };
 }
@@ -299,7 +309,7 @@ export async function orgPlan(deps: Deps, orgId: string, nowMs: number): Promise
   }
   if (!value) return undefined;
   if (nowMs >= value.period.endMs || nowMs < value.period.startMs) {
-    value.period = periodAt(value.anchorMs, value.interval, nowMs);
+    value.period = usagePeriodAt(value.anchorMs, nowMs);
     value.entitled = isEntitled(value.status, value.trialEndsMs, nowMs);
   } else if (value.trialEndsMs !== null && nowMs >= value.trialEndsMs) {
     value.entitled = isEntitled(value.status, value.trialEndsMs, nowMs);
@@ -339,7 +349,7 @@ async function fetchOrgPlan(deps: Deps, state: CacheState, orgId: string, nowMs:
     anchorMs,
     trialEndsMs,
     entitled: isEntitled(row.status, trialEndsMs, nowMs),
-    period: periodAt(anchorMs, row.interval, nowMs),
+    period: usagePeriodAt(anchorMs, nowMs),
   };
   // A change message that arrived while we read may describe a newer state than the row.
   if (!state.closed && generation === state.generation) {
