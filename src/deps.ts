@@ -118,6 +118,15 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
       );
     }
     const counters = redis ? createRedisCounterStore(redis, { prefix }) : createMemoryCounterStore();
+    if (redis?.status === "ready") {
+      // A process killed between committing usage and adding it to a counter leaves that counter behind
+      // Postgres; every start drops the counters so they are rebuilt from Postgres, the source of truth.
+      const dropped = await counters.clearCounters().catch((error: Error) => {
+        logger.warn({ err: error.message }, "could not drop counters at start; they stay as they are");
+        return 0;
+      });
+      if (dropped > 0) logger.info({ counters: dropped }, "counters dropped: rebuilt from Postgres on next use");
+    }
     const pubsub = env.redisUrl ? createRedisPubSub(env.redisUrl, { prefix, logger }) : createMemoryPubSub();
     opened.push(() => pubsub.close());
 

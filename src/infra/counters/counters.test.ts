@@ -274,6 +274,55 @@ describe.each(twins)("$name counter store", (twin) => {
     await expect(store.apply([rate(key("bad"), 10, 1000)], T0 + 0.5)).rejects.toThrow(RangeError);
     await expect(store.seed(key("bad"), -1, 60)).rejects.toThrow(RangeError);
   });
+
+  it("adds to counters it holds only, each on its own", async () => {
+    const [held, absent] = [key("inc-held"), key("inc-absent")];
+    await store.seed(held, 5, 3600);
+    await store.increment([
+      { key: held, amount: 3, ttlSeconds: 3600 },
+      { key: absent, amount: 3, ttlSeconds: 3600 },
+    ]);
+    expect(await store.get([held, absent])).toEqual([8, null]);
+    await store.increment([{ key: held, amount: -20, ttlSeconds: 3600 }]);
+    expect(await store.get([held])).toEqual([0]);
+  });
+
+  it("claims an idempotency key with the ops, once, until its expiry on the caller's clock", async () => {
+    const [k, idem] = [key("idem-counter"), key("idem")];
+    await store.seed(k, 0, 3600);
+    const claim = (at: number) => ({ key: idem, claim: `p:${at + 1000}:abc`, ttlSeconds: 60 });
+    const first = await store.apply([counter(k, 1, 10)], T0, { idempotency: claim(T0) });
+    expect(first.status).toBe("done");
+    const again = await store.apply([counter(k, 1, 10)], T0 + 500, { idempotency: claim(T0 + 500) });
+    expect(again).toEqual({ status: "replay", held: `p:${T0 + 1000}:abc` });
+    expect(await store.get([k])).toEqual([1]);
+    // Past the expiry written in the value, the key is free again, whatever the store's own TTL.
+    const later = await store.apply([counter(k, 1, 10)], T0 + 1000, { idempotency: claim(T0 + 1000) });
+    expect(later.status).toBe("done");
+    expect(await store.get([k])).toEqual([2]);
+    await store.remember(idem, "d:1:x:{}", 60);
+    expect(await store.recall(idem)).toBe("d:1:x:{}");
+    await store.forget(idem);
+    expect(await store.recall(idem)).toBeNull();
+  });
+
+  // Last: it drops every counter of the store.
+  it("drops counters (not rate state) and records when, so seeds can wait for commits in flight", async () => {
+    const [c, r] = [key("clear-counter"), key("clear-rate")];
+    await store.seed(c, 7, 3600);
+    expect((await done(store, [rate(r, 2, 60_000)], T0)).allowed).toBe(true);
+    const before = Date.now();
+    expect(await store.clearCounters()).toBeGreaterThanOrEqual(1);
+    expect(await store.get([c])).toEqual([null]);
+    expect(await store.counterEpoch(Date.now())).toBeGreaterThanOrEqual(before);
+    // The limiter kept its state: one of two left.
+    expect(rateView((await done(store, [rate(r, 2, 60_000)], T0)).outcomes[0])[0]).toBe(true);
+    expect((await done(store, [rate(r, 2, 60_000)], T0)).allowed).toBe(false);
+    // Nothing left to drop: the recorded time stays.
+    const epoch = await store.counterEpoch(Date.now());
+    expect(await store.clearCounters()).toBe(0);
+    expect(await store.counterEpoch(Date.now())).toBe(epoch);
+  });
 });
 
 describe("memory counter store expiry", () => {

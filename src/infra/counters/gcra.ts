@@ -103,6 +103,7 @@ export function toOutcome(op: Op, evaluation: Evaluation, overall: boolean): Out
     limit: op.limit,
     remaining,
     resetMs,
+    resetBeforeMs: Math.ceil(evaluation.stored / op.limit),
     retryAfterMs: evaluation.retryAfterMs,
   };
 }

@@ -36,6 +36,8 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
   const held = new Map<string, { value: string; expiresAtMs: number }>();
   let lastNowMs: number | undefined;
   let appliesSinceSweep = 0;
+  // In one process nothing is in flight when the store is created: no wait before the first seeds.
+  let epochMs = 0;
   const clock = (): number => options.now?.() ?? lastNowMs ?? Date.now();
 
   function live<E extends { expiresAtMs: number }>(map: Map<string, E>, key: string, nowMs: number) {
@@ -134,6 +136,17 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
         entry.value = Math.max(entry.value + amount, 0);
         entry.expiresAtMs = nowMs + ttlSeconds * 1000;
       }
+    },
+
+    async clearCounters(): Promise<number> {
+      const dropped = counters.size;
+      counters.clear();
+      if (dropped > 0) epochMs = Date.now();
+      return dropped;
+    },
+
+    async counterEpoch(): Promise<number> {
+      return epochMs;
     },
 
     async remember(key: string, value: string, ttlSeconds: number): Promise<void> {

@@ -155,6 +155,12 @@ end
 return 1
 `;
 
+/** The sentinel's value, set to ARGV[1] first when absent. */
+const EPOCH_SCRIPT = `
+redis.call("SET", KEYS[1], ARGV[1], "NX")
+return redis.call("GET", KEYS[1])
+`;
+
 /** Set-if-absent, then read back what is held, atomically. */
 const SEED_SCRIPT = `
 redis.call("SET", KEYS[1], ARGV[1], "EX", ARGV[2], "NX")
@@ -177,6 +183,8 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
   const heldKey = (key: string) => `${options.prefix}i:${key}`;
   const apply = scriptRunner(redis, APPLY_SCRIPT);
   const increment = scriptRunner(redis, INCREMENT_SCRIPT);
+  const epoch = scriptRunner(redis, EPOCH_SCRIPT);
+  const epochKey = `${options.prefix}counters-epoch`;
   const seed = scriptRunner(redis, SEED_SCRIPT);
 
   return {
@@ -230,6 +238,24 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
         increments.map((entry) => counterKey(entry.key)),
         args,
       );
+    },
+
+    async clearCounters(): Promise<number> {
+      let dropped = 0;
+      let cursor = "0";
+      do {
+        const [next, keys] = await redis.scan(cursor, "MATCH", `${counterKey("")}*`, "COUNT", 1000);
+        if (keys.length > 0) dropped += await redis.unlink(...keys);
+        cursor = next;
+      } while (cursor !== "0");
+      // Calls decided on the dropped counters may still be committing; with none dropped, none can be.
+      if (dropped > 0) await redis.set(epochKey, String(Date.now()));
+      else await redis.set(epochKey, "0", "NX");
+      return dropped;
+    },
+
+    async counterEpoch(nowRealMs: number): Promise<number> {
+      return Number(await epoch([epochKey], [String(nowRealMs)]));
     },
 
     async remember(key: string, value: string, ttlSeconds: number): Promise<void> {

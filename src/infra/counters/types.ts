@@ -47,6 +47,8 @@ export interface RateOutcome {
   remaining: number;
   /** Milliseconds until the limiter is fully replenished. */
   resetMs: number;
+  /** The same, before this call: what a call that takes nothing (a dry run) reports. */
+  resetBeforeMs: number;
   /** Milliseconds to wait before this request would be allowed; 0 when allowed. */
   retryAfterMs: number;
 }
@@ -109,6 +111,17 @@ export interface CounterStore {
   recall(key: string): Promise<string | null>;
   /** Removes an idempotency key (its call failed and may be retried). */
   forget(key: string): Promise<void>;
+  /**
+   * Drops every counter (not rate-limit state, not idempotency keys), so each is rebuilt from Postgres
+   * on next use, and records when (see counterEpoch). Returns how many were dropped.
+   */
+  clearCounters(): Promise<number>;
+  /**
+   * When the store's counters were last lost or dropped, as real epoch milliseconds: read from a
+   * sentinel key, which is set to `nowRealMs` when absent (a Redis that restarted empty has lost it
+   * with everything else). Seeding waits until every commit that was in flight then has landed.
+   */
+  counterEpoch(nowRealMs: number): Promise<number>;
   /** Current counter values; null for a counter the store does not hold. */
   get(keys: string[]): Promise<(number | null)[]>;
   /** Sets a counter only if absent (rebuild from Postgres); returns the value now held. */

@@ -88,6 +88,12 @@ const CLAIM_TTL_SECONDS = 30;
 /** Allocations (seats, profiles) are kept in the store this long after their last change. */
 const ALLOCATION_TTL_SECONDS = 35 * 86_400;
 const MAX_SEED_ATTEMPTS = 3;
+/**
+ * How long after the counter store lost its counters seeding waits: longer than a usage commit takes
+ * (milliseconds normally; the writer's transactions are tiny), so every call decided before the loss
+ * is in Postgres when counters are rebuilt. Real time: it bounds real commits, not the app clock.
+ */
+const SEED_GRACE_MS = 1500;
 
 interface Planned {
   grant: Grant;
@@ -399,6 +405,12 @@ async function applyOps(
 /** Rebuilds counters from Postgres, the source of truth; set only if still absent (another process may win). */
 async function seedCounters(deps: Deps, org: OrgPlan, items: Planned[]): Promise<void> {
   const { db } = deps.database;
+  // If the store lost its counters a moment ago (a Redis that restarted empty, or a process that just
+  // dropped them), calls decided on the old counters may not be committed yet: Postgres would not
+  // show them. Wait until they have landed, or the rebuilt counter would hand out their units again.
+  const lostAt = await deps.counters.counterEpoch(Date.now());
+  const wait = lostAt + SEED_GRACE_MS - Date.now();
+  if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
   const meters = items
     .filter((p) => p.grant.type === "metered")
     .map((p) => (p.grant as Extract<Grant, { type: "metered" }>).meter.key);
@@ -509,7 +521,9 @@ function describe(
         limit,
         used: null,
         remaining,
-        resets_at: rate ? new Date(nowMs + rate.resetMs).toISOString() : null,
+        resets_at: rate
+          ? new Date(nowMs + (applied || !storeAllowed ? rate.resetMs : rate.resetBeforeMs)).toISOString()
+          : null,
       };
       if (item.denied) return denied(item.denied, base);
       if (rate && !rate.allowed)
