@@ -125,7 +125,8 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
         logger.warn({ err: error.message }, "could not drop counters at start; they stay as they are");
         return 0;
       });
-      if (dropped > 0) logger.info({ counters: dropped }, "counters dropped: rebuilt from Postgres on next use");
+      if (dropped > 0)
+        logger.info({ counters: dropped }, "counters dropped: rebuilt from Postgres on next use");
     }
     const pubsub = env.redisUrl ? createRedisPubSub(env.redisUrl, { prefix, logger }) : createMemoryPubSub();
     opened.push(() => pubsub.close());

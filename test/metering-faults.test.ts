@@ -1,6 +1,5 @@
 import { and, eq, sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type DatabaseHandle, openDatabase } from "../src/db/client.js";
 import { usagePeriods } from "../src/db/schema.js";
 import { ADMIN_KEY, createTestApp, deleteRedisPrefix, type TestApp } from "./support/app.js";
 import { createTestDatabase, type TestDatabase, uniquePrefix } from "./support/storage.js";
