@@ -244,6 +244,7 @@ export async function migrateSubscribers(
 interface CacheEntry {
   value: OrgPlan;
   fetchedAt: number;
+  ttlMs: number;
 }
 
 interface CacheState {
@@ -298,14 +299,14 @@ export async function orgPlan(deps: Deps, orgId: string, nowMs: number): Promise
   const state = cacheOf(deps);
   const entry = state.entries.get(orgId);
   let value: OrgPlan | undefined;
-  if (entry && performance.now() - entry.fetchedAt < CACHE_TTL_MS) value = entry.value;
-  else {
-    let pending = state.inflight.get(orgId);
-    if (!pending) {
-      pending = fetchOrgPlan(deps, state, orgId, nowMs).finally(() => state.inflight.delete(orgId));
-      state.inflight.set(orgId, pending);
-    }
-    value = await pending;
+  if (entry) {
+    value = entry.value;
+    // Past its age the entry is refreshed in the background and served meanwhile: changes evict
+    // entries at once (pub/sub), so the age only bounds a lost message, and no request waits on it.
+    if (performance.now() - entry.fetchedAt >= entry.ttlMs)
+      void refresh(deps, state, orgId, nowMs).catch(() => {});
+  } else {
+    value = await refresh(deps, state, orgId, nowMs);
   }
   if (!value) return undefined;
   if (nowMs >= value.period.endMs || nowMs < value.period.startMs) {
@@ -315,6 +316,16 @@ export async function orgPlan(deps: Deps, orgId: string, nowMs: number): Promise
     value.entitled = isEntitled(value.status, value.trialEndsMs, nowMs);
   }
   return value;
+}
+
+/** One fetch per org at a time, shared by every request that needs it. */
+function refresh(deps: Deps, state: CacheState, orgId: string, nowMs: number): Promise<OrgPlan | undefined> {
+  let pending = state.inflight.get(orgId);
+  if (!pending) {
+    pending = fetchOrgPlan(deps, state, orgId, nowMs).finally(() => state.inflight.delete(orgId));
+    state.inflight.set(orgId, pending);
+  }
+  return pending;
 }
 
 async function fetchOrgPlan(deps: Deps, state: CacheState, orgId: string, nowMs: number) {
@@ -333,7 +344,10 @@ async function fetchOrgPlan(deps: Deps, state: CacheState, orgId: string, nowMs:
     deps.logger.warn({ err: (error as Error).message }, "subscription lookup failed");
     throw new AppError("unavailable", "The database cannot be reached; try again shortly.");
   }
-  if (!row) return undefined;
+  if (!row) {
+    state.entries.delete(orgId);
+    return undefined;
+  }
   const plan = await deps.plans.load(row.planKey, row.planVersion);
   if (!plan) throw new Error(`plan ${row.planKey} v${row.planVersion} is missing from plan_versions`);
   const anchorMs = row.anchorAt.getTime();
@@ -357,7 +371,12 @@ async function fetchOrgPlan(deps: Deps, state: CacheState, orgId: string, nowMs:
       const oldest = state.entries.keys().next();
       if (!oldest.done) state.entries.delete(oldest.value);
     }
-    state.entries.set(orgId, { value, fetchedAt: started });
+    // Jittered, so entries fetched together (a burst of new orgs, a restart) do not expire together.
+    state.entries.set(orgId, {
+      value,
+      fetchedAt: started,
+      ttlMs: CACHE_TTL_MS * (0.8 + Math.random() * 0.4),
+    });
   }
   return value;
 }
