@@ -21,6 +21,8 @@ export async function freePort(): Promise<number> {
 export interface Server {
   url: string;
   stop(): Promise<void>;
+  /** The server's process id (for CPU accounting). */
+  pid?: number | undefined;
 }
 
 /** Spawns `node <args>` and waits until `healthPath` answers 200. */
@@ -49,9 +51,17 @@ export async function spawnServer(
   }
   return {
     url,
+    pid: child.pid,
     stop: () =>
       new Promise((resolve) => {
-        child.once("exit", () => resolve());
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        // SIGTERM lets the server finish in-flight work (and write a --cpu-prof profile); a server
+        // that does not exit within 20 s is killed, so a benchmark always ends.
+        const kill = setTimeout(() => child.kill("SIGKILL"), 20_000);
+        child.once("exit", () => {
+          clearTimeout(kill);
+          resolve();
+        });
         child.kill("SIGTERM");
       }),
   };
@@ -59,10 +69,28 @@ export async function spawnServer(
 
 export interface LoadResult {
   requestsPerSecond: number;
+  /** autocannon's histogram: whole milliseconds (and corrected for coordinated omission under a rate). */
   p50: number;
   p99: number;
   errors: number;
   non2xx: number;
+  /** Responses with a 2xx status over the whole run. */
+  ok: number;
+  /** Requests sent (including those still in flight when the run stopped). */
+  sent: number;
+  /** Every completed response's own latency (sub-millisecond precision, no correction). */
+  latency: LatencyStats;
+  /** The latencies themselves (ms), with `keepSamples`: to pool several runs. */
+  samples?: number[];
+}
+
+export interface LatencyStats {
+  mean: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+  max: number;
 }
 
 export interface LoadOptions {
@@ -74,25 +102,112 @@ export interface LoadOptions {
   durationSeconds?: number;
   /** Fixed request rate (for latency at a given load); unset = as fast as possible. */
   overallRate?: number;
+  /**
+   * With `overallRate`: split the load into this many autocannon instances started evenly across one
+   * second. autocannon paces by sending each connection's share of a second back to back and then
+   * pausing until the next second; one instance thus sends in full-speed bursts. Staggered slices
+   * spread the same rate over the second. Default 1 (plain autocannon).
+   */
+  rateSlices?: number;
+  /**
+   * Requests to spread over the connections (bodies differ, e.g. one org each): each connection
+   * cycles through its own share, so concurrent requests name different orgs.
+   */
+  requests?: { method?: "GET" | "POST"; path?: string; body?: string; headers?: Record<string, string> }[];
+  /** Replaces `[<id>]` in the body with a unique id per request (e.g. event ids). */
+  idReplacement?: boolean;
+  timeoutSeconds?: number;
+  /** Return every 2xx latency in `samples`. */
+  keepSamples?: boolean;
+}
+
+/** Exact percentiles of a list of latencies (ms). */
+export function latencyStats(values: number[]): LatencyStats {
+  if (values.length === 0) return { mean: 0, p50: 0, p90: 0, p99: 0, p999: 0, max: 0 };
+  const sorted = Float64Array.from(values).sort();
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] as number;
+  let sum = 0;
+  for (const v of sorted) sum += v;
+  return {
+    mean: sum / sorted.length,
+    p50: at(0.5),
+    p90: at(0.9),
+    p99: at(0.99),
+    p999: at(0.999),
+    max: sorted[sorted.length - 1] as number,
+  };
 }
 
 export async function load(options: LoadOptions): Promise<LoadResult> {
-  const result = await autocannon({
-    url: options.url,
-    method: options.method ?? "GET",
-    body: options.body,
-    headers: options.headers,
-    connections: options.connections ?? 50,
-    duration: options.durationSeconds ?? 10,
-    ...(options.overallRate ? { overallRate: options.overallRate } : {}),
-  });
+  const slices = options.overallRate ? Math.max(1, options.rateSlices ?? 1) : 1;
+  const connections = options.connections ?? 50;
+  const latencies: number[] = [];
+  const runs: Promise<autocannon.Result>[] = [];
+  for (let i = 0; i < slices; i++) {
+    const share = (n: number) => Math.floor(n / slices) + (i < n % slices ? 1 : 0);
+    const rate = options.overallRate ? share(options.overallRate) : undefined;
+    const sliceConnections = Math.max(1, share(connections));
+    if (i > 0) await new Promise((r) => setTimeout(r, 1000 / slices));
+    runs.push(runOne(options, sliceConnections, rate, latencies));
+  }
+  const results = await Promise.all(runs);
+  const sum = (f: (r: autocannon.Result) => number) => results.reduce((acc, r) => acc + f(r), 0);
+  const max = (f: (r: autocannon.Result) => number) => Math.max(...results.map(f));
   return {
-    requestsPerSecond: result.requests.average,
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    errors: result.errors + result.timeouts,
-    non2xx: result.non2xx,
+    requestsPerSecond: sum((r) => r.requests.average),
+    p50: max((r) => r.latency.p50),
+    p99: max((r) => r.latency.p99),
+    errors: sum((r) => r.errors + r.timeouts),
+    non2xx: sum((r) => r.non2xx),
+    ok: sum((r) => r["2xx"]),
+    sent: sum((r) => r.requests.sent),
+    latency: latencyStats(latencies),
+    ...(options.keepSamples ? { samples: latencies } : {}),
   };
+}
+
+function runOne(
+  options: LoadOptions,
+  connections: number,
+  rate: number | undefined,
+  latencies: number[],
+): Promise<autocannon.Result> {
+  const requests = options.requests;
+  return new Promise((resolve, reject) => {
+    let client = 0;
+    const instance = autocannon(
+      {
+        url: options.url,
+        method: options.method ?? "GET",
+        body: options.body,
+        headers: options.headers,
+        connections,
+        duration: options.durationSeconds ?? 10,
+        ...(rate ? { overallRate: rate } : {}),
+        ...(options.idReplacement ? { idReplacement: true } : {}),
+        ...(options.timeoutSeconds ? { timeout: options.timeoutSeconds } : {}),
+        ...(requests && requests.length > 0
+          ? {
+              // Each connection cycles through its own share of the requests. (autocannon builds every
+              // request of a list for each connection, in the constructor, after the connection's first
+              // request went out: a long list given to all would stall the start of the run.)
+              requests: requests.slice(0, 1),
+              setupClient: (c: autocannon.Client) => {
+                const k = client++;
+                const mine = requests.filter((_, i) => i % connections === k % connections);
+                c.setRequests(
+                  mine.length > 0 ? mine : [requests[k % requests.length] as (typeof requests)[0]],
+                );
+              },
+            }
+          : {}),
+      },
+      (error, result) => (error ? reject(error) : resolve(result)),
+    );
+    instance.on("response", (_client, status, _bytes, responseTime) => {
+      if (status >= 200 && status < 300) latencies.push(responseTime);
+    });
+  });
 }
 
 export function row(name: string, r: LoadResult, baseline?: LoadResult): string {
