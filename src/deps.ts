@@ -97,9 +97,15 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
     await backfillSubscriptions(database, plans, catalog);
 
     // Commands in flight when the connection drops are not resent on reconnect: Redis may have run
-    // them already (the answer was lost), and a counter script run twice counts twice.
+    // them already (the answer was lost), and a counter script run twice counts twice. Commands issued
+    // in the same tick go out in one write (auto-pipelining): one syscall for many concurrent checks.
     const redis = env.redisUrl
-      ? createRedis(env.redisUrl, { logger, name: "tollgate-hot-path", autoResendUnfulfilledCommands: false })
+      ? createRedis(env.redisUrl, {
+          logger,
+          name: "tollgate-hot-path",
+          autoResendUnfulfilledCommands: false,
+          enableAutoPipelining: true,
+        })
       : undefined;
     if (redis) {
       opened.push(() => redis.quit().catch(() => redis.disconnect()));

@@ -1,7 +1,9 @@
 import { sql } from "drizzle-orm";
 import type { DatabaseHandle } from "../../db/client.js";
+import { newId } from "../../lib/ids.js";
 import type { Logger } from "../../lib/logger.js";
-import { addToPeriods, type PeriodDelta, ROLLUP_MERGE, textArray } from "./ledger.js";
+import { type PeriodDelta, ROLLUP_MERGE, type ThresholdSpec, textArray } from "./ledger.js";
+import { microsToText, toMicros } from "./quantities.js";
 
 /**
  * Group commit for consumption decided on the hot path. A check that consumes is answered only once
@@ -52,25 +54,38 @@ export interface UsageWriter {
   close(): Promise<void>;
 }
 
+/**
+ * Batches committing at once. Each batch locks its rows in one sorted order, so concurrent batches
+ * cannot deadlock; several in flight keep a batch's round trip from capping throughput.
+ */
+const MAX_IN_FLIGHT = 4;
+
 export function createUsageWriter(options: { database: DatabaseHandle; logger: Logger }): UsageWriter {
   const { database, logger } = options;
   let queue: Pending[] = [];
-  let running: Promise<void> | undefined;
+  const running = new Set<Promise<void>>();
+  let scheduled = false;
   let closed = false;
 
+  // Writes arriving in the same turn of the event loop share a batch.
   const schedule = () => {
-    if (running || queue.length === 0) return;
-    running = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => runBatch())
-      .finally(() => {
-        running = undefined;
+    if (scheduled || queue.length === 0 || running.size >= MAX_IN_FLIGHT) return;
+    scheduled = true;
+    setImmediate(() => {
+      scheduled = false;
+      if (queue.length === 0 || running.size >= MAX_IN_FLIGHT) return;
+      const batch = queue;
+      queue = [];
+      const run = runBatch(batch).finally(() => {
+        running.delete(run);
         schedule();
       });
+      running.add(run);
+      schedule();
+    });
   };
 
-  async function runBatch() {
-    const batch = queue;
-    queue = [];
+  async function runBatch(batch: Pending[]) {
     try {
       await commit(
         database,
@@ -92,9 +107,10 @@ export function createUsageWriter(options: { database: DatabaseHandle; logger: L
       });
     },
     async flush() {
-      while (running || queue.length > 0) {
+      while (running.size > 0 || queue.length > 0 || scheduled) {
         schedule();
-        await running;
+        if (running.size > 0) await Promise.all(running);
+        else await new Promise((resolve) => setImmediate(resolve));
       }
     },
     async close() {
@@ -104,49 +120,116 @@ export function createUsageWriter(options: { database: DatabaseHandle; logger: L
   };
 }
 
+/**
+ * One statement, so one round trip and atomic on its own: hourly rollups, period totals, the
+ * thresholds the new totals cross (each recorded once: the period row is locked while its new total
+ * is compared), allocations and idempotent answers.
+ */
 async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<void> {
   const usage = writes.flatMap((w) => w.usage);
+  const periods = mergePeriods(usage);
+  const marks = periods.flatMap((p) =>
+    [...p.specs.values()].flatMap((spec) =>
+      spec.thresholds.map((threshold) => ({ ...p.key, feature: spec.feature, limit: spec.limit, threshold })),
+    ),
+  );
   const allocations = mergeAllocations(writes.flatMap((w) => w.allocations));
   const answers = writes.flatMap((w) => (w.answer ? [w.answer] : []));
-  await database.db.transaction(async (tx) => {
-    if (usage.length > 0) {
-      await tx.execute(sql`
-        insert into usage_rollups (org_id, meter, period_start, bucket, count, sum, min, max, latest_at, latest_value, sum_value_time)
-        select org_id, meter, period_start, date_trunc('hour', at, 'UTC') as bucket, sum(count), sum(sum),
-          null::numeric, null::numeric, null::timestamptz, null::numeric, sum(sum * extract(epoch from at))
-        from unnest(
-          ${textArray(usage.map((u) => u.orgId))}::text[],
-          ${textArray(usage.map((u) => u.meter))}::text[],
-          ${textArray(usage.map((u) => new Date(u.periodStartMs).toISOString()))}::timestamptz[],
-          ${textArray(usage.map((u) => new Date(u.atMs).toISOString()))}::timestamptz[],
-          ${textArray(usage.map((u) => u.count))}::numeric[],
-          ${textArray(usage.map((u) => u.sum))}::numeric[]) as t(org_id, meter, period_start, at, count, sum)
-        group by 1, 2, 3, 4
-        order by 1, 2, 3, 4
-        ${ROLLUP_MERGE}`);
-      await addToPeriods(tx, usage);
+  const iso = (ms: number) => new Date(ms).toISOString();
+  await database.query(sql`
+    with usage_in as (
+      select * from unnest(
+        ${textArray(usage.map((u) => u.orgId))}::text[],
+        ${textArray(usage.map((u) => u.meter))}::text[],
+        ${textArray(usage.map((u) => iso(u.periodStartMs)))}::timestamptz[],
+        ${textArray(usage.map((u) => iso(u.atMs)))}::timestamptz[],
+        ${textArray(usage.map((u) => u.count))}::numeric[],
+        ${textArray(usage.map((u) => u.sum))}::numeric[]) as t(org_id, meter, period_start, at, count, sum)
+    ), rollups as (
+      insert into usage_rollups (org_id, meter, period_start, bucket, count, sum, min, max, latest_at, latest_value, sum_value_time)
+      select org_id, meter, period_start, date_trunc('hour', at, 'UTC') as bucket, sum(count), sum(sum),
+        null::numeric, null::numeric, null::timestamptz, null::numeric, sum(sum * extract(epoch from at))
+      from usage_in
+      group by 1, 2, 3, 4
+      order by 1, 2, 3, 4
+      ${ROLLUP_MERGE}
+    ), period_in as (
+      select * from unnest(
+        ${textArray(periods.map((p) => p.key.orgId))}::text[],
+        ${textArray(periods.map((p) => p.key.meter))}::text[],
+        ${textArray(periods.map((p) => iso(p.key.periodStartMs)))}::timestamptz[],
+        ${textArray(periods.map((p) => p.delta))}::numeric[]) as t(org_id, meter, period_start, delta)
+    ), totals as (
+      insert into usage_periods (org_id, meter, period_start, quantity)
+      select org_id, meter, period_start, delta from period_in
+      order by 1, 2, 3
+      on conflict (org_id, meter, period_start) do update
+        set quantity = usage_periods.quantity + excluded.quantity, updated_at = now()
+      returning org_id, meter, period_start, quantity
+    ), marks as (
+      select * from unnest(
+        ${textArray(marks.map(() => newId("threshold")))}::text[],
+        ${textArray(marks.map((m) => m.orgId))}::text[],
+        ${textArray(marks.map((m) => m.meter))}::text[],
+        ${textArray(marks.map((m) => iso(m.periodStartMs)))}::timestamptz[],
+        ${textArray(marks.map((m) => m.feature))}::text[],
+        ${textArray(marks.map((m) => String(m.threshold)))}::int[],
+        ${textArray(marks.map((m) => String(m.limit)))}::numeric[]) as t(id, org_id, meter, period_start, feature, threshold, lim)
+    ), crossed as (
+      insert into threshold_events (id, org_id, feature, period_start, threshold, "limit", quantity)
+      select m.id, m.org_id, m.feature, m.period_start, m.threshold, m.lim, t.quantity
+      from marks m
+      join totals t using (org_id, meter, period_start)
+      join period_in d using (org_id, meter, period_start)
+      -- Crossed when the total before this batch was below limit × t% and is now at or above it.
+      where (t.quantity - d.delta) * 100 < m.lim * m.threshold and t.quantity * 100 >= m.lim * m.threshold
+      on conflict (org_id, feature, period_start, threshold) do nothing
+    ), allocated as (
+      insert into allocations (org_id, feature, value)
+      select * from unnest(
+        ${textArray(allocations.map((a) => a.orgId))}::text[],
+        ${textArray(allocations.map((a) => a.feature))}::text[],
+        ${textArray(allocations.map((a) => String(a.delta)))}::bigint[])
+      on conflict (org_id, feature) do update
+        set value = greatest(allocations.value + excluded.value, 0), updated_at = now()
+    ), answered as (
+      insert into check_idempotency (org_id, key, fingerprint, response)
+      select org_id, key, fingerprint, response::jsonb from unnest(
+        ${textArray(answers.map((a) => a.orgId))}::text[],
+        ${textArray(answers.map((a) => a.key))}::text[],
+        ${textArray(answers.map((a) => a.fingerprint))}::text[],
+        ${textArray(answers.map((a) => JSON.stringify(a.response)))}::text[]) as t(org_id, key, fingerprint, response)
+      on conflict (org_id, key) do nothing
+    )
+    select 1 as done`);
+}
+
+interface PeriodKey {
+  orgId: string;
+  meter: string;
+  periodStartMs: number;
+}
+
+/** One row per (org, meter, period), sorted; the delta summed exactly (micro-units). */
+function mergePeriods(usage: ConsumedUsage[]) {
+  const merged = new Map<string, { key: PeriodKey; micros: bigint; specs: Map<string, ThresholdSpec> }>();
+  for (const u of usage) {
+    const id = `${u.orgId}\u0000${u.meter}\u0000${u.periodStartMs}`;
+    let entry = merged.get(id);
+    if (!entry) {
+      entry = {
+        key: { orgId: u.orgId, meter: u.meter, periodStartMs: u.periodStartMs },
+        micros: 0n,
+        specs: new Map(),
+      };
+      merged.set(id, entry);
     }
-    if (allocations.length > 0) {
-      await tx.execute(sql`
-        insert into allocations (org_id, feature, value)
-        select * from unnest(
-          ${textArray(allocations.map((a) => a.orgId))}::text[],
-          ${textArray(allocations.map((a) => a.feature))}::text[],
-          ${textArray(allocations.map((a) => String(a.delta)))}::bigint[])
-        on conflict (org_id, feature) do update
-          set value = greatest(allocations.value + excluded.value, 0), updated_at = now()`);
-    }
-    if (answers.length > 0) {
-      await tx.execute(sql`
-        insert into check_idempotency (org_id, key, fingerprint, response)
-        select org_id, key, fingerprint, response::jsonb from unnest(
-          ${textArray(answers.map((a) => a.orgId))}::text[],
-          ${textArray(answers.map((a) => a.key))}::text[],
-          ${textArray(answers.map((a) => a.fingerprint))}::text[],
-          ${textArray(answers.map((a) => JSON.stringify(a.response)))}::text[]) as t(org_id, key, fingerprint, response)
-        on conflict (org_id, key) do nothing`);
-    }
-  });
+    entry.micros += toMicros(u.quantity);
+    for (const spec of u.thresholds) entry.specs.set(spec.feature, spec);
+  }
+  return [...merged.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([, e]) => ({ key: e.key, delta: microsToText(e.micros), specs: e.specs }));
 }
 
 /** One row per (org, feature), sorted, so concurrent batches lock in the same order. */
