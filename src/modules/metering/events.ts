@@ -1,12 +1,13 @@
 import { sql } from "drizzle-orm";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
+import { newId } from "../../lib/ids.js";
 import type { Meter } from "../catalog/schema.js";
 import { usagePeriodAt } from "../plans/periods.js";
 import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { markStale, meterCounterKey, meterCounterTtl } from "./check.js";
 import { catalogIndex, grantOf } from "./features.js";
-import { addToPeriods, type PeriodDelta, ROLLUP_MERGE, type ThresholdSpec, textArray } from "./ledger.js";
+import { ROLLUP_MERGE, textArray } from "./ledger.js";
 import { decimalPlaces, toDecimalText, toMicros } from "./quantities.js";
 
 /**
@@ -270,79 +271,131 @@ function nextPeriodEnd(org: OrgPlan, atMs: number): number {
 /** Inserts the events and everything derived from them in one transaction; returns the new ones. */
 async function commitEvents(deps: Deps, events: ValidEvent[]): Promise<ValidEvent[]> {
   const iso = (ms: number) => new Date(ms).toISOString();
-  return deps.database.db.transaction(async (tx) => {
-    const result = await tx.execute(sql`
-      with input as (
-        select * from unnest(
-          ${textArray(events.map((e) => e.orgId))}::text[],
-          ${textArray(events.map((e) => e.id))}::text[],
-          ${textArray(events.map((e) => e.meter.key))}::text[],
-          ${textArray(events.map((e) => iso(e.atMs)))}::timestamptz[],
-          ${textArray(events.map((e) => e.value))}::numeric[],
-          ${textArray(events.map((e) => e.properties))}::jsonb[],
-          ${textArray(events.map((e) => iso(e.periodStartMs)))}::timestamptz[],
-          ${textArray(events.map((e) => e.unique))}::text[]
-        ) as t(org_id, event_id, meter, ts, value, properties, period_start, uniq)
-      ), inserted as (
-        insert into usage_events (org_id, event_id, meter, "timestamp", value, properties, period_start)
-        select org_id, event_id, meter, ts, value, properties, period_start from input
-        on conflict (org_id, event_id) do nothing
-        returning org_id, event_id
-      ), accepted as (
-        select input.* from input join inserted using (org_id, event_id)
-      ), rollups as (
-        insert into usage_rollups (org_id, meter, period_start, bucket, count, sum, min, max, latest_at, latest_value, sum_value_time)
-        select org_id, meter, period_start, date_trunc('hour', ts, 'UTC'), count(*), sum(value), min(value), max(value),
-          max(ts), (array_agg(value order by ts desc))[1], sum(value * extract(epoch from ts))
-        from accepted
-        group by 1, 2, 3, 4
-        order by 1, 2, 3, 4
-        ${ROLLUP_MERGE}
-      ), uniques as (
-        insert into usage_uniques (org_id, meter, period_start, value, first_seen_at)
-        select org_id, meter, period_start, uniq, min(ts) from accepted where uniq is not null
-        group by 1, 2, 3, 4
-        order by 1, 2, 3, 4
-        on conflict (org_id, meter, period_start, value) do update
-          set first_seen_at = least(usage_uniques.first_seen_at, excluded.first_seen_at)
-      )
-      select org_id, event_id from accepted`);
-    const rows = (result as unknown as { rows: { org_id: string; event_id: string }[] }).rows;
-    const fresh = new Set(rows.map((r) => `${r.org_id}\u0000${r.event_id}`));
-    const accepted = events.filter((e) => fresh.has(`${e.orgId}\u0000${e.id}`));
-    await addToPeriods(tx, periodDeltas(deps, accepted));
-    return accepted;
-  });
+  // Period starts repeat across a batch: converted once each.
+  const periodIso = new Map<number, string>();
+  const periodOf = (ms: number) => {
+    let text = periodIso.get(ms);
+    if (text === undefined) {
+      text = iso(ms);
+      periodIso.set(ms, text);
+    }
+    return text;
+  };
+  const marks = thresholdMarks(deps, events);
+  // One statement: events, rollups, unique values, period totals and the thresholds they cross are
+  // committed together, and the rows locked here are released as soon as it ends.
+  const rows = await deps.database.query<{ org_id: string; event_id: string }>(sql`
+    with input as (
+      select * from unnest(
+        ${textArray(events.map((e) => e.orgId))}::text[],
+        ${textArray(events.map((e) => e.id))}::text[],
+        ${textArray(events.map((e) => e.meter.key))}::text[],
+        ${textArray(events.map((e) => iso(e.atMs)))}::timestamptz[],
+        ${textArray(events.map((e) => e.value))}::numeric[],
+        ${textArray(events.map((e) => e.properties))}::jsonb[],
+        ${textArray(events.map((e) => periodOf(e.periodStartMs)))}::timestamptz[],
+        ${textArray(events.map((e) => e.unique))}::text[],
+        ${textArray(events.map(quantityOf))}::numeric[]
+      ) as t(org_id, event_id, meter, ts, value, properties, period_start, uniq, qty)
+    ), inserted as (
+      insert into usage_events (org_id, event_id, meter, "timestamp", value, properties, period_start)
+      select org_id, event_id, meter, ts, value, properties, period_start from input
+      on conflict (org_id, event_id) do nothing
+      returning org_id, event_id
+    ), accepted as (
+      select input.* from input join inserted using (org_id, event_id)
+    ), rollups as (
+      insert into usage_rollups (org_id, meter, period_start, bucket, count, sum, min, max, latest_at, latest_value, sum_value_time)
+      select org_id, meter, period_start, date_trunc('hour', ts, 'UTC'), count(*), sum(value), min(value), max(value),
+        max(ts), (array_agg(value order by ts desc))[1], sum(value * extract(epoch from ts))
+      from accepted
+      group by 1, 2, 3, 4
+      order by 1, 2, 3, 4
+      ${ROLLUP_MERGE}
+    ), uniques as (
+      insert into usage_uniques (org_id, meter, period_start, value, first_seen_at)
+      select org_id, meter, period_start, uniq, min(ts) from accepted where uniq is not null
+      group by 1, 2, 3, 4
+      order by 1, 2, 3, 4
+      on conflict (org_id, meter, period_start, value) do update
+        set first_seen_at = least(usage_uniques.first_seen_at, excluded.first_seen_at)
+    ), period_in as (
+      select org_id, meter, period_start, sum(qty) as delta from accepted where qty is not null
+      group by 1, 2, 3
+    ), totals as (
+      insert into usage_periods (org_id, meter, period_start, quantity)
+      select org_id, meter, period_start, delta from period_in
+      order by 1, 2, 3
+      on conflict (org_id, meter, period_start) do update
+        set quantity = usage_periods.quantity + excluded.quantity, updated_at = now()
+      returning org_id, meter, period_start, quantity
+    ), marks as (
+      select * from unnest(
+        ${textArray(marks.map(() => newId("threshold")))}::text[],
+        ${textArray(marks.map((m) => m.orgId))}::text[],
+        ${textArray(marks.map((m) => m.meter))}::text[],
+        ${textArray(marks.map((m) => periodOf(m.periodStartMs)))}::timestamptz[],
+        ${textArray(marks.map((m) => m.feature))}::text[],
+        ${textArray(marks.map((m) => String(m.threshold)))}::int[],
+        ${textArray(marks.map((m) => String(m.limit)))}::numeric[]) as t(id, org_id, meter, period_start, feature, threshold, lim)
+    ), crossed as (
+      insert into threshold_events (id, org_id, feature, period_start, threshold, "limit", quantity)
+      select m.id, m.org_id, m.feature, m.period_start, m.threshold, m.lim, t.quantity
+      from marks m
+      join totals t using (org_id, meter, period_start)
+      join period_in d using (org_id, meter, period_start)
+      -- Crossed when the total before this batch was below limit × t% and is now at or above it.
+      where (t.quantity - d.delta) * 100 < m.lim * m.threshold and t.quantity * 100 >= m.lim * m.threshold
+      on conflict (org_id, feature, period_start, threshold) do nothing
+    )
+    select org_id, event_id from accepted`);
+  const fresh = new Set(rows.map((r) => `${r.org_id}\u0000${r.event_id}`));
+  return events.filter((e) => fresh.has(`${e.orgId}\u0000${e.id}`));
 }
 
-/** Period totals of count and sum meters, with the thresholds each org's plan sets on them. */
-function periodDeltas(deps: Deps, events: ValidEvent[]): PeriodDelta[] {
+/** What an event adds to its period total: 1 on a count meter, its value on a sum meter, else nothing. */
+function quantityOf(e: ValidEvent): string | null {
+  if (e.meter.aggregation === "count") return "1";
+  if (e.meter.aggregation === "sum") return e.value;
+  return null;
+}
+
+/**
+ * The thresholds each (org, meter, period) of the batch could cross: those of the metered features
+ * on the meter, as the org's plan sets them.
+ */
+function thresholdMarks(deps: Deps, events: ValidEvent[]) {
   const index = catalogIndex(deps.catalog);
-  const deltas: PeriodDelta[] = [];
-  const specsCache = new Map<string, ThresholdSpec[]>();
+  const seen = new Set<string>();
+  const marks: {
+    orgId: string;
+    meter: string;
+    periodStartMs: number;
+    feature: string;
+    limit: number;
+    threshold: number;
+  }[] = [];
   for (const e of events) {
     if (e.meter.aggregation !== "count" && e.meter.aggregation !== "sum") continue;
-    const cacheKey = `${e.orgId}\u0000${e.meter.key}`;
-    let specs = specsCache.get(cacheKey);
-    if (!specs) {
-      specs = [];
-      for (const feature of index.meteredByMeter.get(e.meter.key) ?? []) {
-        const grant = grantOf(deps.catalog, e.org.plan, feature);
-        if (grant.type === "metered" && grant.limit !== null && grant.limit > 0) {
-          specs.push({ feature: feature.key, limit: grant.limit, thresholds: grant.thresholds });
-        }
+    const key = `${e.orgId}\u0000${e.meter.key}\u0000${e.periodStartMs}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    for (const feature of index.meteredByMeter.get(e.meter.key) ?? []) {
+      const grant = grantOf(deps.catalog, e.org.plan, feature);
+      if (grant.type !== "metered" || grant.limit === null || grant.limit <= 0) continue;
+      for (const threshold of grant.thresholds) {
+        marks.push({
+          orgId: e.orgId,
+          meter: e.meter.key,
+          periodStartMs: e.periodStartMs,
+          feature: feature.key,
+          limit: grant.limit,
+          threshold,
+        });
       }
-      specsCache.set(cacheKey, specs);
     }
-    deltas.push({
-      orgId: e.orgId,
-      meter: e.meter.key,
-      periodStartMs: e.periodStartMs,
-      quantity: e.meter.aggregation === "count" ? "1" : e.value,
-      thresholds: specs,
-    });
   }
-  return deltas;
+  return marks;
 }
 
 /** Adds committed usage to the counters the store holds (absent ones are seeded from Postgres later). */
