@@ -2,6 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { appModes, createTestApp, deleteRedisPrefix, type TestApp } from "./support/app.js";
 import { createTestDatabase, type TestDatabase, uniquePrefix } from "./support/storage.js";
@@ -1004,5 +1005,84 @@ describe.each(appModes)("plan versions and grandfathering ($name)", (mode) => {
     } finally {
       await b.close();
     }
+  });
+});
+
+describe.each(appModes)("inputs that once went wrong ($name)", (mode) => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await createTestApp({ database: mode.database, redis: mode.redis });
+  });
+  afterAll(() => t.close());
+
+  const newOrg = async (plan: string) => {
+    const org = (await t.call("POST", "/v1/orgs", { auth: "operator", body: { name: "Acme" } })).body
+      .id as string;
+    const set = await t.call("POST", `/v1/orgs/${org}/subscription`, {
+      auth: "operator",
+      body: { plan, skip_payment: true },
+    });
+    expect(set.status, set.text).toBe(200);
+    return org;
+  };
+  const periodTotal = async (org: string, meter: string) => {
+    const [row] = await t.database.query<{ quantity: string }>(
+      sql`select quantity::text as quantity from usage_periods where org_id = ${org} and meter = ${meter}`,
+    );
+    return Number(row?.quantity ?? 0);
+  };
+
+  it("records a feature named twice in one call once per unit, in the counter and in Postgres", async () => {
+    const org = await newOrg("pro");
+    const res = await t.call("POST", "/v1/check", {
+      auth: "operator",
+      body: {
+        org_id: org,
+        features: [
+          { feature: "kolekts", amount: 3 },
+          { feature: "kolekts", amount: 2 },
+        ],
+      },
+    });
+    expect(res.status, res.text).toBe(200);
+    expect(res.body.allowed).toBe(true);
+    expect(res.body.results[1]).toMatchObject({ used: 5 });
+    expect(await periodTotal(org, "kolekts")).toBe(5);
+    const ent = await t.call("GET", `/v1/orgs/${org}/entitlements`, { auth: "operator" });
+    expect(ent.body.features.find((f: { feature: string }) => f.feature === "kolekts")).toMatchObject({
+      used: 5,
+    });
+  });
+
+  it("refuses the NUL character per event and per field, never as a database error", async () => {
+    const org = await newOrg("free");
+    const res = await t.call("POST", "/v1/events", {
+      auth: "operator",
+      body: {
+        events: [
+          { id: "fine", org_id: org, meter: "api_calls" },
+          { id: "bad-props", org_id: org, meter: "api_calls", properties: { a: "x\u0000y" } },
+          { id: "bad\u0000id", org_id: org, meter: "api_calls" },
+          { id: "bad-org", org_id: `${org}\u0000`, meter: "api_calls" },
+        ],
+      },
+    });
+    expect(res.status, res.text).toBe(202);
+    expect(res.body.accepted).toBe(1);
+    expect(res.body.rejected.map((r: { index: number; code: string }) => [r.index, r.code])).toEqual([
+      [1, "invalid_properties"],
+      [2, "invalid_id"],
+      [3, "invalid_org"],
+    ]);
+    const check = await t.call("POST", "/v1/check", {
+      auth: "operator",
+      body: { org_id: org, feature: "kolekts", idempotency_key: "a\u0000b" },
+    });
+    expect(check.status).toBe(400);
+    expect(check.body.errors.map((e: { field: string }) => e.field)).toEqual(["idempotency_key"]);
+    const read = await t.call("GET", `/v1/orgs/${encodeURIComponent(`${org}\u0000`)}/entitlements`, {
+      auth: "operator",
+    });
+    expect(read.status).toBe(404);
   });
 });

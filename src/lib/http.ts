@@ -174,6 +174,18 @@ export function errorResponses(...statuses: number[]) {
   );
 }
 
+/**
+ * A string that Postgres can store: text and jsonb refuse the NUL character, which would otherwise
+ * turn a bad request into a database error.
+ */
+export function storableString(max: number) {
+  return z
+    .string()
+    .min(1)
+    .max(max)
+    .refine((value) => !value.includes("\u0000"), "must not contain NUL characters");
+}
+
 /** A required JSON request body for a route definition. */
 export function jsonBody<T extends z.ZodType>(schema: T, description?: string) {
   return {

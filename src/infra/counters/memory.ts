@@ -149,6 +149,10 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
       return epochMs;
     },
 
+    async resetCounterEpoch(nowRealMs: number): Promise<void> {
+      epochMs = nowRealMs;
+    },
+
     async remember(key: string, value: string, ttlSeconds: number): Promise<void> {
       held.set(key, { value, expiresAtMs: clock() + ttlSeconds * 1000 });
     },

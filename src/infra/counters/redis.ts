@@ -258,6 +258,10 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
       return Number(await epoch([epochKey], [String(nowRealMs)]));
     },
 
+    async resetCounterEpoch(nowRealMs: number): Promise<void> {
+      await redis.set(epochKey, String(nowRealMs));
+    },
+
     async remember(key: string, value: string, ttlSeconds: number): Promise<void> {
       await redis.set(heldKey(key), value, "EX", ttlSeconds);
     },

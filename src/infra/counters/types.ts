@@ -122,6 +122,8 @@ export interface CounterStore {
    * with everything else). Seeding waits until every commit that was in flight then has landed.
    */
   counterEpoch(nowRealMs: number): Promise<number>;
+  /** Records that counters were just dropped (see counterEpoch). */
+  resetCounterEpoch(nowRealMs: number): Promise<void>;
   /** Current counter values; null for a counter the store does not hold. */
   get(keys: string[]): Promise<(number | null)[]>;
   /** Sets a counter only if absent (rebuild from Postgres); returns the value now held. */

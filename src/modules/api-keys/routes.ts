@@ -1,5 +1,5 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
+import { errorResponses, jsonBody, jsonResponse, storableString } from "../../lib/http.js";
 import { createApiRouter, operatorOnly } from "../auth/caller.js";
 import { type FeatureResult, runCheck } from "../metering/check.js";
 import { setRateHeaders } from "../metering/rate-headers.js";
@@ -96,7 +96,7 @@ const VerifyRequest = z
       .openapi({ description: "Also run a check of this feature for the key's org, in the same call." }),
     amount: Amount.optional(),
     consume: z.boolean().optional().openapi({ description: "For the check; default true." }),
-    idempotency_key: z.string().min(1).max(255).optional(),
+    idempotency_key: storableString(255).optional(),
   })
   .openapi("KeyVerifyRequest");
 

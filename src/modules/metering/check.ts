@@ -7,6 +7,7 @@ import { AppError, type FieldError } from "../../lib/errors.js";
 import type { FeatureType } from "../catalog/schema.js";
 import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { catalogIndex, type Grant, grantOf } from "./features.js";
+import type { ThresholdSpec } from "./ledger.js";
 import { decimalPlaces, numericToMicros, toDecimalText, toMicros, unitsToNumber } from "./quantities.js";
 import { upgradeFor } from "./upgrades.js";
 import { type ConsumedUsage, createUsageWriter, type UsageWrite, type UsageWriter } from "./writer.js";
@@ -206,16 +207,22 @@ export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnsw
       key: input.idempotencyKey as string,
       fingerprint,
       response: toJson(answer),
+      atMs: nowMs,
     };
   }
   if (write.usage.length === 0 && write.allocations.length === 0 && !write.answer) return answer;
   try {
     await usageWriter(deps).write(write);
   } catch {
-    // Not committed, so not acknowledged: take the consumption back and let the caller retry.
-    await compensate(deps, planned, outcome.outcomes, opIndex, applied).catch(() => {});
+    // Not acknowledged. Most likely nothing was committed, but a commit whose reply was lost may have
+    // been: rather than guess, the counters are rebuilt from Postgres (after the grace) before the
+    // next decision on them.
+    if (applied) markStale(deps, counterKeys(planned));
     if (idempotent) await deps.counters.forget(heldKey).catch(() => {});
-    throw new AppError("unavailable", "Usage could not be recorded; nothing was consumed. Retry shortly.");
+    throw new AppError(
+      "unavailable",
+      "Usage could not be recorded; it was most likely not consumed. Retry shortly (with an idempotency key to be sure).",
+    );
   }
   if (idempotent) {
     await deps.counters
@@ -448,7 +455,8 @@ async function seedCounters(deps: Deps, org: OrgPlan, items: Planned[]): Promise
       const row = allocationRows.find((r) => r.feature === item.grant.feature.key);
       value = row?.value ?? 0;
     }
-    await deps.counters.seed(op.key, Math.max(0, value), op.ttlSeconds);
+    // Clamped to the counter store's exact range (a sum meter's total past ~9 billion units).
+    await deps.counters.seed(op.key, Math.min(Math.max(0, value), Number.MAX_SAFE_INTEGER), op.ttlSeconds);
   }
 }
 
@@ -582,16 +590,34 @@ function collectWrites(
   nowMs: number,
   write: UsageWrite,
 ): void {
+  // Per counter, not per item: two items on one counter (the same feature twice, or two metered
+  // features on one meter) each report the value before the call, and the last one the value after.
+  const byKey = new Map<string, { item: Planned; previous: number; value: number; specs: ThresholdSpec[] }>();
   planned.forEach((item, i) => {
     const outcome = outcomes[opIndex[i] as number];
-    if (outcome?.kind !== "counter") return;
-    const delta = outcome.value - outcome.previous;
-    if (delta === 0) return;
-    if (item.grant.type === "metered") write.usage.push(consumedUsage(org, item.grant, delta, nowMs));
-    else if (item.grant.type === "limit") {
+    if (outcome?.kind !== "counter" || item.op?.kind !== "counter") return;
+    const entry = byKey.get(item.op.key);
+    const specs = item.grant.type === "metered" ? thresholdSpecs(item.grant) : [];
+    if (entry) {
+      entry.value = outcome.value;
+      entry.specs.push(...specs.filter((s) => !entry.specs.some((e) => e.feature === s.feature)));
+    } else byKey.set(item.op.key, { item, previous: outcome.previous, value: outcome.value, specs });
+  });
+  for (const { item, previous, value, specs } of byKey.values()) {
+    const delta = value - previous;
+    if (delta === 0) continue;
+    if (item.grant.type === "metered") {
+      write.usage.push({ ...consumedUsage(org, item.grant, delta, nowMs), thresholds: specs });
+    } else if (item.grant.type === "limit") {
       write.allocations.push({ orgId: org.orgId, feature: item.grant.feature.key, delta });
     }
-  });
+  }
+}
+
+function thresholdSpecs(grant: Extract<Grant, { type: "metered" }>): ThresholdSpec[] {
+  return grant.limit !== null && grant.limit > 0
+    ? [{ feature: grant.feature.key, limit: grant.limit, thresholds: grant.thresholds }]
+    : [];
 }
 
 function consumedUsage(
@@ -616,22 +642,8 @@ function consumedUsage(
   };
 }
 
-/** Takes back what a call consumed when its usage could not be committed. */
-async function compensate(
-  deps: Deps,
-  planned: Planned[],
-  outcomes: (CounterOutcome | RateOutcome)[],
-  opIndex: number[],
-  applied: boolean,
-): Promise<void> {
-  if (!applied) return;
-  const increments = planned.flatMap((item, i) => {
-    const outcome = outcomes[opIndex[i] as number];
-    if (outcome?.kind !== "counter" || !item.op || item.op.kind !== "counter") return [];
-    const delta = outcome.value - outcome.previous;
-    return delta === 0 ? [] : [{ key: item.op.key, amount: -delta, ttlSeconds: item.op.ttlSeconds }];
-  });
-  await deps.counters.increment(increments);
+function counterKeys(planned: Planned[]): string[] {
+  return planned.flatMap((item) => (item.op?.kind === "counter" ? [item.op.key] : []));
 }
 
 /**
@@ -687,8 +699,15 @@ async function degraded(
         write.allocations.push({ orgId: org.orgId, feature: item.grant.feature.key, delta: item.units });
     }
   }
-  if (input.idempotencyKey !== undefined) {
-    write.answer = { orgId: input.orgId, key: input.idempotencyKey, fingerprint, response: toJson(answer) };
+  // A denial for an outage is not an answer worth repeating: a retry once the store is back decides anew.
+  if (input.idempotencyKey !== undefined && !results.some((r) => r.reason === "unavailable")) {
+    write.answer = {
+      orgId: input.orgId,
+      key: input.idempotencyKey,
+      fingerprint,
+      response: toJson(answer),
+      atMs: nowMs,
+    };
   }
   if (write.usage.length > 0 || write.allocations.length > 0 || write.answer) {
     try {
@@ -716,8 +735,11 @@ async function clearStale(deps: Deps, state: EngineState): Promise<void> {
   if (state.stale.size === 0) return;
   const keys = [...state.stale];
   state.stale.clear();
+  // Dropped counters are rebuilt after the grace (see seedCounters): calls decided on them a moment
+  // ago, here or in another process, may still be committing.
   state.clearing = deps.counters
     .delete(keys)
+    .then(() => deps.counters.resetCounterEpoch(Date.now()))
     .catch((error: Error) => {
       for (const key of keys) state.stale.add(key);
       throw error;
@@ -728,7 +750,11 @@ async function clearStale(deps: Deps, state: EngineState): Promise<void> {
   await state.clearing;
 }
 
-/** Marks counters stale after a failed increment (event ingest while the store was away). */
+/**
+ * Marks counters to be dropped and rebuilt from Postgres before the next decision on them: after a
+ * failed increment (event ingest while the store was away) or a usage commit that may or may not have
+ * landed.
+ */
 export function markStale(deps: Deps, keys: string[]): void {
   const state = stateOf(deps);
   for (const key of keys) state.stale.add(key);

@@ -100,7 +100,8 @@ export async function ingestEvents(deps: Deps, raw: unknown[]): Promise<IngestRe
   const orgIds = new Set<string>();
   for (const event of raw) {
     const orgId = (event as { org_id?: unknown } | null)?.org_id;
-    if (typeof orgId === "string" && orgId.length <= MAX_ID_LENGTH) orgIds.add(orgId);
+    if (typeof orgId === "string" && orgId.length <= MAX_ID_LENGTH && !orgId.includes("\u0000"))
+      orgIds.add(orgId);
   }
   const orgs = new Map<string, OrgPlan | undefined>();
   await Promise.all([...orgIds].map(async (id) => orgs.set(id, await orgPlan(deps, id, nowMs))));
@@ -120,12 +121,18 @@ export async function ingestEvents(deps: Deps, raw: unknown[]): Promise<IngestRe
       reject(i, "unknown_field", `${extra} is not a known field`);
       continue;
     }
-    if (typeof e.id !== "string" || e.id.length === 0 || e.id.length > MAX_ID_LENGTH) {
-      reject(i, "invalid_id", `id must be a string of 1 to ${MAX_ID_LENGTH} characters`);
+    // Postgres cannot store the NUL character: refused here, per event, not by the database.
+    if (
+      typeof e.id !== "string" ||
+      e.id.length === 0 ||
+      e.id.length > MAX_ID_LENGTH ||
+      e.id.includes("\u0000")
+    ) {
+      reject(i, "invalid_id", `id must be a string of 1 to ${MAX_ID_LENGTH} characters, without NUL`);
       continue;
     }
-    if (typeof e.org_id !== "string") {
-      reject(i, "invalid_org", "org_id must be a string");
+    if (typeof e.org_id !== "string" || e.org_id.includes("\u0000")) {
+      reject(i, "invalid_org", "org_id must be a string, without NUL");
       continue;
     }
     const org = orgs.get(e.org_id);
@@ -205,6 +212,11 @@ export async function ingestEvents(deps: Deps, raw: unknown[]): Promise<IngestRe
       properties = JSON.stringify(e.properties);
       if (Buffer.byteLength(properties) > MAX_PROPERTIES_BYTES) {
         reject(i, "invalid_properties", `properties must be at most ${MAX_PROPERTIES_BYTES} bytes of JSON`);
+        continue;
+      }
+      // jsonb refuses the NUL character, in keys and values alike.
+      if (hasNul(e.properties)) {
+        reject(i, "invalid_properties", "properties must not contain NUL characters");
         continue;
       }
     }
@@ -351,6 +363,15 @@ async function commitEvents(deps: Deps, events: ValidEvent[]): Promise<ValidEven
     select org_id, event_id from accepted`);
   const fresh = new Set(rows.map((r) => `${r.org_id}\u0000${r.event_id}`));
   return events.filter((e) => fresh.has(`${e.orgId}\u0000${e.id}`));
+}
+
+function hasNul(value: unknown): boolean {
+  if (typeof value === "string") return value.includes("\u0000");
+  if (Array.isArray(value)) return value.some(hasNul);
+  if (value && typeof value === "object") {
+    return Object.entries(value).some(([key, inner]) => key.includes("\u0000") || hasNul(inner));
+  }
+  return false;
 }
 
 /** What an event adds to its period total: 1 on a count meter, its value on a sum meter, else nothing. */

@@ -109,7 +109,11 @@ export function grantOf(catalog: Catalog, plan: Plan, feature: Feature): Grant {
         meter,
         scale,
         limit: entitlement.limit,
-        limitUnits: entitlement.limit === null ? null : Math.round(entitlement.limit * scale),
+        // Clamped to the counter store's exact range (a sum-meter limit past ~9 billion units).
+        limitUnits:
+          entitlement.limit === null
+            ? null
+            : Math.min(Math.round(entitlement.limit * scale), Number.MAX_SAFE_INTEGER),
         overage: entitlement.overage,
         thresholds: feature.thresholds,
         onUnavailable: feature.on_unavailable,

@@ -4,7 +4,7 @@ import type { Context } from "hono";
 import { thresholdEvents } from "../../db/schema.js";
 import type { AppEnv } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
-import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
+import { errorResponses, jsonBody, jsonResponse, storableString } from "../../lib/http.js";
 import { createApiRouter, operatorOnly } from "../auth/caller.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
 import { type CheckAnswer, type FeatureResult, runCheck } from "./check.js";
@@ -17,11 +17,11 @@ const tags = ["Entitlements and metering"];
 const operatorSecurity: Record<string, string[]>[] = [{ operator: [] }];
 const orgSecurity: Record<string, string[]>[] = [{ bearer: [] }, { operator: [] }];
 
-const IdempotencyKey = z.string().min(1).max(255).openapi({
+const IdempotencyKey = storableString(255).openapi({
   description:
     "Makes retries safe: a repeated key returns the first answer (for 24 hours) and consumes nothing more. A key reused with different parameters is a 409.",
 });
-const OrgId = z.string().min(1).max(64).openapi({ example: "org_01jdz8m6v8x4h6q3b9k2n7c5rt" });
+const OrgId = storableString(64).openapi({ example: "org_01jdz8m6v8x4h6q3b9k2n7c5rt" });
 
 const SingleCheck = z
   .strictObject({

@@ -32,6 +32,8 @@ export interface IdempotentAnswer {
   key: string;
   fingerprint: string;
   response: unknown;
+  /** When it was answered, on the app clock (keys are remembered 24 hours of that clock). */
+  atMs: number;
 }
 
 export interface UsageWrite {
@@ -193,13 +195,18 @@ async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<v
       on conflict (org_id, feature) do update
         set value = greatest(allocations.value + excluded.value, 0), updated_at = now()
     ), answered as (
-      insert into check_idempotency (org_id, key, fingerprint, response)
-      select org_id, key, fingerprint, response::jsonb from unnest(
+      insert into check_idempotency (org_id, key, fingerprint, response, created_at)
+      select org_id, key, fingerprint, response::jsonb, created_at from unnest(
         ${textArray(answers.map((a) => a.orgId))}::text[],
         ${textArray(answers.map((a) => a.key))}::text[],
         ${textArray(answers.map((a) => a.fingerprint))}::text[],
-        ${textArray(answers.map((a) => JSON.stringify(a.response)))}::text[]) as t(org_id, key, fingerprint, response)
-      on conflict (org_id, key) do nothing
+        ${textArray(answers.map((a) => JSON.stringify(a.response)))}::text[],
+        ${textArray(answers.map((a) => new Date(a.atMs).toISOString()))}::timestamptz[]
+      ) as t(org_id, key, fingerprint, response, created_at)
+      -- A key older than 24 hours is free again: its new answer replaces the old one.
+      on conflict (org_id, key) do update
+        set fingerprint = excluded.fingerprint, response = excluded.response, created_at = excluded.created_at
+        where check_idempotency.created_at <= excluded.created_at - interval '24 hours' 
     )
     select 1 as done`);
 }

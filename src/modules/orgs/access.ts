@@ -31,6 +31,9 @@ export async function requireOrgAccess(
 ): Promise<OrgAccess> {
   const caller = await requireCaller(c);
   const { db } = c.get("deps").database;
+  // No org has such an id (and Postgres could not even compare a NUL): answered like any unknown org.
+  if (orgId.length > 64 || orgId.includes("\u0000"))
+    throw notFound(orgId.slice(0, 64).replaceAll("\u0000", ""));
 
   if (caller.kind === "api_key") {
     if (caller.orgId !== orgId) throw notFound(orgId);
@@ -94,5 +97,6 @@ export const OrgParam = z.object({
   org: z
     .string()
     .max(64)
+    .refine((value) => !value.includes("\u0000"), "must not contain NUL characters")
     .openapi({ param: { name: "org", in: "path" }, example: "org_01jd…" }),
 });

@@ -185,6 +185,7 @@ export function subscriptionRoutes() {
                 .number()
                 .int()
                 .positive()
+                .max(2_147_483_647)
                 .optional()
                 .openapi({ description: "Only this version; default every older one." }),
             })

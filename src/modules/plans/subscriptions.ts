@@ -1,4 +1,4 @@
-import { and, eq, isNull, lt, sql } from "drizzle-orm";
+import { and, eq, isNull, ne, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import { orgs, type SubscriptionStatus, subscriptions } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
@@ -197,7 +197,7 @@ export async function setPlan(
 }
 
 /**
- * Moves a plan's grandfathered subscribers (every older version, or one) to the version in the
+ * Moves a plan's grandfathered subscribers (every other version, or one) to the version in the
  * catalog now. Returns how many moved; each move is audited in its org.
  */
 export async function migrateSubscribers(
@@ -216,8 +216,10 @@ export async function migrateSubscribers(
       .where(
         and(
           eq(subscriptions.planKey, planKey),
+          // Every other version: after a catalog went back to an earlier definition, the current
+          // version can be lower than some subscribers'.
           fromVersion === undefined
-            ? lt(subscriptions.planVersion, current.version)
+            ? ne(subscriptions.planVersion, current.version)
             : eq(subscriptions.planVersion, fromVersion),
           sql`${subscriptions.planVersion} <> ${current.version}`,
         ),
@@ -289,6 +291,8 @@ export async function subscriptionChanged(deps: Deps, orgId: string): Promise<vo
 function evict(state: CacheState, orgId: string) {
   state.generation++;
   state.entries.delete(orgId);
+  // A fetch already under way may have read the old state: later requests start their own.
+  state.inflight.delete(orgId);
 }
 
 /**
@@ -309,11 +313,18 @@ export async function orgPlan(deps: Deps, orgId: string, nowMs: number): Promise
     value = await refresh(deps, state, orgId, nowMs);
   }
   if (!value) return undefined;
-  if (nowMs >= value.period.endMs || nowMs < value.period.startMs) {
-    value.period = usagePeriodAt(value.anchorMs, nowMs);
-    value.entitled = isEntitled(value.status, value.trialEndsMs, nowMs);
-  } else if (value.trialEndsMs !== null && nowMs >= value.trialEndsMs) {
-    value.entitled = isEntitled(value.status, value.trialEndsMs, nowMs);
+  // Never mutated in place: a request holding the object keeps the period it started with.
+  const periodOver = nowMs >= value.period.endMs || nowMs < value.period.startMs;
+  const trialOver = value.entitled && value.trialEndsMs !== null && nowMs >= value.trialEndsMs;
+  if (periodOver || trialOver) {
+    const next: OrgPlan = {
+      ...value,
+      period: periodOver ? usagePeriodAt(value.anchorMs, nowMs) : value.period,
+      entitled: isEntitled(value.status, value.trialEndsMs, nowMs),
+    };
+    const current = state.entries.get(orgId);
+    if (current?.value === value) current.value = next;
+    return next;
   }
   return value;
 }
