@@ -4,6 +4,7 @@ import { AppError } from "../../lib/errors.js";
 import { orgPlan } from "../plans/subscriptions.js";
 import type { RateHeaderState } from "./check.js";
 import { catalogIndex, grantOf } from "./features.js";
+import { apiRateKey } from "./keys.js";
 import { setRateHeaders } from "./rate-headers.js";
 
 /** Tollgate's own API for org API keys, when the catalog names no rate feature for it. */
@@ -36,7 +37,7 @@ export async function enforceApiKeyRate(c: Context<AppEnv>, deps: Deps, orgId: s
   let result: Awaited<ReturnType<Deps["counters"]["apply"]>>;
   try {
     result = await deps.counters.apply(
-      [{ kind: "rate", key: `api:${orgId}`, limit, periodMs: windowMs, cost: 1 }],
+      [{ kind: "rate", key: apiRateKey(orgId), limit, periodMs: windowMs, cost: 1 }],
       nowMs,
     );
   } catch {

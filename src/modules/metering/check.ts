@@ -7,6 +7,7 @@ import { AppError, type FieldError } from "../../lib/errors.js";
 import type { FeatureType } from "../catalog/schema.js";
 import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { catalogIndex, type Grant, grantOf } from "./features.js";
+import { allocationKey, meterCounterKey, rateKey } from "./keys.js";
 import type { ThresholdSpec } from "./ledger.js";
 import { decimalPlaces, numericToMicros, toDecimalText, toMicros, unitsToNumber } from "./quantities.js";
 import { upgradeFor } from "./upgrades.js";
@@ -122,12 +123,6 @@ function stateOf(deps: Deps): EngineState {
   }
   return state;
 }
-
-/** Counter keys, shared with event ingest (which adds to the same metered counters). */
-export const meterCounterKey = (orgId: string, meter: string, periodStartMs: number) =>
-  `m:${orgId}:${meter}:${periodStartMs}`;
-const allocationKey = (orgId: string, feature: string) => `a:${orgId}:${feature}`;
-const rateKey = (orgId: string, feature: string) => `r:${orgId}:${feature}`;
 
 /** TTL of a period's counter: until the period ends, plus two days of slack for late reads. */
 export function meterCounterTtl(periodEndMs: number, nowMs: number): number {

@@ -1,13 +1,13 @@
 import { sql } from "drizzle-orm";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
-import { newId } from "../../lib/ids.js";
 import type { Meter } from "../catalog/schema.js";
 import { usagePeriodAt } from "../plans/periods.js";
 import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
-import { markStale, meterCounterKey, meterCounterTtl } from "./check.js";
+import { markStale, meterCounterTtl } from "./check.js";
 import { catalogIndex, grantOf } from "./features.js";
-import { ROLLUP_MERGE, textArray } from "./ledger.js";
+import { meterCounterKey } from "./keys.js";
+import { periodTotalsAndThresholds, ROLLUP_MERGE, type ThresholdMark, textArray } from "./ledger.js";
 import { decimalPlaces, toDecimalText, toMicros } from "./quantities.js";
 
 /**
@@ -334,32 +334,7 @@ async function commitEvents(deps: Deps, events: ValidEvent[]): Promise<ValidEven
     ), period_in as (
       select org_id, meter, period_start, sum(qty) as delta from accepted where qty is not null
       group by 1, 2, 3
-    ), totals as (
-      insert into usage_periods (org_id, meter, period_start, quantity)
-      select org_id, meter, period_start, delta from period_in
-      order by 1, 2, 3
-      on conflict (org_id, meter, period_start) do update
-        set quantity = usage_periods.quantity + excluded.quantity, updated_at = now()
-      returning org_id, meter, period_start, quantity
-    ), marks as (
-      select * from unnest(
-        ${textArray(marks.map(() => newId("threshold")))}::text[],
-        ${textArray(marks.map((m) => m.orgId))}::text[],
-        ${textArray(marks.map((m) => m.meter))}::text[],
-        ${textArray(marks.map((m) => periodOf(m.periodStartMs)))}::timestamptz[],
-        ${textArray(marks.map((m) => m.feature))}::text[],
-        ${textArray(marks.map((m) => String(m.threshold)))}::int[],
-        ${textArray(marks.map((m) => String(m.limit)))}::numeric[]) as t(id, org_id, meter, period_start, feature, threshold, lim)
-    ), crossed as (
-      insert into threshold_events (id, org_id, feature, period_start, threshold, "limit", quantity)
-      select m.id, m.org_id, m.feature, m.period_start, m.threshold, m.lim, t.quantity
-      from marks m
-      join totals t using (org_id, meter, period_start)
-      join period_in d using (org_id, meter, period_start)
-      -- Crossed when the total before this batch was below limit × t% and is now at or above it.
-      where (t.quantity - d.delta) * 100 < m.lim * m.threshold and t.quantity * 100 >= m.lim * m.threshold
-      on conflict (org_id, feature, period_start, threshold) do nothing
-    )
+    ), ${periodTotalsAndThresholds(marks, periodOf)}
     select org_id, event_id from accepted`);
   const fresh = new Set(rows.map((r) => `${r.org_id}\u0000${r.event_id}`));
   return events.filter((e) => fresh.has(`${e.orgId}\u0000${e.id}`));
@@ -388,14 +363,7 @@ function quantityOf(e: ValidEvent): string | null {
 function thresholdMarks(deps: Deps, events: ValidEvent[]) {
   const index = catalogIndex(deps.catalog);
   const seen = new Set<string>();
-  const marks: {
-    orgId: string;
-    meter: string;
-    periodStartMs: number;
-    feature: string;
-    limit: number;
-    threshold: number;
-  }[] = [];
+  const marks: ThresholdMark[] = [];
   for (const e of events) {
     if (e.meter.aggregation !== "count" && e.meter.aggregation !== "sum") continue;
     const key = `${e.orgId}\u0000${e.meter.key}\u0000${e.periodStartMs}`;

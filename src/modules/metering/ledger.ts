@@ -1,4 +1,5 @@
 import { type SQL, sql } from "drizzle-orm";
+import { newId } from "../../lib/ids.js";
 
 /**
  * Pieces of the SQL that makes usage durable, shared by checks (through the writer) and event ingest:
@@ -19,6 +20,52 @@ export const ROLLUP_MERGE = sql`
       else usage_rollups.latest_value end,
     latest_at = greatest(usage_rollups.latest_at, excluded.latest_at),
     sum_value_time = usage_rollups.sum_value_time + excluded.sum_value_time`;
+
+/** One threshold of one metered feature that a period total may cross. */
+export interface ThresholdMark {
+  orgId: string;
+  meter: string;
+  periodStartMs: number;
+  feature: string;
+  limit: number;
+  threshold: number;
+}
+
+/**
+ * The CTEs `totals`, `marks` and `crossed`, for a statement that has already defined
+ * `period_in(org_id, meter, period_start, delta)`: adds the deltas to the period totals (in sorted
+ * order: concurrent statements lock rows alike) and records each threshold the new totals cross.
+ * Exactly once: the period row stays locked while its new total is compared, and a unique index
+ * backs that up.
+ */
+export function periodTotalsAndThresholds(marks: ThresholdMark[], iso: (ms: number) => string): SQL {
+  return sql`totals as (
+      insert into usage_periods (org_id, meter, period_start, quantity)
+      select org_id, meter, period_start, delta from period_in
+      order by 1, 2, 3
+      on conflict (org_id, meter, period_start) do update
+        set quantity = usage_periods.quantity + excluded.quantity, updated_at = now()
+      returning org_id, meter, period_start, quantity
+    ), marks as (
+      select * from unnest(
+        ${textArray(marks.map(() => newId("threshold")))}::text[],
+        ${textArray(marks.map((m) => m.orgId))}::text[],
+        ${textArray(marks.map((m) => m.meter))}::text[],
+        ${textArray(marks.map((m) => iso(m.periodStartMs)))}::timestamptz[],
+        ${textArray(marks.map((m) => m.feature))}::text[],
+        ${textArray(marks.map((m) => String(m.threshold)))}::int[],
+        ${textArray(marks.map((m) => String(m.limit)))}::numeric[]) as t(id, org_id, meter, period_start, feature, threshold, lim)
+    ), crossed as (
+      insert into threshold_events (id, org_id, feature, period_start, threshold, "limit", quantity)
+      select m.id, m.org_id, m.feature, m.period_start, m.threshold, m.lim, t.quantity
+      from marks m
+      join totals t using (org_id, meter, period_start)
+      join period_in d using (org_id, meter, period_start)
+      -- Crossed when the total before this statement was below limit × t% and is now at or above it.
+      where (t.quantity - d.delta) * 100 < m.lim * m.threshold and t.quantity * 100 >= m.lim * m.threshold
+      on conflict (org_id, feature, period_start, threshold) do nothing
+    )`;
+}
 
 /** A metered feature whose thresholds a period total may cross. */
 export interface ThresholdSpec {

@@ -7,6 +7,7 @@ import type { Interval, Meter } from "../catalog/schema.js";
 import { periodAt } from "../plans/periods.js";
 import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { catalogIndex, grantOf } from "./features.js";
+import { rateKey } from "./keys.js";
 
 /**
  * Reading usage: an org's entitlements with what is used, a meter's aggregate for a billing period,
@@ -199,7 +200,7 @@ async function ratesRemaining(deps: Deps, org: OrgPlan, nowMs: number): Promise<
     const result = await deps.counters.apply(
       rates.map(({ feature, rate }) => ({
         kind: "rate" as const,
-        key: `r:${org.orgId}:${feature}`,
+        key: rateKey(org.orgId, feature),
         limit: rate.limit,
         periodMs: rate.window_ms,
         cost: 0,

@@ -1,8 +1,14 @@
 import { sql } from "drizzle-orm";
 import type { DatabaseHandle } from "../../db/client.js";
-import { newId } from "../../lib/ids.js";
 import type { Logger } from "../../lib/logger.js";
-import { type PeriodDelta, ROLLUP_MERGE, type ThresholdSpec, textArray } from "./ledger.js";
+import {
+  type PeriodDelta,
+  periodTotalsAndThresholds,
+  ROLLUP_MERGE,
+  type ThresholdMark,
+  type ThresholdSpec,
+  textArray,
+} from "./ledger.js";
 import { microsToText, toMicros } from "./quantities.js";
 
 /**
@@ -130,7 +136,7 @@ export function createUsageWriter(options: { database: DatabaseHandle; logger: L
 async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<void> {
   const usage = writes.flatMap((w) => w.usage);
   const periods = mergePeriods(usage);
-  const marks = periods.flatMap((p) =>
+  const marks: ThresholdMark[] = periods.flatMap((p) =>
     [...p.specs.values()].flatMap((spec) =>
       spec.thresholds.map((threshold) => ({ ...p.key, feature: spec.feature, limit: spec.limit, threshold })),
     ),
@@ -161,32 +167,7 @@ async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<v
         ${textArray(periods.map((p) => p.key.meter))}::text[],
         ${textArray(periods.map((p) => iso(p.key.periodStartMs)))}::timestamptz[],
         ${textArray(periods.map((p) => p.delta))}::numeric[]) as t(org_id, meter, period_start, delta)
-    ), totals as (
-      insert into usage_periods (org_id, meter, period_start, quantity)
-      select org_id, meter, period_start, delta from period_in
-      order by 1, 2, 3
-      on conflict (org_id, meter, period_start) do update
-        set quantity = usage_periods.quantity + excluded.quantity, updated_at = now()
-      returning org_id, meter, period_start, quantity
-    ), marks as (
-      select * from unnest(
-        ${textArray(marks.map(() => newId("threshold")))}::text[],
-        ${textArray(marks.map((m) => m.orgId))}::text[],
-        ${textArray(marks.map((m) => m.meter))}::text[],
-        ${textArray(marks.map((m) => iso(m.periodStartMs)))}::timestamptz[],
-        ${textArray(marks.map((m) => m.feature))}::text[],
-        ${textArray(marks.map((m) => String(m.threshold)))}::int[],
-        ${textArray(marks.map((m) => String(m.limit)))}::numeric[]) as t(id, org_id, meter, period_start, feature, threshold, lim)
-    ), crossed as (
-      insert into threshold_events (id, org_id, feature, period_start, threshold, "limit", quantity)
-      select m.id, m.org_id, m.feature, m.period_start, m.threshold, m.lim, t.quantity
-      from marks m
-      join totals t using (org_id, meter, period_start)
-      join period_in d using (org_id, meter, period_start)
-      -- Crossed when the total before this batch was below limit × t% and is now at or above it.
-      where (t.quantity - d.delta) * 100 < m.lim * m.threshold and t.quantity * 100 >= m.lim * m.threshold
-      on conflict (org_id, feature, period_start, threshold) do nothing
-    ), allocated as (
+    ), ${periodTotalsAndThresholds(marks, iso)}, allocated as (
       insert into allocations (org_id, feature, value)
       select * from unnest(
         ${textArray(allocations.map((a) => a.orgId))}::text[],

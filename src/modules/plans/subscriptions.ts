@@ -7,6 +7,7 @@ import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
 import type { Interval, Plan } from "../catalog/schema.js";
+import { apiRateKey, rateKey } from "../metering/keys.js";
 import { type Period, periodAt, usagePeriodAt } from "./periods.js";
 
 /**
@@ -190,8 +191,8 @@ export async function setPlan(
   await subscriptionChanged(deps, orgId);
   // A new plan starts with full rate limiters: state kept from the old limits would hold an org that
   // upgraded because it was rate limited for up to a window longer.
-  const rateKeys = deps.catalog.features.filter((f) => f.type === "rate").map((f) => `r:${orgId}:${f.key}`);
-  await deps.counters.delete([...rateKeys, `api:${orgId}`]).catch(() => {});
+  const rateKeys = deps.catalog.features.filter((f) => f.type === "rate").map((f) => rateKey(orgId, f.key));
+  await deps.counters.delete([...rateKeys, apiRateKey(orgId)]).catch(() => {});
   if (!row) throw new AppError("not_found", `No organization ${orgId}.`);
   return { row, plan: current.plan };
 }
