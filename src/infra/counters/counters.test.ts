@@ -424,6 +424,55 @@ describe.runIf(hasRedis)("redis counter store", () => {
     expect(await opened.store.get(counters)).toEqual(await memory.get(counters));
   });
 
+  it("gives the memory twin's outcomes, in order, to 600 calls made at once (batched invocations)", async () => {
+    const memory = createMemoryCounterStore();
+    const random = mulberry32(7_340_021);
+    const pick = <T>(items: T[]): T => items[Math.floor(random() * items.length)] as T;
+    const counters = ["batch-c1", "batch-c2"];
+    for (const k of counters) {
+      await memory.seed(k, 0, 86_400);
+      await opened.store.seed(k, 0, 86_400);
+    }
+    const calls: { ops: Op[]; now: number; options: ApplyOptions }[] = [];
+    let now = T0;
+    for (let step = 0; step < 600; step++) {
+      now += pick([0, 1, 150, 1000, 8571]);
+      const ops: Op[] = [];
+      const count = Math.floor(random() * 3);
+      for (let i = 0; i < count; i++) {
+        if (random() < 0.5) {
+          // Now and then a counter neither store holds: that call alone reports it missing.
+          const key = random() < 0.05 ? "batch-absent" : pick(counters);
+          ops.push(counter(key, pick([-2, 0, 1, 1, 3]), pick([null, 25, 60]), 86_400));
+        } else {
+          ops.push(rate(pick(["batch-r1", "batch-r2"]), pick([5, 10]), 60_000, pick([0, 1, 2])));
+        }
+      }
+      // Some calls claim an idempotency key (a few reuse one): the key sits after the call's op keys.
+      const options: ApplyOptions =
+        random() < 0.3
+          ? {
+              idempotency: {
+                key: `batch-i${Math.floor(random() * 40)}`,
+                claim: `p:${now + 60_000}:f`,
+                ttlSeconds: 60,
+              },
+            }
+          : { dryRun: random() < 0.1 };
+      calls.push({ ops, now, options });
+    }
+    // All at once: they reach Redis in a couple of script invocations, evaluated one call at a time.
+    const fromRedis = await Promise.all(calls.map((c) => opened.store.apply(c.ops, c.now, c.options)));
+    const statuses = new Set<string>();
+    for (const [i, c] of calls.entries()) {
+      const fromMemory = await memory.apply(c.ops, c.now, c.options);
+      expect(fromRedis[i], `call ${i}`).toEqual(fromMemory);
+      statuses.add(fromMemory.status === "done" ? `done:${fromMemory.allowed}` : fromMemory.status);
+    }
+    expect([...statuses].sort()).toEqual(["done:false", "done:true", "missing", "replay"]);
+    expect(await opened.store.get(counters)).toEqual(await memory.get(counters));
+  });
+
   describe("under concurrency from five processes", () => {
     let processes: Opened[];
     beforeAll(async () => {
