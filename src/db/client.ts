@@ -4,7 +4,7 @@ import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import type { SQL } from "drizzle-orm";
 import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
-import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
+import { type PgDatabase, PgDialect, type PgQueryResultHKT } from "drizzle-orm/pg-core";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
 import pg from "pg";
 import type { Logger } from "../lib/logger.js";
@@ -16,8 +16,12 @@ export type Database = PgDatabase<PgQueryResultHKT, typeof schema>;
 export interface DatabaseHandle {
   db: Database;
   kind: "pglite" | "postgres";
-  /** Runs raw SQL and returns its rows, on either driver. */
-  query<T extends Record<string, unknown>>(statement: SQL): Promise<T[]>;
+  /**
+   * Runs raw SQL and returns its rows, on either driver. With `name`, Postgres prepares the statement
+   * once per connection and reuses its plan: for hot statements whose text never changes (their
+   * values are parameters), where planning would cost as much as running.
+   */
+  query<T extends Record<string, unknown>>(statement: SQL, options?: { name?: string }): Promise<T[]>;
   /** Rejects when the database cannot answer within `timeoutMs`. */
   ping(timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
@@ -60,10 +64,15 @@ async function openPostgres(url: string, options: OpenDatabaseOptions): Promise<
   // An idle client losing its connection must not crash the process; the pool replaces it.
   pool.on("error", (error) => options.logger?.warn({ err: error.message }, "postgres connection lost"));
   const db = drizzlePg(pool, { schema }) as unknown as Database;
+  const dialect = new PgDialect();
   return {
     db,
     kind: "postgres",
-    query: async (statement) => rowsOf(await db.execute(statement)),
+    query: async (statement, queryOptions) => {
+      if (!queryOptions?.name) return rowsOf(await db.execute(statement));
+      const { sql: text, params } = dialect.sqlToQuery(statement);
+      return rowsOf(await pool.query({ name: queryOptions.name, text, values: params as unknown[] }));
+    },
     ping: async (timeoutMs = 2000) => {
       await withTimeout(pool.query("select 1"), timeoutMs, "Postgres");
     },

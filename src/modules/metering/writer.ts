@@ -63,10 +63,13 @@ export interface UsageWriter {
 }
 
 /**
- * Batches committing at once. Each batch locks its rows in one sorted order, so concurrent batches
- * cannot deadlock; several in flight keep a batch's round trip from capping throughput.
+ * Batches committing at once. One: while a batch commits, the next one gathers everything that
+ * arrives, so a busier writer makes fewer, larger statements. Measured on the check benchmark, two or
+ * four batches in flight were slower than one (they contend in Postgres — on the hot period rows and
+ * at commit — more than they overlap); sharding them by org so they share no rows did not help either
+ * (docs/benchmarks.md). Each batch locks its rows in one sorted order, so raising this cannot deadlock.
  */
-const MAX_IN_FLIGHT = 4;
+const MAX_IN_FLIGHT = 1;
 
 export function createUsageWriter(options: { database: DatabaseHandle; logger: Logger }): UsageWriter {
   const { database, logger } = options;
@@ -144,7 +147,8 @@ async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<v
   const allocations = mergeAllocations(writes.flatMap((w) => w.allocations));
   const answers = writes.flatMap((w) => (w.answer ? [w.answer] : []));
   const iso = (ms: number) => new Date(ms).toISOString();
-  await database.query(sql`
+  await database.query(
+    sql`
     with usage_in as (
       select * from unnest(
         ${textArray(usage.map((u) => u.orgId))}::text[],
@@ -189,7 +193,10 @@ async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<v
         set fingerprint = excluded.fingerprint, response = excluded.response, created_at = excluded.created_at
         where check_idempotency.created_at <= excluded.created_at - interval '24 hours' 
     )
-    select 1 as done`);
+    select 1 as done`,
+    // Prepared once per connection: planning this statement costs about as much as running it.
+    { name: "tollgate_commit_usage" },
+  );
 }
 
 interface PeriodKey {
