@@ -24,7 +24,7 @@ export const VERSION = "0.1.0";
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
 const BODY_LIMITS: Record<string, number> = { "/v1/events": 4 * 1024 * 1024 };
 
-const JSON_TYPE = /^application\/([\w.-]+\+)?json$/i;
+export const JSON_TYPE = /^application\/([\w.-]+\+)?json$/i;
 
 const tooLarge = (maxSize: number) =>
   new AppError(
@@ -59,7 +59,7 @@ function withBodyRules(c: Context<AppEnv>, next: Next): Promise<unknown> {
 }
 
 /** A caller's own request id is kept when it is short and plain (it ends up in logs and headers). */
-const CALLER_REQUEST_ID = /^[\w\-=.:]{1,128}$/;
+export const CALLER_REQUEST_ID = /^[\w\-=.:]{1,128}$/;
 
 /**
  * Builds the HTTP application: conventions (request ids, body limits, JSON-only API bodies,

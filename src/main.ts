@@ -1,10 +1,10 @@
-import type { Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import path from "node:path";
-import { createAdaptorServer } from "@hono/node-server";
 import { createApp } from "./app.js";
 import { buildDeps, closeDeps, type Deps } from "./deps.js";
 import type { Env } from "./lib/env.js";
 import type { Logger } from "./lib/logger.js";
+import { createRequestListener } from "./listener.js";
 
 export interface RunningServer {
   deps: Deps;
@@ -18,7 +18,7 @@ export interface RunningServer {
 export async function startServer(env: Env, logger: Logger): Promise<RunningServer> {
   const deps = await buildDeps(env, { logger });
   const app = createApp(deps);
-  const server = createAdaptorServer({ fetch: app.fetch }) as Server;
+  const server = createServer(createRequestListener(deps, app));
   try {
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);

@@ -68,9 +68,7 @@ export function createRouter(): OpenAPIHono<AppEnv> {
     defaultHook: (result, c) => {
       if (!result.success) {
         const location = result.target === "json" ? "body" : result.target;
-        const errors = fieldErrors(result.error.issues, location);
-        const summary = errors.map((e) => `${e.field} ${e.message}`).join("; ");
-        return problemResponse(c, "validation_failed", `Invalid request ${location}: ${summary}`, { errors });
+        return send(c, validationParts(result.error.issues, location, c.get("requestId")));
       }
     },
   });
@@ -97,34 +95,87 @@ export function problemResponse(
   extra: { headers?: Record<string, string>; [k: string]: unknown } = {},
   status?: number,
 ): Response {
-  const body = problem(code, detail, c.get("requestId"), extra);
+  return send(c, problemParts(code, detail, c.get("requestId"), extra, status));
+}
+
+/** A response without a Hono context: what the node:http fast paths send (see src/listener.ts). */
+export interface PlainResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+/** The problem+json response for a code, as `problemResponse` sends it. */
+export function problemParts(
+  code: ErrorCode,
+  detail: string,
+  requestId: string | undefined,
+  extra: { headers?: Record<string, string>; [k: string]: unknown } = {},
+  status?: number,
+): PlainResponse {
+  const body = problem(code, detail, requestId, extra);
   if (status) body.status = status;
-  const headers: Record<string, string> = { "content-type": PROBLEM_CONTENT_TYPE, ...(extra.headers ?? {}) };
-  return c.body(JSON.stringify(body), body.status as ContentfulStatusCode, headers);
+  return {
+    status: body.status,
+    headers: { "content-type": PROBLEM_CONTENT_TYPE, ...(extra.headers ?? {}) },
+    body: JSON.stringify(body),
+  };
 }
 
 /**
- * The app's error handler: expected errors become their problem document; anything unexpected is
+ * Every error as its response: expected errors become their problem document; anything unexpected is
  * logged with its stack and answered as a bare 500 — never a stack trace in a response.
  */
-export function handleError(error: Error, c: Context<AppEnv>): Response {
+export function errorParts(error: Error, requestId: string | undefined, logger: () => Logger): PlainResponse {
   if (error instanceof AppError) {
-    return problemResponse(c, error.code, error.message, error.extra, error.status);
+    return problemParts(error.code, error.message, requestId, error.extra, error.status);
   }
   if (error instanceof HTTPException) {
-    if (error.message.startsWith("Malformed JSON")) {
-      return problemResponse(c, "validation_failed", "The request body is not valid JSON.", {
-        errors: [{ field: "body", message: "is not valid JSON", code: "invalid_json", location: "body" }],
-      });
-    }
+    if (error.message.startsWith("Malformed JSON")) return invalidJsonParts(requestId);
     const code = codeForStatus(error.status);
-    return problemResponse(c, code, error.message || problem(code, "", undefined).title, {}, error.status);
+    return problemParts(
+      code,
+      error.message || problem(code, "", undefined).title,
+      requestId,
+      {},
+      error.status,
+    );
   }
-  requestLogger(c).error({ err: error }, "unhandled error");
-  return problemResponse(
-    c,
+  logger().error({ err: error }, "unhandled error");
+  return problemParts(
     "internal",
     "Something went wrong on our side. The request id identifies it in the logs.",
+    requestId,
+  );
+}
+
+/** A body that is not JSON. */
+export function invalidJsonParts(requestId: string | undefined): PlainResponse {
+  return problemParts("validation_failed", "The request body is not valid JSON.", requestId, {
+    errors: [{ field: "body", message: "is not valid JSON", code: "invalid_json", location: "body" }],
+  });
+}
+
+/** A request that failed its schema: every bad field listed. */
+export function validationParts(
+  issues: readonly Issue[],
+  location: string,
+  requestId: string | undefined,
+): PlainResponse {
+  const errors = fieldErrors(issues, location);
+  const summary = errors.map((e) => `${e.field} ${e.message}`).join("; ");
+  return problemParts("validation_failed", `Invalid request ${location}: ${summary}`, requestId, { errors });
+}
+
+function send(c: Context<AppEnv>, parts: PlainResponse): Response {
+  return c.body(parts.body, parts.status as ContentfulStatusCode, parts.headers);
+}
+
+/** The app's error handler (see errorParts). */
+export function handleError(error: Error, c: Context<AppEnv>): Response {
+  return send(
+    c,
+    errorParts(error, c.get("requestId"), () => requestLogger(c)),
   );
 }
 

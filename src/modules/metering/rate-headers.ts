@@ -12,9 +12,18 @@ import type { RateHeaderState } from "./check.js";
  */
 export function setRateHeaders(c: Context<AppEnv>, rate: RateHeaderState | undefined): void {
   if (!rate) return;
+  const headers = rateHeaders(rate);
+  for (const name in headers) c.header(name, headers[name]);
+}
+
+/** The headers themselves (for responses built without a Hono context). */
+export function rateHeaders(rate: RateHeaderState): Record<string, string> {
   const name = `"${rate.feature}"`;
-  c.header("ratelimit-policy", `${name};q=${rate.limit};w=${rate.windowSeconds}`);
-  c.header("ratelimit", `${name};r=${rate.remaining};t=${rate.resetSeconds}`);
+  const headers: Record<string, string> = {
+    "ratelimit-policy": `${name};q=${rate.limit};w=${rate.windowSeconds}`,
+    ratelimit: `${name};r=${rate.remaining};t=${rate.resetSeconds}`,
+  };
   if (rate.retryAfterSeconds !== undefined)
-    c.header("retry-after", String(Math.max(1, rate.retryAfterSeconds)));
+    headers["retry-after"] = String(Math.max(1, rate.retryAfterSeconds));
+  return headers;
 }

@@ -1,48 +1,19 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { desc, eq } from "drizzle-orm";
-import type { Context } from "hono";
 import { thresholdEvents } from "../../db/schema.js";
-import type { AppEnv } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
-import { errorResponses, jsonBody, jsonResponse, storableString } from "../../lib/http.js";
+import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { createApiRouter, operatorOnly } from "../auth/caller.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
-import { type CheckAnswer, type FeatureResult, runCheck } from "./check.js";
+import { runCheck } from "./check.js";
+import { CheckRequest, checkInputOf, checkResponseOf, OrgId } from "./check-http.js";
 import { eventsOf, ingestEvents, MAX_BATCH } from "./events.js";
-import { setRateHeaders } from "./rate-headers.js";
 import { Amount, CheckResult as Result } from "./schemas.js";
 import { entitlementsOf, GRANULARITIES, resolveSeriesQuery, seriesCsv, usageSeries } from "./usage.js";
 
 const tags = ["Entitlements and metering"];
 const operatorSecurity: Record<string, string[]>[] = [{ operator: [] }];
 const orgSecurity: Record<string, string[]>[] = [{ bearer: [] }, { operator: [] }];
-
-const IdempotencyKey = storableString(255).openapi({
-  description:
-    "Makes retries safe: a repeated key returns the first answer (for 24 hours) and consumes nothing more. A key reused with different parameters is a 409.",
-});
-const OrgId = storableString(64).openapi({ example: "org_01jdz8m6v8x4h6q3b9k2n7c5rt" });
-
-const SingleCheck = z
-  .strictObject({
-    org_id: OrgId,
-    feature: z.string().min(1).max(128).openapi({ example: "kolekts" }),
-    amount: Amount.optional(),
-    consume: z.boolean().optional().openapi({ description: "Default true. False only asks." }),
-    idempotency_key: IdempotencyKey.optional(),
-  })
-  .openapi("CheckRequest");
-const MultiCheck = z
-  .strictObject({
-    org_id: OrgId,
-    features: z
-      .array(z.strictObject({ feature: z.string().min(1).max(128), amount: Amount.optional() }))
-      .min(1)
-      .max(20),
-    consume: z.boolean().optional(),
-    idempotency_key: IdempotencyKey.optional(),
-  })
-  .openapi("CheckManyRequest");
 
 const CheckResponse = z
   .union([Result, z.object({ allowed: z.boolean(), results: z.array(Result) })])
@@ -157,16 +128,6 @@ const Threshold = z
   })
   .openapi("ThresholdEvent");
 
-function respond(c: Context<AppEnv>, answer: CheckAnswer, single: boolean) {
-  setRateHeaders(c, answer.rate);
-  if (answer.replayed) c.header("idempotent-replayed", "true");
-  if (single) {
-    const result = answer.results[0] as FeatureResult;
-    return c.json({ ...result, allowed: answer.allowed }, 200);
-  }
-  return c.json({ allowed: answer.allowed, results: answer.results }, 200);
-}
-
 /** Checks, events and usage reads. */
 export function meteringRoutes() {
   const router = createApiRouter();
@@ -181,26 +142,17 @@ export function meteringRoutes() {
         "One feature (`feature`, `amount`) or several at once (`features: [...]`, all consumed or none). Denials are answers (200, `allowed: false`) carrying the reason, usage, limit, reset time and an upgrade URL. Rate features set `RateLimit`/`RateLimit-Policy` headers, and `Retry-After` when denied.",
       security: operatorSecurity,
       middleware: operatorOnly,
-      request: { body: jsonBody(z.union([SingleCheck, MultiCheck])) },
+      request: { body: jsonBody(CheckRequest) },
       responses: {
         200: jsonResponse(CheckResponse, "The decision"),
         ...errorResponses(400, 401, 403, 404, 409, 503),
       },
     }),
     async (c) => {
-      const body = c.req.valid("json");
-      const single = "feature" in body;
-      const items = single
-        ? [{ feature: body.feature, amount: body.amount ?? 1 }]
-        : body.features.map((f) => ({ feature: f.feature, amount: f.amount ?? 1 }));
-      const answer = await runCheck(c.get("deps"), {
-        orgId: body.org_id,
-        items,
-        consume: body.consume ?? true,
-        idempotencyKey: body.idempotency_key,
-        fieldOf: (i, field) => (single ? field : `features.${i}.${field}`),
-      });
-      return respond(c, answer, single);
+      const { input, single } = checkInputOf(c.req.valid("json"));
+      const { json, headers } = checkResponseOf(await runCheck(c.get("deps"), input), single);
+      for (const name in headers) c.header(name, headers[name]);
+      return c.json(json as z.infer<typeof CheckResponse>, 200);
     },
   );
 

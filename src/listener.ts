@@ -1,0 +1,138 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { getRequestListener } from "@hono/node-server";
+import { CALLER_REQUEST_ID, DEFAULT_BODY_LIMIT, JSON_TYPE } from "./app.js";
+import type { Deps } from "./deps.js";
+import { errorParts, invalidJsonParts, type PlainResponse, validationParts } from "./lib/http.js";
+import { newId } from "./lib/ids.js";
+import { runCheck } from "./modules/metering/check.js";
+import {
+  type CheckBody,
+  CheckRequest,
+  checkInputOf,
+  checkResponseOf,
+  quickSingleCheck,
+} from "./modules/metering/check-http.js";
+import { bearerToken, isOperatorKey } from "./modules/operator/auth.js";
+
+/**
+ * The server's request listener: Hono serves every route, except that the call every request of a
+ * customer's product makes — `POST /v1/check` by the operator — is answered straight from node:http.
+ *
+ * Through Hono, a check pays for a web-standard Request and Response, a middleware chain, routing and
+ * a zod parse: more than the check itself (docs/benchmarks.md). The fast path does only what the
+ * route does — same body rules, same validation errors (the same schema, whenever the body is not the
+ * plain one-feature form), same engine, same response builder (check-http.ts), same metrics and logs —
+ * and a test runs every kind of request through both and compares the answers byte for byte.
+ *
+ * It takes a request only when its headers alone show it is the operator's JSON check with a
+ * Content-Length within the limit; anything else (other credentials, a chunked or oversized body,
+ * another media type) goes to Hono untouched, body unread, and gets the route's own answer.
+ */
+export interface TollgateListener {
+  (req: IncomingMessage, res: ServerResponse): void;
+  /** Requests answered by the fast path (for tests). */
+  readonly fastPathServed: number;
+}
+
+export function createRequestListener(
+  deps: Deps,
+  app: { fetch: (request: Request) => Response | Promise<Response> },
+): TollgateListener {
+  const hono = getRequestListener(app.fetch);
+  let served = 0;
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
+    if (req.method === "POST" && req.url === "/v1/check" && takesFastPath(deps, req)) {
+      served++;
+      serveCheck(deps, req, res);
+      return;
+    }
+    void hono(req, res);
+  };
+  Object.defineProperty(listener, "fastPathServed", { get: () => served });
+  return listener as TollgateListener;
+}
+
+function takesFastPath(deps: Deps, req: IncomingMessage): boolean {
+  const { headers } = req;
+  const length = headers["content-length"];
+  if (length === undefined || headers["transfer-encoding"] !== undefined) return false;
+  const bytes = Number(length);
+  if (!Number.isInteger(bytes) || bytes <= 0 || bytes > DEFAULT_BODY_LIMIT) return false;
+  const mediaType = (headers["content-type"] ?? "").split(";")[0]?.trim() ?? "";
+  if (!JSON_TYPE.test(mediaType)) return false;
+  return isOperatorKey(bearerToken(headers.authorization), deps.secrets.adminKeyHash);
+}
+
+function serveCheck(deps: Deps, req: IncomingMessage, res: ServerResponse): void {
+  const started = performance.now();
+  const incoming = req.headers["x-request-id"];
+  const requestId =
+    typeof incoming === "string" && CALLER_REQUEST_ID.test(incoming) ? incoming : newId("request");
+  const chunks: Buffer[] = [];
+  req.on("data", (chunk: Buffer) => chunks.push(chunk));
+  req.on("error", () => {}); // a client that went away: nothing to answer
+  req.on("end", () => {
+    const text = chunks.length === 1 ? (chunks[0] as Buffer).toString() : Buffer.concat(chunks).toString();
+    answer(deps, text, requestId).then(
+      (parts) => send(deps, res, parts, requestId, started),
+      (error: Error) =>
+        send(
+          deps,
+          res,
+          errorParts(error, requestId, () => deps.logger.child({ request_id: requestId })),
+          requestId,
+          started,
+        ),
+    );
+  });
+}
+
+async function answer(deps: Deps, text: string, requestId: string): Promise<PlainResponse> {
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    return invalidJsonParts(requestId);
+  }
+  let valid: CheckBody | undefined = quickSingleCheck(body);
+  if (!valid) {
+    const parsed = CheckRequest.safeParse(body);
+    if (!parsed.success) return validationParts(parsed.error.issues, "body", requestId);
+    valid = parsed.data;
+  }
+  const { input, single } = checkInputOf(valid);
+  const { json, headers } = checkResponseOf(await runCheck(deps, input), single);
+  return {
+    status: 200,
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify(json),
+  };
+}
+
+function send(
+  deps: Deps,
+  res: ServerResponse,
+  parts: PlainResponse,
+  requestId: string,
+  started: number,
+): void {
+  const headers: Record<string, string | number> = {
+    ...parts.headers,
+    "content-length": Buffer.byteLength(parts.body),
+    "x-request-id": requestId,
+  };
+  // While draining, every response closes its connection (as the Hono middleware does).
+  if (deps.draining) headers.connection = "close";
+  res.writeHead(parts.status, headers);
+  res.end(parts.body);
+  const seconds = (performance.now() - started) / 1000;
+  deps.metrics.recordRequest("POST", "/v1/check", parts.status, seconds);
+  if (parts.status >= 500 || deps.logger.isLevelEnabled("debug")) {
+    deps.logger
+      .child({ request_id: requestId })
+      [parts.status >= 500 ? "error" : "debug"](
+        { method: "POST", route: "/v1/check", status: parts.status, ms: Math.round(seconds * 10_000) / 10 },
+        "request",
+      );
+  }
+}
