@@ -36,7 +36,8 @@ import { createOrgs, operatorHeaders, startTollgate } from "./lib/tollgate.js";
  *
  * Run: npm run bench:check   (DATABASE_URL, REDIS_URL, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_ORGS,
  *      BENCH_ROUNDS, BENCH_RATE_SLICES, BENCH_QUIET_WAIT, BENCH_PROFILE=<dir> to profile the server
- *      with --cpu-prof, then `npx tsx bench/profile-summary.ts <dir>`)
+ *      with --cpu-prof, then `npx tsx bench/profile-summary.ts <dir>`; BENCH_DRY_RUN=1 for checks that
+ *      only ask — nothing to commit)
  */
 const duration = numberEnv("BENCH_SECONDS", 10);
 const connections = numberEnv("BENCH_CONNECTIONS", 50);
@@ -44,6 +45,8 @@ const orgCount = numberEnv("BENCH_ORGS", 100);
 const slices = numberEnv("BENCH_RATE_SLICES", 10);
 const rounds = numberEnv("BENCH_ROUNDS", 3);
 const profileDir = process.env.BENCH_PROFILE || undefined;
+/** Checks that only ask (`consume: false`): the path without the commit, to see what the commit costs. */
+const dryRun = process.env.BENCH_DRY_RUN === "1";
 
 await runBenchmark("bench/check", 20, async () => {
   const quiet = await waitForQuiet();
@@ -54,7 +57,13 @@ await runBenchmark("bench/check", 20, async () => {
   log(`${orgs.length} orgs on pay_as_you_go`);
   onCleanup("delete the orgs' Redis keys", async () => void (await deleteOrgKeys(orgs)));
 
-  const bodyOf = (org: string) => JSON.stringify({ org_id: org, feature: "kolekts", amount: 1 });
+  const bodyOf = (org: string) =>
+    JSON.stringify({
+      org_id: org,
+      feature: "kolekts",
+      amount: 1,
+      ...(dryRun ? { consume: false } : {}),
+    });
   const requests = orgs.map((org) => ({ method: "POST" as const, path: "/v1/check", body: bodyOf(org) }));
   // The baseline answers exactly what Tollgate answers (one real answer, taken now).
   const sample = await tollgate.text("POST", "/v1/check", JSON.parse(bodyOf(orgs[0] as string)));
@@ -75,12 +84,15 @@ await runBenchmark("bench/check", 20, async () => {
     connections,
   });
   // The sample consumed one; checks still in flight when a pass stops may be committed unanswered.
-  let allowedByTollgate = 1;
-  let sentToTollgate = 1;
+  // Checks that only ask consume nothing.
+  let allowedByTollgate = dryRun ? 0 : 1;
+  let sentToTollgate = allowedByTollgate;
   const ours = async (options: { durationSeconds: number; overallRate?: number; rateSlices?: number }) => {
     const result = await load({ ...target(tollgate.url), ...options });
-    allowedByTollgate += result.ok;
-    sentToTollgate += result.sent;
+    if (!dryRun) {
+      allowedByTollgate += result.ok;
+      sentToTollgate += result.sent;
+    }
     return result;
   };
   const theirs = (options: { durationSeconds: number; overallRate?: number; rateSlices?: number }) =>
@@ -125,7 +137,7 @@ await runBenchmark("bench/check", 20, async () => {
 
     const [pgVersion, rVersion] = await Promise.all([serverVersion(database.url), redisVersion()]);
     console.log(
-      `\nPOST /v1/check (consume 1 kolekt, ${orgs.length} orgs), Postgres ${pgVersion} + Redis ${rVersion}`,
+      `\nPOST /v1/check (${dryRun ? "ask about" : "consume"} 1 kolekt, ${orgs.length} orgs), Postgres ${pgVersion} + Redis ${rVersion}`,
     );
     console.log(`${machine()}; ${connections} connections, ${duration} s per pass; ${quiet}\n`);
     console.log(`Maximum throughput (${rounds} rounds, baseline then Tollgate in each):\n`);
