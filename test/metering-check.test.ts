@@ -364,6 +364,32 @@ describe.each(appModes)("POST /v1/check, subscriptions and API keys ($name)", (m
       expect(await api.peek(asked, "kolekts", 10)).toMatchObject({ allowed: true });
       expect(await api.thresholds(asked)).toEqual([]);
     });
+
+    it("are crossed again at the new limit after a plan change mid-period, once each", async () => {
+      const org = await api.newOrg();
+      const sub = await api.subscription(org);
+      const limits = async () => {
+        const res = await t.call("GET", `/v1/orgs/${org}/threshold-events`, { auth: "operator" });
+        return (res.body.data as { threshold: number; limit: string }[])
+          .map((e) => `${e.threshold}% of ${e.limit}`)
+          .sort();
+      };
+      await api.use(org, "kolekts", { amount: 8 });
+      expect(await limits()).toEqual(["80% of 10"]);
+      // Pro allows 100 a month: the 8 used so far count, and 80 % now means 80.
+      await api.putOn(org, "pro");
+      expect((await api.subscription(org)).current_period_start).toBe(sub.current_period_start);
+      await api.use(org, "kolekts", { amount: 70 });
+      expect(await limits()).toEqual(["80% of 10"]);
+      await api.use(org, "kolekts", { amount: 2 });
+      expect(await limits()).toEqual(["80% of 10", "80% of 100"]);
+      await api.use(org, "kolekts", { amount: 20 });
+      expect(await limits()).toEqual(["100% of 100", "80% of 10", "80% of 100"]);
+      // Back on free and up to pro again: what was crossed at a limit is not crossed twice.
+      await api.putOn(org, "free");
+      await api.putOn(org, "pro");
+      expect(await limits()).toEqual(["100% of 100", "80% of 10", "80% of 100"]);
+    });
   });
 
   describe("limit features", () => {

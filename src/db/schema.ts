@@ -431,7 +431,7 @@ export const thresholdEvents = pgTable(
     ...timestamps,
   },
   (t) => [
-    uniqueIndex("threshold_events_once_idx").on(t.orgId, t.feature, t.periodStart, t.threshold),
+    uniqueIndex("threshold_events_once_idx").on(t.orgId, t.feature, t.periodStart, t.threshold, t.limit),
     index("threshold_events_created_idx").on(t.createdAt),
   ],
 );

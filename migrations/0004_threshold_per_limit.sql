@@ -1,0 +1,2 @@
+DROP INDEX "threshold_events_once_idx";--> statement-breakpoint
+CREATE UNIQUE INDEX "threshold_events_once_idx" ON "threshold_events" USING btree ("org_id","feature","period_start","threshold","limit");
