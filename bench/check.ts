@@ -1,4 +1,4 @@
-import { freePort, type LoadResult, load, spawnServer } from "./harness.js";
+import { type LoadResult, load, spawnBaseline } from "./harness.js";
 import { onCleanup, runBenchmark } from "./lib/cleanup.js";
 import { benchClassifier, formatCpu, sampleCpu } from "./lib/cpu.js";
 import { createBenchDatabase, serverVersion, withClient } from "./lib/postgres.js";
@@ -69,11 +69,7 @@ await runBenchmark("bench/check", 20, async () => {
   const sample = await tollgate.text("POST", "/v1/check", JSON.parse(bodyOf(orgs[0] as string)));
   const answer = JSON.parse(sample) as { allowed: boolean };
   if (!answer.allowed) throw new Error(`the sample check was denied: ${sample}`);
-  const baseline = await spawnServer(
-    ["--import", "tsx", "bench/baseline-server.ts"],
-    { BASELINE_BODY: sample },
-    await freePort(),
-  );
+  const baseline = await spawnBaseline(sample);
   onCleanup("stop baseline", baseline.stop);
 
   const target = (url: string) => ({

@@ -67,6 +67,15 @@ export async function spawnServer(
   };
 }
 
+/** The node:http baseline (bench/baseline-server.ts) answering `body` to every request. */
+export async function spawnBaseline(body: string): Promise<Server> {
+  return spawnServer(
+    ["--import", "tsx", "bench/baseline-server.ts"],
+    { BASELINE_BODY: body },
+    await freePort(),
+  );
+}
+
 export interface LoadResult {
   requestsPerSecond: number;
   /** autocannon's histogram: whole milliseconds (and corrected for coordinated omission under a rate). */
