@@ -80,12 +80,35 @@ const cases: Case[] = [
   { name: "a JSON array", body: "[]", fast: true },
   { name: "a JSON null", body: "null", fast: true },
   { name: "a caller request id", body: { org_id: ORG, feature: "remove_ads" }, fast: true },
+  {
+    name: "a JSON media type with a charset",
+    body: { org_id: ORG, feature: "remove_ads" },
+    headers: { ...operator, "content-type": "application/json; charset=utf-8" },
+    fast: true,
+  },
+  {
+    name: "a body with a byte-order mark",
+    body: `\ufeff{"org_id":"${ORG}","feature":"remove_ads"}`,
+    fast: true,
+  },
   // Not the fast path's: Hono answers them, through the same listener.
   { name: "no credentials", body: { org_id: ORG, feature: "kolekts" }, headers: json, fast: false },
   {
     name: "wrong credentials",
     body: { org_id: ORG, feature: "kolekts" },
     headers: { ...json, authorization: "Bearer not-the-key" },
+    fast: false,
+  },
+  {
+    name: "a JSON media type with an empty parameter",
+    body: { org_id: ORG, feature: "kolekts" },
+    headers: { ...operator, "content-type": "application/json;" },
+    fast: false,
+  },
+  {
+    name: "a vendor JSON media type the route does not take",
+    body: { org_id: ORG, feature: "kolekts" },
+    headers: { ...operator, "content-type": "application/vnd.api.v2+json" },
     fast: false,
   },
   {
@@ -144,7 +167,7 @@ describe.each(appModes)("the /v1/check fast path ($name)", (mode) => {
   it("answers every kind of check exactly as the Hono route does", async () => {
     for (const c of cases) {
       const bodyFor = (org: string) =>
-        typeof c.body === "string" ? c.body : JSON.stringify(c.body).replaceAll(ORG, org);
+        (typeof c.body === "string" ? c.body : JSON.stringify(c.body)).replaceAll(ORG, org);
       const headers = {
         ...(c.headers ?? operator),
         ...(c.name === "a caller request id" ? { "x-request-id": "caller-id-1" } : {}),
@@ -168,6 +191,30 @@ describe.each(appModes)("the /v1/check fast path ($name)", (mode) => {
       if (fast.status === 400) expect(fast.body.errors.length, c.name).toBeGreaterThan(0);
     }
   }, 60_000);
+
+  it("leaves a request that repeats its credentials or media type to Hono, which refuses it", async () => {
+    const post = (headers: Record<string, string | string[]>) =>
+      new Promise<number>((resolve, reject) => {
+        const body = JSON.stringify({ org_id: fastOrg, feature: "remove_ads" });
+        const req = http.request(`${url}/v1/check`, { method: "POST", headers }, (res) => {
+          res.resume();
+          res.on("end", () => resolve(res.statusCode ?? 0));
+        });
+        req.on("error", reject);
+        req.end(body);
+      });
+    const before = listener.fastPathServed;
+    expect(await post({ ...json, authorization: [operator.authorization, "Bearer not-the-key"] })).toBe(401);
+    expect(
+      await post({
+        authorization: operator.authorization,
+        "content-type": ["application/json", "text/plain"],
+      }),
+    ).toBe(415);
+    expect(listener.fastPathServed).toBe(before);
+    expect(await post(operator)).toBe(200);
+    expect(listener.fastPathServed).toBe(before + 1);
+  });
 
   it("counts its requests in /metrics under the route, like every other route", async () => {
     const res = await fetch(`${url}/v1/check`, {
