@@ -273,6 +273,8 @@ describe.each(twins)("$name counter store", (twin) => {
     await expect(store.apply([rate(key("bad"), 0, 1000)], T0)).rejects.toThrow(RangeError);
     await expect(store.apply([rate(key("bad"), 10, 1000)], T0 + 0.5)).rejects.toThrow(RangeError);
     await expect(store.seed(key("bad"), -1, 60)).rejects.toThrow(RangeError);
+    const empty = { key: key("bad-claim"), claim: "", ttlSeconds: 60 };
+    await expect(store.apply([], T0, { idempotency: empty })).rejects.toThrow(RangeError);
   });
 
   it("adds to counters it holds only, each on its own", async () => {
@@ -471,6 +473,24 @@ describe.runIf(hasRedis)("redis counter store", () => {
     }
     expect([...statuses].sort()).toEqual(["done:false", "done:true", "missing", "replay"]);
     expect(await opened.store.get(counters)).toEqual(await memory.get(counters));
+  });
+
+  it("fails only the call that raises an error, not the others sent in the same invocation", async () => {
+    // A counter key holding something that is not a string: the script's GET raises WRONGTYPE.
+    await opened.redis?.hset(`${opened.prefix}c:wrongtype`, "x", "1");
+    await opened.store.seed("batch-ok", 0, 86_400);
+    const [before, broken, after] = await Promise.allSettled([
+      opened.store.apply([counter("batch-ok", 1, 10)], T0),
+      opened.store.apply([counter("wrongtype", 1, 10)], T0),
+      opened.store.apply([counter("batch-ok", 1, 10)], T0),
+    ]);
+    expect(before).toMatchObject({ status: "fulfilled", value: { status: "done", allowed: true } });
+    expect(broken).toMatchObject({
+      status: "rejected",
+      reason: { message: expect.stringMatching(/WRONGTYPE/) },
+    });
+    expect(after).toMatchObject({ status: "fulfilled", value: { status: "done", allowed: true } });
+    expect(await opened.store.get(["batch-ok"])).toEqual([2]);
   });
 
   describe("under concurrency from five processes", () => {

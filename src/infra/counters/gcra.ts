@@ -1,4 +1,4 @@
-import type { Op, Outcome } from "./types.js";
+import type { IdempotencyClaim, Op, Outcome } from "./types.js";
 
 /**
  * Pure arithmetic shared by both counter-store twins. The Redis twin mirrors every function here in
@@ -106,6 +106,11 @@ export function toOutcome(op: Op, evaluation: Evaluation, overall: boolean): Out
     resetBeforeMs: Math.ceil(evaluation.stored / op.limit),
     retryAfterMs: evaluation.retryAfterMs,
   };
+}
+
+/** A claim is told by its value (an empty one would be no claim to the Redis script). */
+export function validateClaim(claim: IdempotencyClaim | undefined): void {
+  if (claim && claim.claim === "") throw new RangeError("an idempotency claim must not be empty");
 }
 
 /**

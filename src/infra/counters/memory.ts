@@ -5,6 +5,7 @@ import {
   gcraDecide,
   gcraState,
   toOutcome,
+  validateClaim,
   validateOps,
 } from "./gcra.js";
 import type { ApplyOptions, ApplyResult, CounterStore, Increment, Op } from "./types.js";
@@ -67,6 +68,7 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
       }
 
       const claim = applyOptions.idempotency;
+      validateClaim(claim);
       if (claim) {
         const previous = live(held, claim.key, nowMs);
         // Mirrors the Redis script: an expiry on the caller's clock inside the value ("x:<ms>:…").

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import type { Redis } from "ioredis";
-import { type Evaluation, toOutcome, validateOps } from "./gcra.js";
+import { type Evaluation, toOutcome, validateClaim, validateOps } from "./gcra.js";
 import type { ApplyOptions, ApplyResult, CounterStore, Increment, Op } from "./types.js";
 
 /** Rate state outlives its TAT by this much (see the script). */
@@ -17,7 +17,8 @@ const EXPIRY_SLACK_MS = 1000;
  *   rate:    "r", limit, periodMs, cost
  * KEYS holds each call's keys in turn: op i's key, then the idempotency key when there is a claim.
  * The reply has one entry per call: {0, missing op indexes...}, {2, held value} for a claimed
- * idempotency key, or {1, all allowed, then per op: allowed, stored, next, retry}.
+ * idempotency key, {3, message} when the call raised an error (what it wrote before the error stays:
+ * Redis does not roll scripts back), or {1, all allowed, then per op: allowed, stored, next, retry}.
  *
  * Lua numbers are doubles, like JS numbers: every value here is an integer below 2^53, so +, −, ×
  * and floor/ceil of a quotient agree bit for bit. Numbers are never handed to Redis as Lua numbers
@@ -154,7 +155,15 @@ for c = 1, tonumber(ARGV[1]) do
   if A[3] ~= "" then nkeys = n + 1 end
   local K = {}
   for j = 1, nkeys do K[j] = KEYS[k + j - 1] end
-  replies[c] = apply_one(K, A)
+  -- One call's error (a key of the wrong type, say) is that call's answer, not the batch's.
+  local ok, reply = pcall(apply_one, K, A)
+  if ok then
+    replies[c] = reply
+  elseif type(reply) == "table" then
+    replies[c] = { 3, tostring(reply.err) }
+  else
+    replies[c] = { 3, tostring(reply) }
+  end
   k = k + nkeys
   a = a + 5 + 4 * n
 end
@@ -212,6 +221,7 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
     async apply(ops: Op[], nowMs: number, applyOptions: ApplyOptions = {}): Promise<ApplyResult> {
       validateOps(ops, nowMs);
       const claim = applyOptions.idempotency;
+      validateClaim(claim);
       if (ops.length === 0 && !claim) return { status: "done", allowed: true, outcomes: [] };
       const keys = ops.map((op) => (op.kind === "counter" ? counterKey(op.key) : rateKey(op.key)));
       if (claim) keys.push(heldKey(claim.key));
@@ -230,6 +240,7 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
         }
       }
       const raw = (await batcher.run(keys, args)) as Array<number | string>;
+      if (raw[0] === 3) throw new Error(`the counter store's script failed: ${raw[1]}`);
       if (raw[0] === 2) return { status: "replay", held: String(raw[1]) };
       const reply = raw.map(Number);
       if (reply[0] === 0) return { status: "missing", missing: reply.slice(1) };
@@ -347,8 +358,13 @@ function applyBatcher(run: (keys: string[], args: string[]) => Promise<unknown>)
       }
       run(keys, args).then(
         (replies) => {
+          if (!Array.isArray(replies) || replies.length !== batch.length) {
+            const error = new Error("the counter store answered a batch with the wrong number of replies");
+            for (const call of batch) call.reject(error);
+            return;
+          }
           batch.forEach((call, i) => {
-            call.resolve((replies as unknown[])[i]);
+            call.resolve(replies[i]);
           });
         },
         (error: Error) => {
