@@ -63,7 +63,9 @@ export function periodTotalsAndThresholds(marks: ThresholdMark[], iso: (ms: numb
       join period_in d using (org_id, meter, period_start)
       -- Crossed when the total before this statement was below limit × t% and is now at or above it.
       where (t.quantity - d.delta) * 100 < m.lim * m.threshold and t.quantity * 100 >= m.lim * m.threshold
-      on conflict (org_id, feature, period_start, threshold, "limit") do nothing
+      -- No conflict target: the only other unique key is the fresh id, and a running process keeps
+      -- working when this index changes under it (docs/operations.md, Migrations).
+      on conflict do nothing
     )`;
 }
 

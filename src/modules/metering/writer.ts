@@ -145,7 +145,7 @@ async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<v
     ),
   );
   const allocations = mergeAllocations(writes.flatMap((w) => w.allocations));
-  const answers = writes.flatMap((w) => (w.answer ? [w.answer] : []));
+  const answers = firstAnswers(writes);
   const iso = (ms: number) => new Date(ms).toISOString();
   await database.query(
     sql`
@@ -225,6 +225,19 @@ function mergePeriods(usage: ConsumedUsage[]) {
   return [...merged.entries()]
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([, e]) => ({ key: e.key, delta: microsToText(e.micros), specs: e.specs }));
+}
+
+/**
+ * One answer per (org, key), the first: two calls with one key can meet in a batch when the first's
+ * claim ran out while its commit waited, and one statement may not update a row twice.
+ */
+function firstAnswers(writes: UsageWrite[]): IdempotentAnswer[] {
+  const first = new Map<string, IdempotentAnswer>();
+  for (const { answer } of writes) {
+    const key = answer ? `${answer.orgId}\u0000${answer.key}` : undefined;
+    if (answer && key !== undefined && !first.has(key)) first.set(key, answer);
+  }
+  return [...first.values()];
 }
 
 /** One row per (org, feature), sorted, so concurrent batches lock in the same order. */
