@@ -1,8 +1,8 @@
 import { type LoadResult, load, spawnBaseline } from "./harness.js";
 import { onCleanup, runBenchmark } from "./lib/cleanup.js";
 import { benchClassifier, formatCpu, sampleCpu } from "./lib/cpu.js";
-import { createBenchDatabase, serverVersion, withClient } from "./lib/postgres.js";
-import { deleteOrgKeys, redisUrl, redisVersion } from "./lib/redis.js";
+import { serverVersion, withClient } from "./lib/postgres.js";
+import { redisVersion } from "./lib/redis.js";
 import {
   int,
   LOAD_HEADER,
@@ -14,7 +14,7 @@ import {
   numberEnv,
   waitForQuiet,
 } from "./lib/report.js";
-import { createOrgs, operatorHeaders, startTollgate } from "./lib/tollgate.js";
+import { operatorHeaders, tollgateWithOrgs } from "./lib/tollgate.js";
 
 /**
  * `POST /v1/check` with consume, Postgres + Redis mode, against a minimal node:http server answering
@@ -50,12 +50,7 @@ const dryRun = process.env.BENCH_DRY_RUN === "1";
 
 await runBenchmark("bench/check", 20, async () => {
   const quiet = await waitForQuiet();
-  const database = await createBenchDatabase();
-  log(`database ${database.name}; starting Tollgate (Postgres + Redis)`);
-  const tollgate = await startTollgate({ databaseUrl: database.url, redisUrl, profileDir });
-  const orgs = await createOrgs(tollgate, orgCount, "pay_as_you_go");
-  log(`${orgs.length} orgs on pay_as_you_go`);
-  onCleanup("delete the orgs' Redis keys", async () => void (await deleteOrgKeys(orgs)));
+  const { database, tollgate, orgs } = await tollgateWithOrgs(orgCount, profileDir);
 
   const bodyOf = (org: string) =>
     JSON.stringify({

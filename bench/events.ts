@@ -1,10 +1,10 @@
 import { freePort, type LoadResult, load, spawnServer } from "./harness.js";
 import { onCleanup, runBenchmark } from "./lib/cleanup.js";
 import { benchClassifier, formatCpu, sampleCpu } from "./lib/cpu.js";
-import { createBenchDatabase, serverVersion, withClient } from "./lib/postgres.js";
-import { deleteOrgKeys, redisUrl, redisVersion } from "./lib/redis.js";
+import { serverVersion, withClient } from "./lib/postgres.js";
+import { redisVersion } from "./lib/redis.js";
 import { int, log, machine, median, ms, numberEnv, waitForQuiet } from "./lib/report.js";
-import { createOrgs, operatorHeaders, startTollgate } from "./lib/tollgate.js";
+import { operatorHeaders, tollgateWithOrgs } from "./lib/tollgate.js";
 
 /**
  * `POST /v1/events` in batches of 1000 (Postgres + Redis mode) against the raw baseline: a node:http
@@ -34,12 +34,7 @@ const profileDir = process.env.BENCH_PROFILE || undefined;
 
 await runBenchmark("bench/events", 15, async () => {
   const quiet = await waitForQuiet();
-  const database = await createBenchDatabase();
-  log(`database ${database.name}; starting Tollgate (Postgres + Redis)`);
-  const tollgate = await startTollgate({ databaseUrl: database.url, redisUrl, profileDir });
-  const orgs = await createOrgs(tollgate, orgCount, "pay_as_you_go");
-  log(`${orgs.length} orgs on pay_as_you_go`);
-  onCleanup("delete the orgs' Redis keys", async () => void (await deleteOrgKeys(orgs)));
+  const { database, tollgate, orgs } = await tollgateWithOrgs(orgCount, profileDir);
 
   await withClient(database.url, async (client) => {
     await client.query(

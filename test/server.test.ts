@@ -1,59 +1,16 @@
-import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/storage.js";
+import { type CliProcess, freePort, killAllTollgates, runCli as run } from "./support/tollgate-process.js";
 
 /**
  * The real `tollgate` command in a child process, as a newcomer runs it: start, persistence across
  * restarts, configuration errors, migrations, graceful shutdown.
  */
-const root = path.resolve(import.meta.dirname, "..");
-const children = new Set<ChildProcess>();
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-interface Proc {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<number | null>;
-}
-
-function run(args: string[], env: Record<string, string>): Proc {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", ...args], {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? "", HOME: os.tmpdir(), TOLLGATE_LOG_LEVEL: "warn", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.add(child);
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (d) => {
-    out += d;
-  });
-  child.stderr?.on("data", (d) => {
-    err += d;
-  });
-  const exited = new Promise<number | null>((resolve) =>
-    child.on("exit", (code) => {
-      children.delete(child);
-      resolve(code);
-    }),
-  );
-  return { child, stdout: () => out, stderr: () => err, exited };
-}
-
-async function waitHealthy(port: number, proc: Proc, timeoutMs = 60_000): Promise<void> {
+async function waitHealthy(port: number, proc: CliProcess, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (proc.child.exitCode !== null) throw new Error(`exited early: ${proc.stderr()}`);
@@ -70,9 +27,7 @@ async function waitHealthy(port: number, proc: Proc, timeoutMs = 60_000): Promis
 
 const tmpDir = () => fs.mkdtempSync(path.join(os.tmpdir(), "tollgate-test-"));
 
-afterEach(() => {
-  for (const child of children) child.kill("SIGKILL");
-});
+afterEach(killAllTollgates);
 
 describe("tollgate start (embedded)", () => {
   it("serves, prints the operator key once, keeps data across a restart, and stops cleanly on SIGTERM", async () => {

@@ -3,6 +3,9 @@ import os from "node:os";
 import path from "node:path";
 import { freePort, type Server, spawnServer } from "../harness.js";
 import { onCleanup } from "./cleanup.js";
+import { type BenchDatabase, createBenchDatabase } from "./postgres.js";
+import { deleteOrgKeys, redisUrl } from "./redis.js";
+import { log } from "./report.js";
 
 export const OPERATOR_KEY = "bench-operator-key-0123456789abcdef";
 export const operatorHeaders = {
@@ -91,6 +94,24 @@ export async function startTollgate(options: StartOptions): Promise<Tollgate> {
       return text;
     },
   };
+}
+
+/**
+ * The hot-path benchmarks' setup: a fresh database, Tollgate on it in Postgres + Redis mode, and
+ * `orgCount` orgs on the kolekt catalog's pay_as_you_go plan (unlimited), their Redis keys deleted at
+ * the end.
+ */
+export async function tollgateWithOrgs(
+  orgCount: number,
+  profileDir: string | undefined,
+): Promise<{ database: BenchDatabase; tollgate: Tollgate; orgs: string[] }> {
+  const database = await createBenchDatabase();
+  log(`database ${database.name}; starting Tollgate (Postgres + Redis)`);
+  const tollgate = await startTollgate({ databaseUrl: database.url, redisUrl, profileDir });
+  const orgs = await createOrgs(tollgate, orgCount, "pay_as_you_go");
+  log(`${orgs.length} orgs on pay_as_you_go`);
+  onCleanup("delete the orgs' Redis keys", async () => void (await deleteOrgKeys(orgs)));
+  return { database, tollgate, orgs };
 }
 
 /** Creates `count` orgs through the API (as the operator) and puts each on `plan` without payment. */

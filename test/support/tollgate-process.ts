@@ -38,13 +38,9 @@ export interface HttpAnswer {
   text: string;
 }
 
-export interface TollgateProcess {
-  child: ChildProcess;
+export interface TollgateProcess extends CliProcess {
   url: string;
   port: number;
-  stdout(): string;
-  stderr(): string;
-  exited: Promise<number | null>;
   /** A JSON request over real HTTP; `auth` is a bearer token. */
   call(
     method: string,
@@ -55,24 +51,22 @@ export interface TollgateProcess {
   kill9(): Promise<void>;
 }
 
+/** A `tollgate <args>` child process and what it printed so far. */
+export interface CliProcess {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  exited: Promise<number | null>;
+}
+
 /**
- * Starts `node --import tsx src/cli.ts start` with `env` (PORT is chosen unless given) and resolves
- * once /healthz answers. The process inherits nothing from the test's environment but PATH.
+ * Runs `node --import tsx src/cli.ts <args>` with `env`, inheriting nothing from the test's
+ * environment but PATH; killAllTollgates() ends whatever is still running.
  */
-export async function startTollgate(
-  env: Record<string, string>,
-  timeoutMs = 60_000,
-): Promise<TollgateProcess> {
-  const port = env.PORT ? Number(env.PORT) : await freePort();
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", "start"], {
+export function runCli(args: string[], env: Record<string, string>): CliProcess {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", ...args], {
     cwd: root,
-    env: {
-      PATH: process.env.PATH ?? "",
-      HOME: os.tmpdir(),
-      TOLLGATE_LOG_LEVEL: "warn",
-      ...env,
-      PORT: String(port),
-    },
+    env: { PATH: process.env.PATH ?? "", HOME: os.tmpdir(), TOLLGATE_LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   running.add(child);
@@ -90,13 +84,26 @@ export async function startTollgate(
       resolve(code);
     }),
   );
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+/**
+ * Starts `tollgate start` with `env` (PORT is chosen unless given) and resolves once /healthz
+ * answers.
+ */
+export async function startTollgate(
+  env: Record<string, string>,
+  timeoutMs = 60_000,
+): Promise<TollgateProcess> {
+  const port = env.PORT ? Number(env.PORT) : await freePort();
+  const { child, stdout, stderr, exited } = runCli(["start"], { ...env, PORT: String(port) });
   const url = `http://127.0.0.1:${port}`;
   const proc: TollgateProcess = {
     child,
     url,
     port,
-    stdout: () => out,
-    stderr: () => err,
+    stdout,
+    stderr,
     exited,
     call: async (method, p, { body, auth, signal } = {}) => {
       const headers: Record<string, string> = {};
@@ -125,7 +132,7 @@ export async function startTollgate(
 
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`tollgate exited early (${child.exitCode}): ${err}`);
+    if (child.exitCode !== null) throw new Error(`tollgate exited early (${child.exitCode}): ${stderr()}`);
     try {
       const res = await fetch(`${url}/healthz`);
       if (res.ok) return proc;
@@ -134,7 +141,7 @@ export async function startTollgate(
     }
     if (Date.now() > deadline) {
       await proc.kill9();
-      throw new Error(`tollgate not healthy in time: ${err}`);
+      throw new Error(`tollgate not healthy in time: ${stderr()}`);
     }
     await new Promise((r) => setTimeout(r, 200));
   }
