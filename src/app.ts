@@ -24,7 +24,7 @@ export const VERSION = "0.1.0";
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
 const BODY_LIMITS: Record<string, number> = { "/v1/events": 4 * 1024 * 1024 };
 
-export const JSON_TYPE = /^application\/([\w.-]+\+)?json$/i;
+const JSON_TYPE = /^application\/([\w.-]+\+)?json$/i;
 
 const tooLarge = (maxSize: number) =>
   new AppError(

@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { getRequestListener } from "@hono/node-server";
-import { CALLER_REQUEST_ID, DEFAULT_BODY_LIMIT, JSON_TYPE } from "./app.js";
+import { CALLER_REQUEST_ID, DEFAULT_BODY_LIMIT } from "./app.js";
 import type { Deps } from "./deps.js";
 import { errorParts, invalidJsonParts, type PlainResponse, validationParts } from "./lib/http.js";
 import { newId } from "./lib/ids.js";
@@ -54,8 +54,8 @@ export function createRequestListener(
 
 /**
  * A Content-Type the route takes as JSON: the whole header, parameters included, as the OpenAPI
- * router checks it before validating a JSON body (@hono/zod-openapi's `jsonRequestRegex`). Within our
- * JSON_TYPE, so the body rules never refuse what this admits.
+ * router checks it before validating a JSON body (@hono/zod-openapi's `jsonRequestRegex`). Narrower
+ * than the body rules' JSON_TYPE (src/app.ts), so they never refuse what this admits.
  */
 const ROUTE_JSON_TYPE = /^application\/([a-z-.]+\+)?json(;\s*[a-zA-Z0-9-]+=([^;]+))*$/i;
 
@@ -70,8 +70,7 @@ function takesFastPath(deps: Deps, req: IncomingMessage): boolean {
   const distinct = req.headersDistinct;
   if (distinct["content-type"]?.length !== 1 || distinct.authorization?.length !== 1) return false;
   const contentType = headers["content-type"] ?? "";
-  if (!ROUTE_JSON_TYPE.test(contentType) || !JSON_TYPE.test(contentType.split(";")[0]?.trim() ?? ""))
-    return false;
+  if (!ROUTE_JSON_TYPE.test(contentType)) return false;
   return isOperatorKey(bearerToken(headers.authorization), deps.secrets.adminKeyHash);
 }
 
