@@ -4,6 +4,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { usageJournal } from "../src/modules/metering/check.js";
 import { appModes, createTestApp, deleteRedisPrefix, type TestApp } from "./support/app.js";
 import { createTestDatabase, type TestDatabase, uniquePrefix } from "./support/storage.js";
 
@@ -1052,6 +1053,7 @@ describe.each(appModes)("inputs that once went wrong ($name)", (mode) => {
     return org;
   };
   const periodTotal = async (org: string, meter: string) => {
+    await usageJournal(t.deps)?.awaitCommitted();
     const [row] = await t.database.query<{ quantity: string }>(
       sql`select quantity::text as quantity from usage_periods where org_id = ${org} and meter = ${meter}`,
     );

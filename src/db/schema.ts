@@ -404,6 +404,23 @@ export const allocations = pgTable(
   (t) => [primaryKey({ columns: [t.orgId, t.feature] })],
 );
 
+/**
+ * One row per usage journal (a running process's, or a dead one's not yet swept): how far its
+ * entries are committed to Postgres. Usage acknowledged by a check is in the journal's Redis stream
+ * and in its process's memory until committed here (src/modules/metering/journal.ts).
+ */
+export const usageJournals = pgTable("usage_journals", {
+  journalId: text("journal_id").primaryKey(),
+  /** Raised by whoever takes the journal over (a sweeper): the owner's later commits are refused. */
+  epoch: integer("epoch").notNull().default(0),
+  /** Every entry with seq ≤ this is committed (and none above it is). */
+  committedSeq: bigint("committed_seq", { mode: "number" }).notNull().default(0),
+  /** Real epoch ms: everything the journal acknowledged before this instant is committed. */
+  committedThroughMs: bigint("committed_through_ms", { mode: "number" }).notNull(),
+  heartbeatAt: at("heartbeat_at").notNull().defaultNow(),
+  ...timestamps,
+});
+
 /** The first answer to each idempotent check, returned to every retry for 24 hours. */
 export const checkIdempotency = pgTable(
   "check_idempotency",

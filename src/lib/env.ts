@@ -57,6 +57,9 @@ const envSchema = z.object({
   TOLLGATE_PUBLIC_URL: optional(urlWithProtocols(["http:", "https:"], "http(s)")),
   TOLLGATE_WEBHOOK_ALLOWED_TARGETS: optional(z.string()),
   TOLLGATE_TEST_CLOCK: optional(flag).default(false),
+  TOLLGATE_CHECK_ACK: optional(
+    z.enum(["journal", "commit"], { message: "must be journal or commit" }),
+  ).default("journal"),
   TOLLGATE_PLATFORM_ADMINS: optional(z.string()),
   TOLLGATE_LOG_LEVEL: optional(
     z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
@@ -212,6 +215,12 @@ export interface Env {
   publicUrl: string;
   webhookAllowedTargets: string[];
   testClock: boolean;
+  /**
+   * When a consuming check is acknowledged, with Redis: once journaled in Redis and in the process's
+   * memory, Postgres written behind ("journal"); or once committed to Postgres ("commit").
+   * Without Redis it is always "commit".
+   */
+  checkAck: "journal" | "commit";
   /** E-mail addresses (lower-cased) of the platform's admin users. */
   platformAdmins: string[];
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -268,6 +277,7 @@ export function parseEnv(source: Record<string, string | undefined> = process.en
       .map((s) => s.trim().toLowerCase())
       .filter(Boolean),
     testClock: e.TOLLGATE_TEST_CLOCK,
+    checkAck: e.TOLLGATE_CHECK_ACK,
     platformAdmins: (e.TOLLGATE_PLATFORM_ADMINS ?? "")
       .split(",")
       .map((s) => s.trim().toLowerCase())

@@ -26,6 +26,7 @@ export const ID_PREFIXES = {
   oneTimeToken: "ott",
   recoveryCode: "rcv",
   threshold: "thr",
+  journal: "jrn",
 } as const;
 
 export type IdKind = keyof typeof ID_PREFIXES;

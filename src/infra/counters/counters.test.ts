@@ -4,7 +4,15 @@ import { hasRedis, requireRedisUrl, uniquePrefix } from "../../../test/support/s
 import { createRedis, waitForRedis } from "../redis.js";
 import { createMemoryCounterStore } from "./memory.js";
 import { createRedisCounterStore } from "./redis.js";
-import type { ApplyOptions, CounterOp, CounterStore, Op, Outcome, RateOp } from "./types.js";
+import {
+  type ApplyOptions,
+  type CounterOp,
+  type CounterStore,
+  type Op,
+  type Outcome,
+  type RateOp,
+  sealedJournal,
+} from "./types.js";
 
 /** A realistic epoch: 13-digit timestamps are where number formatting in Lua goes wrong. */
 const T0 = 1_700_000_000_000;
@@ -324,6 +332,92 @@ describe.each(twins)("$name counter store", (twin) => {
     const epoch = await store.counterEpoch(Date.now());
     expect(await store.clearCounters()).toBe(0);
     expect(await store.counterEpoch(Date.now())).toBe(epoch);
+  });
+});
+
+describe.each(twins)("$name counter store journals", (twin) => {
+  let opened: Opened;
+  let store: CounterStore;
+  let n = 0;
+  const name = (base: string) => `${base}-${++n}`;
+
+  beforeAll(async () => {
+    opened = await twin.open();
+    store = opened.store;
+  });
+  afterAll(async () => {
+    await opened?.close();
+  });
+
+  it("appends an entry only when the call is applied, in the same step", async () => {
+    const journal = name("j");
+    const key = name("k");
+    await store.openJournal(journal, 1000);
+    await store.seed(key, 0, 3600);
+    const now = Date.now();
+    const append = (seq: number) => ({ journal: { journal, seq, data: `d${seq}` } });
+    expect((await done(store, [counter(key, 2, 3)], now, append(1))).allowed).toBe(true);
+    expect((await done(store, [counter(key, 2, 3)], now, append(2))).allowed).toBe(false);
+    await done(store, [counter(key, 1, 3)], now, { dryRun: true, ...append(3) });
+    expect((await done(store, [counter(key, 1, 3)], now, append(4))).allowed).toBe(true);
+    expect(await store.readJournal(journal, 0, 10)).toEqual([
+      { seq: 1, data: "d1" },
+      { seq: 4, data: "d4" },
+    ]);
+    expect(await store.journalBounds([journal, name("absent")])).toEqual([{ first: 1, last: 4 }, null]);
+    expect(await store.journalOpenedAt([journal])).toEqual([1000]);
+    // A seq not above the last one fails before anything is written.
+    await expect(store.apply([counter(key, 0, 3)], now, append(4))).rejects.toThrow();
+    expect(await store.get([key])).toEqual([3]);
+  });
+
+  it("refuses appends to a journal that is not open, applying nothing", async () => {
+    const key = name("k");
+    await store.seed(key, 0, 3600);
+    const result = await store.apply([counter(key, 1, null)], Date.now(), {
+      journal: { journal: name("never-opened"), seq: 1, data: "x" },
+    });
+    expect(result).toEqual({ status: "unjournaled" });
+    expect(await store.get([key])).toEqual([0]);
+  });
+
+  it("trims, deletes, seals and drops", async () => {
+    const journal = name("j");
+    const key = name("k");
+    await store.openJournal(journal, 5);
+    await store.seed(key, 0, 3600);
+    for (let seq = 1; seq <= 5; seq++) {
+      await done(store, [counter(key, 1, null)], Date.now(), {
+        journal: { journal, seq, data: `${seq}` },
+      });
+    }
+    await store.trimJournal(journal, 2);
+    await store.deleteJournalEntries(journal, [4]);
+    expect((await store.readJournal(journal, 0, 10)).map((e) => e.seq)).toEqual([3, 5]);
+    expect((await store.readJournal(journal, 3, 10)).map((e) => e.seq)).toEqual([5]);
+    // An emptied journal stays open.
+    await store.trimJournal(journal, 5);
+    expect(await store.journalBounds([journal])).toEqual([null]);
+    await done(store, [counter(key, 1, null)], Date.now(), {
+      journal: { journal, seq: 6, data: "6" },
+    });
+
+    await store.sealJournal(journal);
+    expect(await store.journalOpenedAt([journal])).toEqual([null]);
+    const refused = await store.apply([counter(key, 1, null)], Date.now(), {
+      journal: { journal, seq: 7, data: "7" },
+    });
+    expect(refused).toEqual({ status: "unjournaled" });
+    expect((await store.readJournal(sealedJournal(journal), 0, 10)).map((e) => e.seq)).toEqual([6]);
+    // Reopened (its owner did not know) and sealed again: the new entries join the sealed ones.
+    await store.openJournal(journal, 6);
+    await done(store, [counter(key, 1, null)], Date.now(), {
+      journal: { journal, seq: 8, data: "8" },
+    });
+    await store.sealJournal(journal);
+    expect((await store.readJournal(sealedJournal(journal), 0, 10)).map((e) => e.seq)).toEqual([6, 8]);
+    await store.dropJournal(sealedJournal(journal));
+    expect(await store.journalBounds([journal, sealedJournal(journal)])).toEqual([null, null]);
   });
 });
 

@@ -1,4 +1,4 @@
-import type { IdempotencyClaim, Op, Outcome } from "./types.js";
+import type { IdempotencyClaim, JournalAppend, Op, Outcome } from "./types.js";
 
 /**
  * Pure arithmetic shared by both counter-store twins. The Redis twin mirrors every function here in
@@ -109,6 +109,14 @@ export function toOutcome(op: Op, evaluation: Evaluation, overall: boolean): Out
 }
 
 /** A claim is told by its value (an empty one would be no claim to the Redis script). */
+/** A journal entry's seq: a positive integer above the journal's last (as Redis's XADD requires). */
+export function validateAppend(append: JournalAppend, lastSeq: number): void {
+  if (!Number.isSafeInteger(append.seq) || append.seq <= 0)
+    throw new RangeError(`a journal seq must be a positive integer, got ${append.seq}`);
+  if (append.seq <= lastSeq)
+    throw new RangeError(`journal seq ${append.seq} is not above the journal's last (${lastSeq})`);
+}
+
 export function validateClaim(claim: IdempotencyClaim | undefined): void {
   if (claim && claim.claim === "") throw new RangeError("an idempotency claim must not be empty");
 }

@@ -5,10 +5,19 @@ import {
   gcraDecide,
   gcraState,
   toOutcome,
+  validateAppend,
   validateClaim,
   validateOps,
 } from "./gcra.js";
-import type { ApplyOptions, ApplyResult, CounterStore, Increment, Op } from "./types.js";
+import {
+  type ApplyOptions,
+  type ApplyResult,
+  type CounterStore,
+  type Increment,
+  type JournalEntry,
+  type Op,
+  sealedJournal,
+} from "./types.js";
 
 interface CounterEntry {
   value: number;
@@ -35,6 +44,8 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
   const counters = new Map<string, CounterEntry>();
   const rates = new Map<string, RateEntry>();
   const held = new Map<string, { value: string; expiresAtMs: number }>();
+  /** Journals: entries in seq order, and the highest seq ever appended (as a Redis stream's last id). */
+  const journals = new Map<string, { entries: JournalEntry[]; lastSeq: number; openedAt: number | null }>();
   let lastNowMs: number | undefined;
   let appliesSinceSweep = 0;
   // In one process nothing is in flight when the store is created: no wait before the first seeds.
@@ -112,6 +123,14 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
       const allowed = evaluated.every((evaluation) => evaluation.allowed);
       const outcomes = ops.map((op, index) => toOutcome(op, evaluated[index] as Evaluation, allowed));
 
+      const append = applyOptions.journal;
+      if (append && allowed && !applyOptions.dryRun) {
+        const journal = journals.get(append.journal);
+        if (!journal) return { status: "unjournaled" };
+        validateAppend(append, journal.lastSeq);
+        journal.entries.push({ seq: append.seq, data: append.data });
+        journal.lastSeq = append.seq;
+      }
       if (claim && !applyOptions.dryRun) {
         held.set(claim.key, { value: claim.claim, expiresAtMs: nowMs + claim.ttlSeconds * 1000 });
       }
@@ -189,9 +208,57 @@ export function createMemoryCounterStore(options: { now?: () => number } = {}): 
       }
     },
 
+    async openJournal(journal: string, nowRealMs: number): Promise<void> {
+      if (!journals.has(journal)) journals.set(journal, { entries: [], lastSeq: 0, openedAt: nowRealMs });
+    },
+
+    async journalOpenedAt(names: string[]) {
+      return names.map((name) => journals.get(name)?.openedAt ?? null);
+    },
+
+    async sealJournal(journal: string): Promise<void> {
+      const open = journals.get(journal);
+      if (!open) return;
+      journals.delete(journal);
+      const sealed = journals.get(sealedJournal(journal));
+      if (sealed) {
+        sealed.entries.push(...open.entries.filter((e) => e.seq > sealed.lastSeq));
+        sealed.lastSeq = Math.max(sealed.lastSeq, open.lastSeq);
+      } else journals.set(sealedJournal(journal), { ...open, openedAt: null });
+    },
+
+    async readJournal(journal: string, afterSeq: number, count: number): Promise<JournalEntry[]> {
+      const entries = journals.get(journal)?.entries ?? [];
+      return entries.filter((e) => e.seq > afterSeq).slice(0, count);
+    },
+
+    async trimJournal(journal: string, throughSeq: number): Promise<void> {
+      const open = journals.get(journal);
+      if (open) open.entries = open.entries.filter((e) => e.seq > throughSeq);
+    },
+
+    async deleteJournalEntries(journal: string, seqs: number[]): Promise<void> {
+      const open = journals.get(journal);
+      if (open) open.entries = open.entries.filter((e) => !seqs.includes(e.seq));
+    },
+
+    async journalBounds(names: string[]) {
+      return names.map((name) => {
+        const entries = journals.get(name)?.entries ?? [];
+        const first = entries[0];
+        const last = entries[entries.length - 1];
+        return first && last ? { first: first.seq, last: last.seq } : null;
+      });
+    },
+
+    async dropJournal(journal: string): Promise<void> {
+      journals.delete(journal);
+    },
+
     async ping(): Promise<void> {},
 
     async close(): Promise<void> {
+      journals.clear();
       counters.clear();
       rates.clear();
       held.clear();

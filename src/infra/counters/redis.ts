@@ -1,7 +1,14 @@
 import { createHash } from "node:crypto";
 import type { Redis } from "ioredis";
-import { type Evaluation, toOutcome, validateClaim, validateOps } from "./gcra.js";
-import type { ApplyOptions, ApplyResult, CounterStore, Increment, Op } from "./types.js";
+import { type Evaluation, toOutcome, validateAppend, validateClaim, validateOps } from "./gcra.js";
+import {
+  type ApplyOptions,
+  type ApplyResult,
+  type CounterStore,
+  type Increment,
+  type Op,
+  sealedJournal,
+} from "./types.js";
 
 /** Rate state outlives its TAT by this much (see the script). */
 const EXPIRY_SLACK_MS = 1000;
@@ -11,14 +18,17 @@ const EXPIRY_SLACK_MS = 1000;
  * Redis in one invocation (see `createRedisCounterStore`), each still evaluated on its own. It
  * mirrors memory.ts and gcra.ts step for step; keep them in lockstep.
  *
- * ARGV[1] = the number of calls; then, per call, a header of five values — nowMs, "1" for a dry run,
- * the idempotency claim ("" for none), its TTL in seconds, the number of ops n — and four per op:
+ * ARGV[1] = the number of calls; then, per call, a header of seven values — nowMs, "1" for a dry
+ * run, the idempotency claim ("" for none), its TTL in seconds, the journal entry's stream id ("" for
+ * none) and data, the number of ops n — and four per op:
  *   counter: "c", amount, limit ("" = unlimited), ttlSeconds
  *   rate:    "r", limit, periodMs, cost
- * KEYS holds each call's keys in turn: op i's key, then the idempotency key when there is a claim.
+ * KEYS holds each call's keys in turn: op i's key, then the idempotency key when there is a claim,
+ * then the journal's stream when there is an entry.
  * The reply has one entry per call: {0, missing op indexes...}, {2, held value} for a claimed
  * idempotency key, {3, message} when the call raised an error (what it wrote before the error stays:
- * Redis does not roll scripts back), or {1, all allowed, then per op: allowed, stored, next, retry}.
+ * Redis does not roll scripts back), {4} when it would have been applied but its journal's stream
+ * does not exist (nothing written), or {1, all allowed, then per op: allowed, stored, next, retry}.
  *
  * Lua numbers are doubles, like JS numbers: every value here is an integer below 2^53, so +, −, ×
  * and floor/ceil of a quotient agree bit for bit. Numbers are never handed to Redis as Lua numbers
@@ -30,9 +40,10 @@ local function apply_one(K, A)
   local now = tonumber(A[1])
   local dry = A[2] == "1"
   local claim = A[3]
-  local n = (#A - 4) / 4
+  local entry = A[5]
+  local n = (#A - 6) / 4
 
-  local function arg(i, k) return A[4 + (i - 1) * 4 + k] end
+  local function arg(i, k) return A[6 + (i - 1) * 4 + k] end
 
   if claim ~= "" then
     local previous = redis.call("GET", K[n + 1])
@@ -120,6 +131,14 @@ local function apply_one(K, A)
     reply[#reply + 1] = string.format("%.0f", retry)
   end
 
+  if entry ~= "" and reply[2] == 1 and not dry then
+    -- The stream of an open journal always exists (openJournal): absent, it was lost or sealed, and
+    -- the call must not be applied without its entry. An id not above the last one fails here too,
+    -- before anything is written.
+    local stream = K[#K]
+    if redis.call("EXISTS", stream) == 0 then return { 4 } end
+    redis.call("XADD", stream, entry, "u", A[6])
+  end
   if claim ~= "" and not dry then
     redis.call("SET", K[n + 1], claim, "EX", A[4])
   end
@@ -148,11 +167,12 @@ end
 local replies = {}
 local k, a = 1, 2
 for c = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[a + 4])
-  local A = { ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] }
-  for j = 1, 4 * n do A[4 + j] = ARGV[a + 4 + j] end
+  local n = tonumber(ARGV[a + 6])
+  local A = { ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5] }
+  for j = 1, 4 * n do A[6 + j] = ARGV[a + 6 + j] end
   local nkeys = n
-  if A[3] ~= "" then nkeys = n + 1 end
+  if A[3] ~= "" then nkeys = nkeys + 1 end
+  if A[5] ~= "" then nkeys = nkeys + 1 end
   local K = {}
   for j = 1, nkeys do K[j] = KEYS[k + j - 1] end
   -- One call's error (a key of the wrong type, say) is that call's answer, not the batch's.
@@ -165,7 +185,7 @@ for c = 1, tonumber(ARGV[1]) do
     replies[c] = { 3, tostring(reply) }
   end
   k = k + nkeys
-  a = a + 5 + 4 * n
+  a = a + 7 + 4 * n
 end
 return replies
 `;
@@ -196,6 +216,51 @@ return redis.call("GET", KEYS[1])
 `;
 
 /**
+ * Journals are streams whose entry ids are "1-<seq>". An open journal's stream always exists, empty or
+ * not: it is created with a placeholder entry "0-1" that is deleted at once (Redis keeps an emptied
+ * stream), so an append can tell an open journal from a lost or sealed one.
+ */
+const OPEN_JOURNAL_SCRIPT = `
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  redis.call("XADD", KEYS[1], "0-1", "open", "1")
+  redis.call("XDEL", KEYS[1], "0-1")
+  redis.call("SET", KEYS[2], ARGV[1])
+end
+return 1
+`;
+
+/** Renames the stream to the sealed one, or appends its entries to the sealed one if that exists. */
+const SEAL_JOURNAL_SCRIPT = `
+redis.call("DEL", KEYS[3])
+if redis.call("EXISTS", KEYS[1]) == 0 then return 0 end
+if redis.call("EXISTS", KEYS[2]) == 0 then
+  redis.call("RENAME", KEYS[1], KEYS[2])
+  return 1
+end
+local last = redis.call("XINFO", "STREAM", KEYS[2])
+local lastId
+for i = 1, #last, 2 do if last[i] == "last-generated-id" then lastId = last[i + 1] end end
+for _, e in ipairs(redis.call("XRANGE", KEYS[1], "(" .. lastId, "+")) do
+  redis.call("XADD", KEYS[2], e[1], unpack(e[2]))
+end
+redis.call("DEL", KEYS[1])
+return 2
+`;
+
+/** The first and last entry of each stream, or {} for an empty or absent one. */
+const JOURNAL_BOUNDS_SCRIPT = `
+local out = {}
+for i = 1, #KEYS do
+  local first = redis.call("XRANGE", KEYS[i], "-", "+", "COUNT", 1)
+  local last = redis.call("XREVRANGE", KEYS[i], "+", "-", "COUNT", 1)
+  if first[1] and last[1] then out[i] = { first[1][1], last[1][1] } else out[i] = {} end
+end
+return out
+`;
+
+const seqOfId = (id: string) => Number(id.slice(id.indexOf("-") + 1));
+
+/**
  * The production counter store: Redis, one Lua script per `apply`. TTLs run on Redis's clock:
  * counters expire `ttlSeconds` after their last write, rate state a second after its TAT passes.
  *
@@ -214,6 +279,10 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
   const epoch = scriptRunner(redis, EPOCH_SCRIPT);
   const epochKey = `${options.prefix}counters-epoch`;
   const seed = scriptRunner(redis, SEED_SCRIPT);
+  const openJournal = scriptRunner(redis, OPEN_JOURNAL_SCRIPT);
+  const sealJournal = scriptRunner(redis, SEAL_JOURNAL_SCRIPT);
+  const journalBounds = scriptRunner(redis, JOURNAL_BOUNDS_SCRIPT);
+  const journalKey = (journal: string) => `${options.prefix}j:${journal}`;
 
   return {
     kind: "redis",
@@ -222,14 +291,19 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
       validateOps(ops, nowMs);
       const claim = applyOptions.idempotency;
       validateClaim(claim);
+      const append = applyOptions.journal;
+      if (append) validateAppend(append, 0);
       if (ops.length === 0 && !claim) return { status: "done", allowed: true, outcomes: [] };
       const keys = ops.map((op) => (op.kind === "counter" ? counterKey(op.key) : rateKey(op.key)));
       if (claim) keys.push(heldKey(claim.key));
+      if (append) keys.push(journalKey(append.journal));
       const args: string[] = [
         String(nowMs),
         applyOptions.dryRun ? "1" : "0",
         claim?.claim ?? "",
         String(claim?.ttlSeconds ?? 0),
+        append ? `1-${append.seq}` : "",
+        append ? append.data : "",
         String(ops.length),
       ];
       for (const op of ops) {
@@ -242,6 +316,7 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
       const raw = (await batcher.run(keys, args)) as Array<number | string>;
       if (raw[0] === 3) throw new Error(`the counter store's script failed: ${raw[1]}`);
       if (raw[0] === 2) return { status: "replay", held: String(raw[1]) };
+      if (raw[0] === 4) return { status: "unjournaled" };
       const reply = raw.map(Number);
       if (reply[0] === 0) return { status: "missing", missing: reply.slice(1) };
       const allowed = reply[1] === 1;
@@ -320,6 +395,51 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
     async delete(keys: string[]): Promise<void> {
       if (keys.length === 0) return;
       await redis.del(...keys.map(counterKey), ...keys.map(rateKey));
+    },
+
+    async openJournal(journal: string, nowRealMs: number): Promise<void> {
+      await openJournal([journalKey(journal), `${journalKey(journal)}:opened`], [String(nowRealMs)]);
+    },
+
+    async journalOpenedAt(journals: string[]) {
+      if (journals.length === 0) return [];
+      const values = await redis.mget(journals.map((journal) => `${journalKey(journal)}:opened`));
+      return values.map((value) => (value === null ? null : Number(value)));
+    },
+
+    async sealJournal(journal: string): Promise<void> {
+      const key = journalKey(journal);
+      await sealJournal([key, journalKey(sealedJournal(journal)), `${key}:opened`], []);
+    },
+
+    async readJournal(journal: string, afterSeq: number, count: number) {
+      const entries = (await redis.xrange(journalKey(journal), `(1-${afterSeq}`, "+", "COUNT", count)) as [
+        string,
+        string[],
+      ][];
+      return entries
+        .filter(([id]) => id.startsWith("1-"))
+        .map(([id, fields]) => ({ seq: seqOfId(id), data: fields[1] ?? "" }));
+    },
+
+    async trimJournal(journal: string, throughSeq: number): Promise<void> {
+      await redis.xtrim(journalKey(journal), "MINID", `1-${throughSeq + 1}`);
+    },
+
+    async deleteJournalEntries(journal: string, seqs: number[]): Promise<void> {
+      if (seqs.length > 0) await redis.xdel(journalKey(journal), ...seqs.map((seq) => `1-${seq}`));
+    },
+
+    async journalBounds(journals: string[]) {
+      if (journals.length === 0) return [];
+      const replies = (await journalBounds(journals.map(journalKey), [])) as string[][];
+      return replies.map((r) =>
+        r[0] !== undefined && r[1] !== undefined ? { first: seqOfId(r[0]), last: seqOfId(r[1]) } : null,
+      );
+    },
+
+    async dropJournal(journal: string): Promise<void> {
+      await redis.del(journalKey(journal), `${journalKey(journal)}:opened`);
     },
 
     async ping(): Promise<void> {

@@ -67,7 +67,12 @@ export type ApplyResult =
    * The idempotency key was already claimed: nothing was evaluated or applied. `held` is what the
    * first call stored with {@link CounterStore.remember} (or its pending claim).
    */
-  | { status: "replay"; held: string };
+  | { status: "replay"; held: string }
+  /**
+   * The call would have been applied, but its journal does not exist (Redis lost it, or another
+   * process sealed it): nothing was applied. The caller reopens or replaces its journal and retries.
+   */
+  | { status: "unjournaled" };
 
 /**
  * Claims an idempotency key in the same atomic step as the ops: the first call evaluates and stores
@@ -83,10 +88,29 @@ export interface IdempotencyClaim {
   ttlSeconds: number;
 }
 
+/**
+ * An entry appended to a journal in the same atomic step as the ops, only when they are applied: what
+ * was consumed, so that it can be committed to Postgres later — by the process that answered, or, if
+ * that process dies, by another one reading the journal (src/modules/metering/journal.ts).
+ */
+export interface JournalAppend {
+  journal: string;
+  /** Positive, and greater than every earlier entry's: entries are read back in this order. */
+  seq: number;
+  data: string;
+}
+
+export interface JournalEntry {
+  seq: number;
+  data: string;
+}
+
 export interface ApplyOptions {
   /** Evaluate without applying anything (a check with consume = false). */
   dryRun?: boolean;
   idempotency?: IdempotencyClaim;
+  /** Appended to this journal when the call is applied; the journal must exist (see openJournal). */
+  journal?: JournalAppend;
 }
 
 /** An unconditional addition to a counter that exists (usage that already happened). */
@@ -95,6 +119,9 @@ export interface Increment {
   amount: number;
   ttlSeconds: number;
 }
+
+/** Where a sealed journal's entries go. */
+export const sealedJournal = (journal: string) => `${journal}:sealed`;
 
 export interface CounterStore {
   readonly kind: "memory" | "redis";
@@ -129,6 +156,30 @@ export interface CounterStore {
   /** Sets a counter only if absent (rebuild from Postgres); returns the value now held. */
   seed(key: string, value: number, ttlSeconds: number): Promise<number>;
   delete(keys: string[]): Promise<void>;
+  /**
+   * Creates a journal, empty, unless it exists, noting `nowRealMs` as when it was opened. Appends to
+   * a journal that does not exist fail.
+   */
+  openJournal(journal: string, nowRealMs: number): Promise<void>;
+  /**
+   * When each journal was opened (real epoch ms), or null if it is not open. A journal opened after
+   * the store lost its data holds nothing from before (see journal.ts, awaitThrough).
+   */
+  journalOpenedAt(journals: string[]): Promise<(number | null)[]>;
+  /**
+   * Seals a journal: from now on appends to it fail ("unjournaled"), and its entries move to the
+   * journal named `sealedJournal(journal)` (added to whatever that holds already).
+   */
+  sealJournal(journal: string): Promise<void>;
+  /** Entries with seq > afterSeq, oldest first, at most `count`. */
+  readJournal(journal: string, afterSeq: number, count: number): Promise<JournalEntry[]>;
+  /** Removes the entries with seq ≤ throughSeq (committed to Postgres); the journal stays open. */
+  trimJournal(journal: string, throughSeq: number): Promise<void>;
+  /** Removes these entries, wherever they are in the journal. */
+  deleteJournalEntries(journal: string, seqs: number[]): Promise<void>;
+  /** The first and last seq held by each journal; null for an empty or absent one. */
+  journalBounds(journals: string[]): Promise<({ first: number; last: number } | null)[]>;
+  dropJournal(journal: string): Promise<void>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }

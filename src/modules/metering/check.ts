@@ -1,5 +1,5 @@
-import { and, eq, gt, inArray } from "drizzle-orm";
-import { allocations, checkIdempotency, usagePeriods } from "../../db/schema.js";
+import { and, eq, gt, inArray, sql } from "drizzle-orm";
+import { allocations, checkIdempotency } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import type { CounterOutcome, Op, RateOutcome } from "../../infra/counters/types.js";
 import { sha256Hex } from "../../lib/crypto.js";
@@ -7,9 +7,17 @@ import { AppError, type FieldError } from "../../lib/errors.js";
 import type { FeatureType } from "../catalog/schema.js";
 import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { catalogIndex, type Grant, grantOf } from "./features.js";
+import { createUsageJournal, type UsageJournal } from "./journal.js";
 import { allocationKey, meterCounterKey, rateKey } from "./keys.js";
-import type { ThresholdSpec } from "./ledger.js";
-import { decimalPlaces, numericToMicros, toDecimalText, toMicros, unitsToNumber } from "./quantities.js";
+import { type ThresholdSpec, textArray } from "./ledger.js";
+import {
+  decimalPlaces,
+  microsToText,
+  numericToMicros,
+  toDecimalText,
+  toMicros,
+  unitsToNumber,
+} from "./quantities.js";
 import { upgradeFor } from "./upgrades.js";
 import { type ConsumedUsage, createUsageWriter, type UsageWrite, type UsageWriter } from "./writer.js";
 
@@ -21,8 +29,11 @@ import { type ConsumedUsage, createUsageWriter, type UsageWrite, type UsageWrite
  *    grant of that plan version.
  * 2. Limit, metered and rate features become ops for the counter store, applied in one atomic step
  *    (one Lua script on Redis). A counter the store lacks is seeded from Postgres and the call retried.
- * 3. Allowed consumption is committed to Postgres by the group-commit writer before the answer goes
- *    out: a crash never loses acknowledged usage, and Postgres can rebuild every counter.
+ * 3. Allowed consumption is made durable before the answer goes out, so a crash never loses
+ *    acknowledged usage and Postgres can rebuild every counter: with Redis, metered usage is
+ *    journaled in the same atomic step and committed to Postgres behind (journal.ts); otherwise —
+ *    and for allocations and idempotent calls, whose answers are stored — it is committed to
+ *    Postgres by the group-commit writer before the answer.
  * 4. If the counter store cannot be reached, each feature follows its `on_unavailable` policy.
  */
 
@@ -153,6 +164,11 @@ export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnsw
     if (earlier) return replay(earlier.fingerprint, fingerprint, earlier.response);
   }
 
+  const journal = consume && staticallyAllowed && !idempotent ? usageJournal(deps) : undefined;
+  const journaled =
+    journal && deps.env.checkAck === "journal" ? journalUsage(org, planned, nowMs) : undefined;
+  const journaling = journal && journaled && journal.ready() ? { journal, usage: journaled } : undefined;
+
   let outcome: Awaited<ReturnType<typeof applyOps>>;
   try {
     outcome = await applyOps(
@@ -169,6 +185,7 @@ export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnsw
             ttlSeconds: CLAIM_TTL_SECONDS,
           }
         : undefined,
+      journaling,
     );
   } catch (error) {
     if (error instanceof AppError || error instanceof RangeError) throw error;
@@ -193,7 +210,8 @@ export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnsw
     degraded: false,
   };
 
-  if (!consume) return answer;
+  // Journaled with the counters: durable already, committed to Postgres behind.
+  if (!consume || journaling) return answer;
   const write: UsageWrite = { usage: [], allocations: [] };
   if (applied) collectWrites(org, planned, outcome.outcomes, opIndex, nowMs, write);
   if (idempotent) {
@@ -387,13 +405,33 @@ async function applyOps(
   nowMs: number,
   dryRun: boolean,
   idempotency: { key: string; claim: string; ttlSeconds: number } | undefined,
+  journaling: { journal: UsageJournal; usage: ConsumedUsage[] } | undefined,
 ): Promise<Applied> {
   if (ops.length === 0 && !idempotency) return { status: "done", allowed: true, outcomes: [] };
   for (let attempt = 0; ; attempt++) {
     // Stale counters go before anything is decided on them (throws while the store is still away).
     const state = states.get(deps);
     if (state && (state.clearing || state.stale.size > 0)) await clearStale(deps, state);
-    const result = await deps.counters.apply(ops, nowMs, { dryRun, ...(idempotency ? { idempotency } : {}) });
+    // Issued right before the call reaches the store, so seqs reach the journal in order.
+    const ticket = journaling?.journal.issue(journaling.usage);
+    let result: Awaited<ReturnType<typeof deps.counters.apply>>;
+    try {
+      result = await deps.counters.apply(ops, nowMs, {
+        dryRun,
+        ...(idempotency ? { idempotency } : {}),
+        ...(ticket ? { journal: ticket.append } : {}),
+      });
+    } catch (error) {
+      // Answered as not applied (by policy): an entry the store may have appended must not count.
+      if (ticket) journaling?.journal.discard(ticket);
+      throw error;
+    }
+    if (ticket) journaling?.journal.settle(ticket, result.status === "done" && result.allowed && !dryRun);
+    if (result.status === "unjournaled") {
+      if (attempt >= MAX_SEED_ATTEMPTS) throw new Error("the usage journal could not be reopened");
+      await journaling?.journal.recover();
+      continue;
+    }
     if (result.status !== "missing") return result;
     if (attempt >= MAX_SEED_ATTEMPTS) throw new Error("counters vanished while being seeded");
     await seedCounters(
@@ -418,18 +456,7 @@ async function seedCounters(deps: Deps, org: OrgPlan, items: Planned[]): Promise
     .map((p) => (p.grant as Extract<Grant, { type: "metered" }>).meter.key);
   const features = items.filter((p) => p.grant.type === "limit").map((p) => p.grant.feature.key);
   const [periodRows, allocationRows] = await Promise.all([
-    meters.length > 0
-      ? db
-          .select({ meter: usagePeriods.meter, quantity: usagePeriods.quantity })
-          .from(usagePeriods)
-          .where(
-            and(
-              eq(usagePeriods.orgId, org.orgId),
-              inArray(usagePeriods.meter, meters),
-              eq(usagePeriods.periodStart, new Date(org.period.startMs)),
-            ),
-          )
-      : [],
+    meters.length > 0 ? meteredTotals(deps, org, meters, lostAt) : [],
     features.length > 0
       ? db
           .select({ feature: allocations.feature, value: allocations.value })
@@ -453,6 +480,88 @@ async function seedCounters(deps: Deps, org: OrgPlan, items: Planned[]): Promise
     // Clamped to the counter store's exact range (a sum meter's total past ~9 billion units).
     await deps.counters.seed(op.key, Math.min(Math.max(0, value), Number.MAX_SAFE_INTEGER), op.ttlSeconds);
   }
+}
+
+/**
+ * An org's period totals of some meters (all with `meters` undefined): what Postgres holds plus what
+ * journals hold that is not committed yet — read-your-writes for every process, even right after
+ * the one that answered was killed. The journals are read first, then Postgres — totals and each
+ * journal's committed seq in one snapshot — so an entry is counted exactly once: in Postgres if it
+ * was committed by then, else from its journal (trimmed entries were committed before).
+ */
+export async function periodTotals(
+  deps: Deps,
+  orgId: string,
+  periodStartMs: number,
+  meters: string[] | undefined,
+  options: { strict: boolean },
+): Promise<Map<string, bigint>> {
+  const journal = usageJournal(deps);
+  // Without the store, reads show what Postgres holds (strict callers — seeding — fail instead).
+  const journaled = journal
+    ? await journal.uncommitted().catch((error: Error) => {
+        if (options.strict) throw error;
+        return new Map<string, { seq: number; usage: ConsumedUsage[] }[]>();
+      })
+    : new Map<string, { seq: number; usage: ConsumedUsage[] }[]>();
+  const periodStart = new Date(periodStartMs).toISOString();
+  const [snapshot] = await deps.database.query<{
+    periods: { meter: string; quantity: string }[];
+    journals: Record<string, number>;
+  }>(sql`
+    select
+      (select coalesce(json_agg(json_build_object('meter', meter, 'quantity', quantity::text)), '[]'::json)
+        from usage_periods
+        where org_id = ${orgId} and period_start = ${periodStart}::timestamptz
+          ${meters ? sql`and meter = any(${textArray(meters)}::text[])` : sql``}
+      ) as periods,
+      (select coalesce(json_object_agg(journal_id, committed_seq), '{}'::json) from usage_journals) as journals`);
+  const micros = new Map<string, bigint>();
+  for (const row of snapshot?.periods ?? []) micros.set(row.meter, numericToMicros(row.quantity));
+  for (const [journalId, found] of journaled) {
+    const committed = snapshot?.journals[journalId];
+    if (committed === undefined) continue; // swept and removed: all of it is committed
+    for (const { seq, usage } of found) {
+      if (seq <= Number(committed)) continue;
+      for (const u of usage) {
+        if (u.orgId !== orgId || u.periodStartMs !== periodStartMs) continue;
+        if (meters && !meters.includes(u.meter)) continue;
+        micros.set(u.meter, (micros.get(u.meter) ?? 0n) + toMicros(u.quantity));
+      }
+    }
+  }
+  return micros;
+}
+
+/**
+ * Period totals for seeding counters. While counters are missing nothing is journaled for them, so
+ * no entry is added meanwhile. After Redis lost its data, the journals' streams went with it, and
+ * what the live processes hold in memory is awaited first (awaitThrough).
+ */
+async function meteredTotals(
+  deps: Deps,
+  org: OrgPlan,
+  meters: string[],
+  lostAt: number,
+): Promise<{ meter: string; quantity: string }[]> {
+  await usageJournal(deps)?.awaitThrough(lostAt);
+  const totals = await periodTotals(deps, org.orgId, org.period.startMs, meters, { strict: true });
+  return [...totals].map(([meter, micros]) => ({ meter, quantity: microsToText(micros) }));
+}
+
+/**
+ * What a consuming call journals: its metered usage. Undefined when it has none (nothing to write)
+ * or when it changes an allocation: a release is clamped at zero by the store, so its amount is
+ * known only after the call, and allocations are few — those calls commit before answering.
+ */
+function journalUsage(org: OrgPlan, planned: Planned[], nowMs: number): ConsumedUsage[] | undefined {
+  const usage: ConsumedUsage[] = [];
+  for (const item of planned) {
+    if (item.grant.type === "limit" && item.op) return undefined;
+    if (item.grant.type === "metered" && item.units > 0)
+      usage.push(consumedUsage(org, item.grant, item.units, nowMs));
+  }
+  return usage.length > 0 ? usage : undefined;
 }
 
 /** One result per item, as the caller sees it. */
@@ -730,10 +839,12 @@ async function clearStale(deps: Deps, state: EngineState): Promise<void> {
   if (state.stale.size === 0) return;
   const keys = [...state.stale];
   state.stale.clear();
+  // Journal entries of calls whose answer was lost go first: rebuilt counters read the journals.
+  const journal = usageJournal(deps);
   // Dropped counters are rebuilt after the grace (see seedCounters): calls decided on them a moment
   // ago, here or in another process, may still be committing.
-  state.clearing = deps.counters
-    .delete(keys)
+  state.clearing = Promise.resolve(journal?.purge())
+    .then(() => deps.counters.delete(keys))
     .then(() => deps.counters.resetCounterEpoch(Date.now()))
     .catch((error: Error) => {
       for (const key of keys) state.stale.add(key);
@@ -840,7 +951,20 @@ function toJson(answer: CheckAnswer) {
   return { allowed: answer.allowed, results: answer.results, ...(answer.rate ? { rate: answer.rate } : {}) };
 }
 
-// The writer is created lazily per deps (closed by closeMetering).
+// The writer and the journal are created lazily per deps (closed by closeMetering).
+
+const journals = new WeakMap<Deps, UsageJournal>();
+
+/** The usage journal, with Redis (without it, counters live in one process: nothing to journal). */
+export function usageJournal(deps: Deps): UsageJournal | undefined {
+  if (deps.counters.kind !== "redis") return undefined;
+  let journal = journals.get(deps);
+  if (!journal) {
+    journal = createUsageJournal({ database: deps.database, counters: deps.counters, logger: deps.logger });
+    journals.set(deps, journal);
+  }
+  return journal;
+}
 
 const writers = new WeakMap<Deps, UsageWriter>();
 
@@ -855,5 +979,5 @@ export function usageWriter(deps: Deps): UsageWriter {
 
 /** For closeDeps: commits whatever usage is still queued. */
 export async function closeMetering(deps: Deps): Promise<void> {
-  await writers.get(deps)?.close();
+  await Promise.all([writers.get(deps)?.close(), journals.get(deps)?.close()]);
 }

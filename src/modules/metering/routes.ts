@@ -5,7 +5,7 @@ import { AppError } from "../../lib/errors.js";
 import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { createApiRouter, operatorOnly } from "../auth/caller.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
-import { runCheck } from "./check.js";
+import { runCheck, usageJournal } from "./check.js";
 import { CheckRequest, checkInputOf, checkResponseOf, OrgId } from "./check-http.js";
 import { eventsOf, ingestEvents, MAX_BATCH } from "./events.js";
 import { Amount, CheckResult as Result } from "./schemas.js";
@@ -271,9 +271,11 @@ export function meteringRoutes() {
       },
     }),
     async (c) => {
-      const rows = await c
-        .get("deps")
-        .database.db.select()
+      const deps = c.get("deps");
+      // Crossings are recorded as journaled usage is committed: wait for what was acknowledged.
+      await usageJournal(deps)?.awaitCommitted();
+      const rows = await deps.database.db
+        .select()
         .from(thresholdEvents)
         .where(eq(thresholdEvents.orgId, accessOf(c).orgId))
         .orderBy(desc(thresholdEvents.createdAt), desc(thresholdEvents.id))

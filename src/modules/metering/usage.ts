@@ -1,18 +1,21 @@
 import { Decimal } from "decimal.js";
-import { and, eq, sql } from "drizzle-orm";
-import { allocations, usagePeriods } from "../../db/schema.js";
+import { eq, sql } from "drizzle-orm";
+import { allocations } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import type { Interval, Meter } from "../catalog/schema.js";
 import { periodAt } from "../plans/periods.js";
 import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
+import { periodTotals, usageJournal } from "./check.js";
 import { catalogIndex, grantOf } from "./features.js";
 import { rateKey } from "./keys.js";
+import { microsToText } from "./quantities.js";
 
 /**
  * Reading usage: an org's entitlements with what is used, a meter's aggregate for a billing period,
  * and usage series. Everything reads the hourly rollups (or the period totals), never raw events, so
- * a read costs the same with ten events or ten million.
+ * a read costs the same with ten events or ten million. Each read first waits until the usage that
+ * checks acknowledged before it is committed (journal.ts): reads see their own writes.
  */
 
 /**
@@ -26,6 +29,7 @@ export async function aggregatePeriod(
   meter: Meter,
   period: { startMs: number; endMs: number },
 ): Promise<string> {
+  await usageJournal(deps)?.awaitCommitted();
   const start = new Date(period.startMs).toISOString();
   const end = new Date(period.endMs).toISOString();
   const db = deps.database;
@@ -106,18 +110,15 @@ export async function entitlementsOf(deps: Deps, orgId: string) {
   const nowMs = deps.clock.nowMs();
   const org = await orgPlan(deps, orgId, nowMs);
   if (!org) throw new AppError("not_found", `No organization ${orgId}.`);
-  const start = new Date(org.period.startMs);
-  const [periodRows, allocationRows] = await Promise.all([
-    deps.database.db
-      .select({ meter: usagePeriods.meter, quantity: usagePeriods.quantity })
-      .from(usagePeriods)
-      .where(and(eq(usagePeriods.orgId, orgId), eq(usagePeriods.periodStart, start))),
+  const [totals, allocationRows] = await Promise.all([
+    // Journaled usage not yet committed included: every process reads what any acknowledged.
+    periodTotals(deps, orgId, org.period.startMs, undefined, { strict: false }),
     deps.database.db
       .select({ feature: allocations.feature, value: allocations.value })
       .from(allocations)
       .where(eq(allocations.orgId, orgId)),
   ]);
-  const used = new Map(periodRows.map((r) => [r.meter, Number(r.quantity)]));
+  const used = new Map([...totals].map(([meter, micros]) => [meter, Number(microsToText(micros))]));
   // Clamped: a release recorded while the counter store was away may overshoot (see check.ts).
   const allocated = new Map(allocationRows.map((r) => [r.feature, Math.max(0, r.value)]));
   const rateRemaining = await ratesRemaining(deps, org, nowMs);
@@ -182,7 +183,7 @@ export async function entitlementsOf(deps: Deps, orgId: string) {
     status: org.status,
     current_period_start: new Date(billing.startMs).toISOString(),
     current_period_end: new Date(billing.endMs).toISOString(),
-    usage_period_start: start.toISOString(),
+    usage_period_start: new Date(org.period.startMs).toISOString(),
     usage_period_end: resetsAt,
     features,
   };
@@ -322,6 +323,7 @@ export async function usageSeries(
   query: SeriesQuery,
 ): Promise<{ start: string; value: string }[]> {
   const { meter, fromMs, toMs, granularity } = query;
+  await usageJournal(deps)?.awaitCommitted();
   const first = truncate(fromMs, granularity);
   const from = new Date(first).toISOString();
   const to = new Date(toMs).toISOString();

@@ -137,6 +137,39 @@ export function createUsageWriter(options: { database: DatabaseHandle; logger: L
  * is compared), allocations and idempotent answers.
  */
 async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<void> {
+  await commitStatement(database, writes, undefined);
+}
+
+/** Commits a journal's entries `firstSeq`..`lastSeq` once (see journal.ts), by the journal's holder. */
+export interface JournalGuard {
+  journalId: string;
+  /** The holder's epoch: a journal taken over since then refuses the commit. */
+  epoch: number;
+  firstSeq: number;
+  lastSeq: number;
+  /** Everything the journal acknowledged before this real epoch ms is committed with this batch. */
+  throughMs: number;
+}
+
+/**
+ * Commits journaled usage if, and only if, the journal is still held at `epoch` and none of these
+ * entries is committed yet — atomically with advancing the journal's committed seq, so a batch whose
+ * commit's reply was lost, or that another process swept meanwhile, is never counted twice.
+ * Returns whether it committed.
+ */
+export async function commitJournalBatch(
+  database: DatabaseHandle,
+  usage: ConsumedUsage[],
+  guard: JournalGuard,
+): Promise<boolean> {
+  return commitStatement(database, [{ usage, allocations: [] }], guard);
+}
+
+async function commitStatement(
+  database: DatabaseHandle,
+  writes: UsageWrite[],
+  guard: JournalGuard | undefined,
+): Promise<boolean> {
   const usage = writes.flatMap((w) => w.usage);
   const periods = mergePeriods(usage);
   const marks: ThresholdMark[] = periods.flatMap((p) =>
@@ -147,16 +180,29 @@ async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<v
   const allocations = mergeAllocations(writes.flatMap((w) => w.allocations));
   const answers = firstAnswers(writes);
   const iso = (ms: number) => new Date(ms).toISOString();
-  await database.query(
+  // With a guard, every row of the statement comes from usage_in or period_in, and both are empty
+  // unless the guard's update went through.
+  const guardCte = guard
+    ? sql`guard as (
+      update usage_journals
+        set committed_seq = ${guard.lastSeq},
+          committed_through_ms = greatest(committed_through_ms, ${guard.throughMs}::bigint),
+          heartbeat_at = now()
+        where journal_id = ${guard.journalId} and epoch = ${guard.epoch} and committed_seq < ${guard.firstSeq}
+        returning 1
+    ), `
+    : sql``;
+  const guarded = guard ? sql` where exists (select 1 from guard)` : sql``;
+  const [row] = await database.query<{ done: number }>(
     sql`
-    with usage_in as (
+    with ${guardCte}usage_in as (
       select * from unnest(
         ${textArray(usage.map((u) => u.orgId))}::text[],
         ${textArray(usage.map((u) => u.meter))}::text[],
         ${textArray(usage.map((u) => iso(u.periodStartMs)))}::timestamptz[],
         ${textArray(usage.map((u) => iso(u.atMs)))}::timestamptz[],
         ${textArray(usage.map((u) => u.count))}::numeric[],
-        ${textArray(usage.map((u) => u.sum))}::numeric[]) as t(org_id, meter, period_start, at, count, sum)
+        ${textArray(usage.map((u) => u.sum))}::numeric[]) as t(org_id, meter, period_start, at, count, sum)${guarded}
     ), rollups as (
       insert into usage_rollups (org_id, meter, period_start, bucket, count, sum, min, max, latest_at, latest_value, sum_value_time)
       select org_id, meter, period_start, date_trunc('hour', at, 'UTC') as bucket, sum(count), sum(sum),
@@ -170,7 +216,7 @@ async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<v
         ${textArray(periods.map((p) => p.key.orgId))}::text[],
         ${textArray(periods.map((p) => p.key.meter))}::text[],
         ${textArray(periods.map((p) => iso(p.key.periodStartMs)))}::timestamptz[],
-        ${textArray(periods.map((p) => p.delta))}::numeric[]) as t(org_id, meter, period_start, delta)
+        ${textArray(periods.map((p) => p.delta))}::numeric[]) as t(org_id, meter, period_start, delta)${guarded}
     ), ${periodTotalsAndThresholds(marks, iso)}, allocated as (
       insert into allocations (org_id, feature, value)
       select * from unnest(
@@ -193,10 +239,11 @@ async function commit(database: DatabaseHandle, writes: UsageWrite[]): Promise<v
         set fingerprint = excluded.fingerprint, response = excluded.response, created_at = excluded.created_at
         where check_idempotency.created_at <= excluded.created_at - interval '24 hours' 
     )
-    select 1 as done`,
+    select ${guard ? sql`(select count(*) from guard)::int` : sql`1`} as done`,
     // Prepared once per connection: planning this statement costs about as much as running it.
-    { name: "tollgate_commit_usage" },
+    { name: guard ? "tollgate_commit_journal" : "tollgate_commit_usage" },
   );
+  return Number(row?.done) === 1;
 }
 
 interface PeriodKey {
