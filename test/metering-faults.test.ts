@@ -447,37 +447,41 @@ describe.runIf(postgresUrl && redisUrl)("kill -9 of a real server process (postg
     }
   }, 90_000);
 
-  it("loses no acknowledged consumption when killed during concurrent consumes", async () => {
-    const first = await startTollgate(serverEnv);
-    const org = await createOrg(first, "unlimited");
-    let allowed = 0;
-    let attempted = 0;
-    let killed = false;
-    const consume = async () => {
-      while (!killed) {
-        attempted++;
-        try {
-          const res = await first.call("POST", "/v1/check", {
-            auth: ADMIN_KEY,
-            body: { org_id: org, feature: "closed_calls" },
-          });
-          if (res.status === 200 && res.body.allowed === true) allowed++;
-        } catch {
-          return;
+  it.each(["commit", "journal"])(
+    "loses no acknowledged consumption when killed during concurrent consumes (ack: %s)",
+    async (ack) => {
+      const first = await startTollgate({ ...serverEnv, TOLLGATE_CHECK_ACK: ack });
+      const org = await createOrg(first, "unlimited");
+      let allowed = 0;
+      let attempted = 0;
+      let killed = false;
+      const consume = async () => {
+        while (!killed) {
+          attempted++;
+          try {
+            const res = await first.call("POST", "/v1/check", {
+              auth: ADMIN_KEY,
+              body: { org_id: org, feature: "closed_calls" },
+            });
+            if (res.status === 200 && res.body.allowed === true) allowed++;
+          } catch {
+            return;
+          }
         }
-      }
-    };
-    const workers = Array.from({ length: 8 }, () => consume());
-    await new Promise((r) => setTimeout(r, 2000));
-    await first.kill9();
-    killed = true;
-    await Promise.all(workers);
-    expect(allowed).toBeGreaterThan(0);
+      };
+      const workers = Array.from({ length: 8 }, () => consume());
+      await new Promise((r) => setTimeout(r, 2000));
+      await first.kill9();
+      killed = true;
+      await Promise.all(workers);
+      expect(allowed).toBeGreaterThan(0);
 
-    const second = await startTollgate(serverEnv);
-    const recorded = await used(second, org, "closed_calls");
-    expect(recorded).toBeGreaterThanOrEqual(allowed);
-    expect(recorded).toBeLessThanOrEqual(attempted);
-    await second.kill9();
-  }, 90_000);
+      const second = await startTollgate({ ...serverEnv, TOLLGATE_CHECK_ACK: ack });
+      const recorded = await used(second, org, "closed_calls");
+      expect(recorded).toBeGreaterThanOrEqual(allowed);
+      expect(recorded).toBeLessThanOrEqual(attempted);
+      await second.kill9();
+    },
+    90_000,
+  );
 });

@@ -59,7 +59,7 @@ const envSchema = z.object({
   TOLLGATE_TEST_CLOCK: optional(flag).default(false),
   TOLLGATE_CHECK_ACK: optional(
     z.enum(["journal", "commit"], { message: "must be journal or commit" }),
-  ).default("journal"),
+  ).default("commit"),
   TOLLGATE_PLATFORM_ADMINS: optional(z.string()),
   TOLLGATE_LOG_LEVEL: optional(
     z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
