@@ -37,7 +37,7 @@ import { operatorHeaders, tollgateWithOrgs } from "./lib/tollgate.js";
  * Run: npm run bench:check   (DATABASE_URL, REDIS_URL, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_ORGS,
  *      BENCH_ROUNDS, BENCH_RATE_SLICES, BENCH_QUIET_WAIT, BENCH_PROFILE=<dir> to profile the server
  *      with --cpu-prof, then `npx tsx bench/profile-summary.ts <dir>`; BENCH_DRY_RUN=1 for checks that
- *      only ask — nothing to commit)
+ *      only ask — nothing to commit; TOLLGATE_CHECK_ACK=journal|commit for the server's ack mode)
  */
 const duration = numberEnv("BENCH_SECONDS", 10);
 const connections = numberEnv("BENCH_CONNECTIONS", 50);

@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Command } from "commander";
 import { VERSION } from "./app.js";
+import { isClusterWorker, joinCluster, runPrimary } from "./cluster.js";
 import { openDatabase } from "./db/client.js";
 import { runMigrations } from "./db/migrate.js";
 import { type Env, EnvError, parseEnv } from "./lib/env.js";
@@ -39,9 +40,17 @@ program
   .action(async () => {
     const env = loadEnv();
     const logger = createLogger(env.logLevel);
+    if (env.workers > 1 && !isClusterWorker()) {
+      // The primary: forks the workers, which run this same command (cluster.ts).
+      process.exit(await runPrimary(env.workers, logger, (text) => process.stdout.write(`${text}\n`)));
+    }
     const running = await startServer(env, logger).catch(fail);
-    process.stdout.write(`${banner(running)}\n`);
-    logger.info({ url: running.url }, "listening");
+    if (isClusterWorker()) {
+      joinCluster(running.deps.metrics, banner(running), Boolean(running.deps.secrets.generatedAdminKey));
+    } else {
+      process.stdout.write(`${banner(running)}\n`);
+      logger.info({ url: running.url }, "listening");
+    }
     const shutdown = (signal: string) => {
       logger.info({ signal }, "shutting down: finishing in-flight requests");
       running.stop().then(

@@ -65,13 +65,27 @@ function takesFastPath(deps: Deps, req: IncomingMessage): boolean {
   if (length === undefined || headers["transfer-encoding"] !== undefined) return false;
   const bytes = Number(length);
   if (!Number.isInteger(bytes) || bytes <= 0 || bytes > DEFAULT_BODY_LIMIT) return false;
-  // Node keeps the first of repeated headers, the Hono adapter joins them: a request that repeats
-  // one of these is left to Hono, which answers it as the route does.
-  const distinct = req.headersDistinct;
-  if (distinct["content-type"]?.length !== 1 || distinct.authorization?.length !== 1) return false;
-  const contentType = headers["content-type"] ?? "";
-  if (!ROUTE_JSON_TYPE.test(contentType)) return false;
-  return isOperatorKey(bearerToken(headers.authorization), deps.secrets.adminKeyHash);
+  const contentType = headers["content-type"];
+  const authorization = headers.authorization;
+  if (contentType === undefined || authorization === undefined) return false;
+  if (!ROUTE_JSON_TYPE.test(contentType) || repeatsTypeOrCredentials(req.rawHeaders)) return false;
+  return isOperatorKey(bearerToken(authorization), deps.secrets.adminKeyHash);
+}
+
+/**
+ * Whether Content-Type or Authorization comes more than once. Node keeps the first of repeated
+ * headers, the Hono adapter joins them: such a request is left to Hono, which answers it as the route
+ * does. Scanned from the raw headers: `req.headersDistinct` would build an object of every header.
+ */
+function repeatsTypeOrCredentials(raw: string[]): boolean {
+  let types = 0;
+  let credentials = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (name.length === 12 && name.toLowerCase() === "content-type") types++;
+    else if (name.length === 13 && name.toLowerCase() === "authorization") credentials++;
+  }
+  return types > 1 || credentials > 1;
 }
 
 const utf8 = new TextDecoder();
@@ -87,19 +101,39 @@ function serveCheck(deps: Deps, req: IncomingMessage, res: ServerResponse): void
   req.on("end", () => {
     // As the Hono adapter decodes (TextDecoder drops a byte-order mark; Buffer#toString keeps it).
     const text = utf8.decode(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
-    const logger = () => deps.logger.child({ request_id: requestId });
-    answer(deps, text, requestId)
-      .catch((error: Error) => errorParts(error, requestId, logger))
-      .then((parts) => send(deps, res, parts, requestId, started))
-      .catch((error: Error) => {
-        // Sending itself failed (a header Node refuses, say): nothing sensible is left to answer.
-        logger().error({ err: error }, "could not send the response");
-        if (!res.headersSent) res.destroy();
-      });
+    void reply(deps, res, text, requestId, started);
   });
 }
 
-async function answer(deps: Deps, text: string, requestId: string): Promise<PlainResponse> {
+/** Answers and sends, in one async function: a promise per request rather than a chain of them. */
+async function reply(
+  deps: Deps,
+  res: ServerResponse,
+  text: string,
+  requestId: string,
+  started: number,
+): Promise<void> {
+  const logger = () => deps.logger.child({ request_id: requestId });
+  try {
+    let parts: Reply;
+    try {
+      parts = await answer(deps, text, requestId);
+    } catch (error) {
+      parts = errorParts(error as Error, requestId, logger);
+    }
+    send(deps, res, parts, requestId, started);
+  } catch (error) {
+    // Sending itself failed (a header Node refuses, say): nothing sensible is left to answer.
+    logger().error({ err: error }, "could not send the response");
+    if (!res.headersSent) res.destroy();
+  }
+}
+
+/** A response to send: a problem (its headers complete), or a check's answer (`json`: Content-Type first). */
+type Reply = PlainResponse & { json?: true };
+
+/** The response to a body; throws (or rejects) what the route's error handler would answer. */
+function answer(deps: Deps, text: string, requestId: string): Reply | Promise<Reply> {
   let body: unknown;
   try {
     body = JSON.parse(text);
@@ -113,28 +147,19 @@ async function answer(deps: Deps, text: string, requestId: string): Promise<Plai
     valid = parsed.data;
   }
   const { input, single } = checkInputOf(valid);
-  const { json, headers } = checkResponseOf(await runCheck(deps, input), single);
-  return {
-    status: 200,
-    headers: { "content-type": "application/json", ...headers },
-    body: JSON.stringify(json),
-  };
+  return runCheck(deps, input).then((result) => {
+    const { json, headers } = checkResponseOf(result, single);
+    return { status: 200, headers, body: JSON.stringify(json), json: true as const };
+  });
 }
 
-function send(
-  deps: Deps,
-  res: ServerResponse,
-  parts: PlainResponse,
-  requestId: string,
-  started: number,
-): void {
-  const headers: Record<string, string | number> = {
-    ...parts.headers,
-    "content-length": Buffer.byteLength(parts.body),
-    "x-request-id": requestId,
-  };
+function send(deps: Deps, res: ServerResponse, parts: Reply, requestId: string, started: number): void {
+  // A flat [name, value, …] list: no object spreads per response, and Node takes it as it is.
+  const headers: (string | number)[] = parts.json ? ["content-type", "application/json"] : [];
+  for (const name in parts.headers) headers.push(name, parts.headers[name] as string);
+  headers.push("content-length", Buffer.byteLength(parts.body), "x-request-id", requestId);
   // While draining, every response closes its connection (as the Hono middleware does).
-  if (deps.draining) headers.connection = "close";
+  if (deps.draining) headers.push("connection", "close");
   res.writeHead(parts.status, headers);
   res.end(parts.body);
   const seconds = (performance.now() - started) / 1000;

@@ -74,6 +74,7 @@ export function banner(running: RunningServer): string {
     `  Counters & jobs   ${deps.redis ? "Redis (REDIS_URL)" : "in-process (set REDIS_URL for Redis)"}`,
     `  Catalog           ${path.relative(process.cwd(), deps.catalogPath) || deps.catalogPath} (${deps.catalog.plans.length} plans)`,
   ];
+  if (env.workers > 1) lines.push(`  Workers           ${env.workers} processes (TOLLGATE_WORKERS)`);
   if (env.testClock) lines.push(`  Test clock        ON — now is ${deps.clock.now().toISOString()}`);
   if (secrets.generatedAdminKey) {
     lines.push(

@@ -79,6 +79,8 @@ export function benchClassifier(servers: Record<string, number | undefined>, dat
     if (pid === process.pid) return "autocannon";
     const named = byPid.get(pid);
     if (named) return named;
+    // TOLLGATE_WORKERS: the workers run the primary's command line.
+    if (servers.tollgate !== undefined && cmdline.includes("bin/tollgate.js start")) return "tollgate";
     if (cmdline.startsWith("postgres:")) {
       if (cmdline.includes(database)) return "postgres";
       return /^postgres: \S+: [a-z ]+$/.test(cmdline.trim())

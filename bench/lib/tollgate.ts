@@ -55,6 +55,10 @@ export async function startTollgate(options: StartOptions): Promise<Tollgate> {
       TOLLGATE_LOG_LEVEL: "warn",
       TOLLGATE_ADMIN_KEY: OPERATOR_KEY,
       TOLLGATE_CATALOG: path.resolve(repository, options.catalog ?? "catalogs/kolekt.yaml"),
+      // How consuming checks are acknowledged (docs/operations.md): to bench either mode.
+      ...(process.env.TOLLGATE_CHECK_ACK ? { TOLLGATE_CHECK_ACK: process.env.TOLLGATE_CHECK_ACK } : {}),
+      // Server processes (docs/operations.md): the benchmarks report with how many they ran.
+      ...(process.env.TOLLGATE_WORKERS ? { TOLLGATE_WORKERS: process.env.TOLLGATE_WORKERS } : {}),
     },
     await freePort(),
   );

@@ -1,11 +1,4 @@
-import {
-  createCipheriv,
-  createDecipheriv,
-  createHash,
-  hkdfSync,
-  randomBytes,
-  timingSafeEqual,
-} from "node:crypto";
+import { createCipheriv, createDecipheriv, hash, hkdfSync, randomBytes, timingSafeEqual } from "node:crypto";
 
 /** A random token for URLs and headers: `bytes` of randomness, base64url. */
 export function randomToken(bytes = 32): string {
@@ -14,13 +7,13 @@ export function randomToken(bytes = 32): string {
 
 /** SHA-256, hex: for storing high-entropy tokens (refresh, reset, invitation, API keys). */
 export function sha256Hex(value: string): string {
-  return createHash("sha256").update(value).digest("hex");
+  return hash("sha256", value, "hex");
 }
 
 /** Constant-time string equality (lengths may differ). */
 export function safeEqual(a: string, b: string): boolean {
-  const x = createHash("sha256").update(a).digest();
-  const y = createHash("sha256").update(b).digest();
+  const x = hash("sha256", a, "buffer");
+  const y = hash("sha256", b, "buffer");
   return timingSafeEqual(x, y);
 }
 

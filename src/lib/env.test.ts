@@ -180,4 +180,17 @@ describe("parseEnv: single sign-on providers", () => {
       "TOLLGATE_OIDC_MY_CORP_ISSUER",
     ]);
   });
+
+  it("runs one worker unless told, more only with Postgres and Redis", () => {
+    expect(parseEnv({}).workers).toBe(1);
+    const shared = { DATABASE_URL: "postgres://h/db", REDIS_URL: "redis://h:6379" };
+    expect(parseEnv({ ...shared, TOLLGATE_WORKERS: "4" }).workers).toBe(4);
+    expect(parseEnv({ ...shared, TOLLGATE_WORKERS: "auto" }).workers).toBeGreaterThanOrEqual(1);
+    expect(parseEnv({ TOLLGATE_WORKERS: "1" }).workers).toBe(1);
+    const embedded = problemsOf({ TOLLGATE_WORKERS: "2" });
+    expect(embedded.map((p) => p.variable).sort()).toEqual(["DATABASE_URL", "REDIS_URL"]);
+    expect(embedded[0]?.message).toMatch(/TOLLGATE_WORKERS is above 1/);
+    expect(problemsOf({ ...shared, TOLLGATE_WORKERS: "0" })[0]?.message).toMatch(/at least 1/);
+    expect(problemsOf({ ...shared, TOLLGATE_WORKERS: "lots" })[0]?.message).toMatch(/number or "auto"/);
+  });
 });

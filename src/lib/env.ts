@@ -1,3 +1,4 @@
+import os from "node:os";
 import path from "node:path";
 import { z } from "zod";
 
@@ -60,6 +61,14 @@ const envSchema = z.object({
   TOLLGATE_CHECK_ACK: optional(
     z.enum(["journal", "commit"], { message: "must be journal or commit" }),
   ).default("commit"),
+  TOLLGATE_WORKERS: optional(
+    z
+      .string()
+      .regex(/^(auto|\d+)$/, 'must be a whole number or "auto"')
+      .refine((value) => value === "auto" || (Number(value) >= 1 && Number(value) <= 64), {
+        message: "must be at least 1 and at most 64",
+      }),
+  ).default("1"),
   TOLLGATE_PLATFORM_ADMINS: optional(z.string()),
   TOLLGATE_LOG_LEVEL: optional(
     z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
@@ -90,6 +99,16 @@ function crossChecks(source: Record<string, string | undefined>): Problem[] {
       message:
         "is required in production with DATABASE_URL: a generated secret would be stored beside the data it protects",
     });
+  }
+  if (set("TOLLGATE_WORKERS") && source.TOLLGATE_WORKERS !== "1") {
+    // Workers share nothing in memory: the database and the counters must be shared services.
+    for (const variable of ["DATABASE_URL", "REDIS_URL"]) {
+      if (!set(variable))
+        problems.push({
+          variable,
+          message: "is required when TOLLGATE_WORKERS is above 1: the workers share Postgres and Redis",
+        });
+    }
   }
   if (["1", "true"].includes(source.TOLLGATE_TEST_CLOCK ?? "") && source.NODE_ENV === "production") {
     problems.push({
@@ -221,6 +240,11 @@ export interface Env {
    * Without Redis it is always "commit".
    */
   checkAck: "journal" | "commit";
+  /**
+   * Server processes `tollgate start` runs (node:cluster, sharing the port): one per core to use a
+   * machine's cores. Above 1 only with Postgres and Redis. "auto" is the machine's parallelism.
+   */
+  workers: number;
   /** E-mail addresses (lower-cased) of the platform's admin users. */
   platformAdmins: string[];
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -278,6 +302,7 @@ export function parseEnv(source: Record<string, string | undefined> = process.en
       .filter(Boolean),
     testClock: e.TOLLGATE_TEST_CLOCK,
     checkAck: e.TOLLGATE_CHECK_ACK,
+    workers: e.TOLLGATE_WORKERS === "auto" ? os.availableParallelism() : Number(e.TOLLGATE_WORKERS),
     platformAdmins: (e.TOLLGATE_PLATFORM_ADMINS ?? "")
       .split(",")
       .map((s) => s.trim().toLowerCase())

@@ -10,6 +10,11 @@ import { Counter, collectDefaultMetrics, type Metric, Registry } from "prom-clie
  */
 export interface Metrics {
   registry: Registry;
+  /**
+   * What `GET /metrics` serves: this registry, or — in a worker of `TOLLGATE_WORKERS` — every
+   * worker's, summed by the primary (cluster.ts).
+   */
+  scrape(): Promise<{ body: string; contentType: string }>;
   /** Records one served request: counts it and its latency by method, matched route and status. */
   recordRequest(method: string, route: string, status: number, seconds: number): void;
   /** Decisions taken without Redis (fail-open or fail-closed), by component and outcome. */
@@ -50,8 +55,12 @@ export function createMetrics(options: { processMetrics?: boolean } = {}): Metri
   const registry = new Registry();
   if (options.processMetrics !== false) collectDefaultMetrics({ register: registry, prefix: "tollgate_" });
 
-  const series = new Map<string, Series>();
-  const all = () => [...series.values()];
+  // Every series in creation order (for rendering), and the same series found by route, then method,
+  // then status: callers pass the same route and method strings every time (their hashes are cached),
+  // where a key string built per request would be hashed anew on every lookup.
+  const ordered: Series[] = [];
+  const byRoute = new Map<string, Map<string, Map<number, Series>>>();
+  const all = () => ordered;
 
   registry.registerMetric(
     externalMetric(
@@ -93,9 +102,21 @@ export function createMetrics(options: { processMetrics?: boolean } = {}): Metri
 
   return {
     registry,
+    async scrape() {
+      return { body: await registry.metrics(), contentType: registry.contentType };
+    },
     recordRequest(method, route, status, seconds) {
-      const key = `${method} ${status} ${route}`;
-      let s = series.get(key);
+      let methods = byRoute.get(route);
+      if (!methods) {
+        methods = new Map();
+        byRoute.set(route, methods);
+      }
+      let statuses = methods.get(method);
+      if (!statuses) {
+        statuses = new Map();
+        methods.set(method, statuses);
+      }
+      let s = statuses.get(status);
       if (!s) {
         s = {
           labels: { method, route, status: String(status) },
@@ -103,7 +124,8 @@ export function createMetrics(options: { processMetrics?: boolean } = {}): Metri
           sum: 0,
           buckets: new Array(HTTP_BUCKETS.length + 1).fill(0),
         };
-        series.set(key, s);
+        statuses.set(status, s);
+        ordered.push(s);
       }
       s.count += 1;
       s.sum += seconds;

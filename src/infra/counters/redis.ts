@@ -18,17 +18,19 @@ const EXPIRY_SLACK_MS = 1000;
  * Redis in one invocation (see `createRedisCounterStore`), each still evaluated on its own. It
  * mirrors memory.ts and gcra.ts step for step; keep them in lockstep.
  *
- * ARGV[1] = the number of calls; then, per call, a header of seven values — nowMs, "1" for a dry
- * run, the idempotency claim ("" for none), its TTL in seconds, the journal entry's stream id ("" for
- * none) and data, the number of ops n — and four per op:
+ * ARGV[1] is a JSON array with one array of strings per call: a header of seven values — nowMs, "1"
+ * for a dry run, the idempotency claim ("" for none), its TTL in seconds, the journal entry's stream
+ * id ("" for none) and data, the number of ops n — and four per op:
  *   counter: "c", amount, limit ("" = unlimited), ttlSeconds
  *   rate:    "r", limit, periodMs, cost
- * KEYS holds each call's keys in turn: op i's key, then the idempotency key when there is a claim,
- * then the journal's stream when there is an entry.
- * The reply has one entry per call: {0, missing op indexes...}, {2, held value} for a claimed
- * idempotency key, {3, message} when the call raised an error (what it wrote before the error stays:
- * Redis does not roll scripts back), {4} when it would have been applied but its journal's stream
- * does not exist (nothing written), or {1, all allowed, then per op: allowed, stored, next, retry}.
+ * (One JSON argument rather than a dozen per call: the client's cost is per argument, and this is
+ * the hot path; cjson is part of Redis's Lua.) KEYS holds each call's keys in turn: op i's key, then
+ * the idempotency key when there is a claim, then the journal's stream when there is an entry.
+ * The reply is a JSON array with one entry per call: [0, missing op indexes...], [2, held value] for
+ * a claimed idempotency key, [3, message] when the call raised an error (what it wrote before the
+ * error stays: Redis does not roll scripts back), [4] when it would have been applied but its
+ * journal's stream does not exist (nothing written), or [1, all allowed, then per op: allowed,
+ * stored, next, retry] — the per-op values as decimal strings.
  *
  * Lua numbers are doubles, like JS numbers: every value here is an integer below 2^53, so +, −, ×
  * and floor/ceil of a quotient agree bit for bit. Numbers are never handed to Redis as Lua numbers
@@ -36,14 +38,37 @@ const EXPIRY_SLACK_MS = 1000;
  * formatted with "%.0f" first.
  */
 const APPLY_SCRIPT = `
+-- Rate state is "tatMs:frac:limit": the TAT is tatMs + frac / limit ms, exactly.
+local function read_state(key)
+  local raw = redis.call("GET", key)
+  if not raw then return false end
+  local t, f, l = string.match(raw, "^(%-?%d+):(%d+):(%d+)$")
+  if not t then return false end
+  return { tonumber(t), tonumber(f), tonumber(l) }
+end
+
+local function backlog(state, limit, now)
+  if not state then return 0 end
+  local frac = state[2]
+  if state[3] ~= limit then frac = math.ceil(frac * limit / state[3]) end
+  local b = (state[1] - now) * limit + frac
+  if b > 0 then return b end
+  return 0
+end
+
+local function to_state(b, limit, now)
+  if b <= 0 then return false end
+  local whole = math.floor(b / limit)
+  return { now + whole, b - whole * limit, limit }
+end
+
+-- A is one call as sent: A[1..7] the header, then four values per op (op i's k-th at A[7 + 4(i-1) + k]).
 local function apply_one(K, A)
   local now = tonumber(A[1])
   local dry = A[2] == "1"
   local claim = A[3]
   local entry = A[5]
-  local n = (#A - 6) / 4
-
-  local function arg(i, k) return A[6 + (i - 1) * 4 + k] end
+  local n = tonumber(A[7])
 
   if claim ~= "" then
     local previous = redis.call("GET", K[n + 1])
@@ -54,44 +79,21 @@ local function apply_one(K, A)
     end
   end
 
-  -- Rate state is "tatMs:frac:limit": the TAT is tatMs + frac / limit ms, exactly.
-  local function read_state(key)
-    local raw = redis.call("GET", key)
-    if not raw then return false end
-    local t, f, l = string.match(raw, "^(%-?%d+):(%d+):(%d+)$")
-    if not t then return false end
-    return { tonumber(t), tonumber(f), tonumber(l) }
-  end
-
-  local function backlog(state, limit)
-    if not state then return 0 end
-    local frac = state[2]
-    if state[3] ~= limit then frac = math.ceil(frac * limit / state[3]) end
-    local b = (state[1] - now) * limit + frac
-    if b > 0 then return b end
-    return 0
-  end
-
-  local function to_state(b, limit)
-    if b <= 0 then return false end
-    local whole = math.floor(b / limit)
-    return { now + whole, b - whole * limit, limit }
-  end
-
   -- Load everything first; a missing counter stops the call before anything is evaluated.
   local stored = {}
   local missing = { 0 }
   for i = 1, n do
     local key = K[i]
+    local kind = A[4 + 4 * i]
     if stored[key] == nil then
-      if arg(i, 1) == "c" then
+      if kind == "c" then
         local raw = redis.call("GET", key)
         if raw then stored[key] = tonumber(raw) end
       else
         stored[key] = read_state(key)
       end
     end
-    if arg(i, 1) == "c" and stored[key] == nil then missing[#missing + 1] = i - 1 end
+    if kind == "c" and stored[key] == nil then missing[#missing + 1] = i - 1 end
   end
   if #missing > 1 then return missing end
 
@@ -100,11 +102,12 @@ local function apply_one(K, A)
   local reply = { 1, 1 }
   for i = 1, n do
     local key = K[i]
+    local at = 4 + 4 * i
     local current = working[key]
     if current == nil then current = stored[key] end
     local ok, before, nextv, retry
-    if arg(i, 1) == "c" then
-      local amount, limit = tonumber(arg(i, 2)), arg(i, 3)
+    if A[at] == "c" then
+      local amount, limit = tonumber(A[at + 1]), A[at + 2]
       before = stored[key]
       nextv = current + amount
       if nextv < 0 then nextv = 0 end
@@ -112,14 +115,14 @@ local function apply_one(K, A)
       retry = 0
       if ok then working[key] = nextv end
     else
-      local limit, period, cost = tonumber(arg(i, 2)), tonumber(arg(i, 3)), tonumber(arg(i, 4))
+      local limit, period, cost = tonumber(A[at + 1]), tonumber(A[at + 2]), tonumber(A[at + 3])
       local capacity = period * limit
-      local b = backlog(current, limit)
+      local b = backlog(current, limit, now)
       local wanted = b + period * cost
-      before = backlog(stored[key], limit)
+      before = backlog(stored[key], limit, now)
       if wanted <= capacity then
         ok, nextv, retry = true, wanted, 0
-        working[key] = to_state(wanted, limit)
+        working[key] = to_state(wanted, limit, now)
       else
         ok, nextv, retry = false, b, math.ceil((wanted - capacity) / limit)
       end
@@ -145,8 +148,9 @@ local function apply_one(K, A)
   if reply[2] == 1 and not dry then
     for i = 1, n do
       local key = K[i]
-      if arg(i, 1) == "c" then
-        redis.call("SET", key, string.format("%.0f", working[key]), "EX", arg(i, 4))
+      local at = 4 + 4 * i
+      if A[at] == "c" then
+        redis.call("SET", key, string.format("%.0f", working[key]), "EX", A[at + 3])
       else
         local s = working[key]
         if s then
@@ -164,12 +168,12 @@ local function apply_one(K, A)
   return reply
 end
 
+local calls = cjson.decode(ARGV[1])
 local replies = {}
-local k, a = 1, 2
-for c = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[a + 6])
-  local A = { ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5] }
-  for j = 1, 4 * n do A[6 + j] = ARGV[a + 6 + j] end
+local k = 1
+for c = 1, #calls do
+  local A = calls[c]
+  local n = tonumber(A[7])
   local nkeys = n
   if A[3] ~= "" then nkeys = nkeys + 1 end
   if A[5] ~= "" then nkeys = nkeys + 1 end
@@ -185,9 +189,8 @@ for c = 1, tonumber(ARGV[1]) do
     replies[c] = { 3, tostring(reply) }
   end
   k = k + nkeys
-  a = a + 7 + 4 * n
 end
-return replies
+return cjson.encode(replies)
 `;
 
 /** Adds to counters that exist, each on its own; absent ones stay absent. */
@@ -454,10 +457,18 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
 const MAX_BATCH = 256;
 
 /**
- * Gathers the `apply` calls made in one turn of the event loop into one invocation of the script:
- * under load, one command (and one Lua call) for dozens of checks instead of one each — less work for
- * ioredis, the socket and Redis. Every call is still evaluated atomically on its own, in the order
- * made; a failed invocation fails each of its calls.
+ * Invocations in flight at once. While one runs, the calls made meanwhile gather for the next (a
+ * group commit): under load, one command (and one Lua call) for dozens of checks instead of a few —
+ * less work for ioredis, the socket and Redis, which runs scripts one at a time anyway — at the cost
+ * of waiting at most one invocation's round trip. (Each command settles: the connection has a
+ * command timeout.)
+ */
+const MAX_IN_FLIGHT = 2;
+
+/**
+ * Gathers `apply` calls into invocations of the script: those made in one turn of the event loop,
+ * and while MAX_IN_FLIGHT invocations run, everything made meanwhile. Every call is still evaluated
+ * atomically on its own, in the order made; a failed invocation fails each of its calls.
  */
 function applyBatcher(run: (keys: string[], args: string[]) => Promise<unknown>) {
   let queue: {
@@ -466,38 +477,55 @@ function applyBatcher(run: (keys: string[], args: string[]) => Promise<unknown>)
     resolve: (reply: unknown) => void;
     reject: (e: Error) => void;
   }[] = [];
+  let inFlight = 0;
+  let scheduled = false;
+  const schedule = () => {
+    if (scheduled || queue.length === 0 || inFlight >= MAX_IN_FLIGHT) return;
+    scheduled = true;
+    setImmediate(flush);
+  };
   const flush = () => {
-    while (queue.length > 0) {
-      const batch = queue.slice(0, MAX_BATCH);
-      queue = queue.slice(MAX_BATCH);
+    scheduled = false;
+    while (queue.length > 0 && inFlight < MAX_IN_FLIGHT) {
+      const batch = queue.length <= MAX_BATCH ? queue : queue.slice(0, MAX_BATCH);
+      queue = queue.length <= MAX_BATCH ? [] : queue.slice(MAX_BATCH);
       const keys: string[] = [];
-      const args: string[] = [String(batch.length)];
-      for (const call of batch) {
-        for (const key of call.keys) keys.push(key);
-        for (const arg of call.args) args.push(arg);
-      }
-      run(keys, args).then(
-        (replies) => {
-          if (!Array.isArray(replies) || replies.length !== batch.length) {
-            const error = new Error("the counter store answered a batch with the wrong number of replies");
+      for (const call of batch) for (const key of call.keys) keys.push(key);
+      const calls = JSON.stringify(batch.map((call) => call.args));
+      inFlight++;
+      run(keys, [calls])
+        .then(
+          (reply) => {
+            let replies: unknown;
+            try {
+              replies = JSON.parse(String(reply));
+            } catch {
+              replies = undefined;
+            }
+            if (!Array.isArray(replies) || replies.length !== batch.length) {
+              const error = new Error("the counter store answered a batch with the wrong number of replies");
+              for (const call of batch) call.reject(error);
+              return;
+            }
+            batch.forEach((call, i) => {
+              call.resolve(replies[i]);
+            });
+          },
+          (error: Error) => {
             for (const call of batch) call.reject(error);
-            return;
-          }
-          batch.forEach((call, i) => {
-            call.resolve(replies[i]);
-          });
-        },
-        (error: Error) => {
-          for (const call of batch) call.reject(error);
-        },
-      );
+          },
+        )
+        .finally(() => {
+          inFlight--;
+          schedule();
+        });
     }
   };
   return {
     run(keys: string[], args: string[]): Promise<unknown> {
       return new Promise((resolve, reject) => {
-        if (queue.length === 0) setImmediate(flush);
         queue.push({ keys, args, resolve, reject });
+        schedule();
       });
     },
   };

@@ -90,8 +90,8 @@ export function healthRoutes() {
       },
     }),
     async (c) => {
-      const { registry } = c.get("deps").metrics;
-      return c.text(await registry.metrics(), 200, { "content-type": registry.contentType });
+      const { body, contentType } = await c.get("deps").metrics.scrape();
+      return c.text(body, 200, { "content-type": contentType });
     },
   );
   return router;

@@ -88,6 +88,13 @@ const SWEEP_AFTER_SECONDS = 5;
 const SWEEP_EVERY_MS = 5000;
 /** Entries per commit at most. */
 const MAX_BATCH = 5000;
+/**
+ * How long an entry waits for company before it is committed: a commit then carries everything the
+ * process acknowledged meanwhile, summed per org, meter and hour into a few rows (writer.ts). No
+ * check waits for it. Anything that reads usage and must see it all commits at once instead
+ * (`awaitCommitted`, `awaitThrough`, `close`), as does a backlog of MAX_BATCH.
+ */
+const COMMIT_EVERY_MS = 100;
 const MAX_RETRY_MS = 2000;
 
 export function createUsageJournal(options: {
@@ -107,7 +114,13 @@ export function createUsageJournal(options: {
   const pending = new Map<number, number>();
   let entries: Entry[] = [];
   let committing = false;
-  let scheduled = false;
+  /** A commit is due on the next turn of the event loop, or at `timer`. */
+  let immediate = false;
+  let timer: NodeJS.Timeout | undefined;
+  /** Callers waiting for this process's commits without being in `waiters` (awaitThrough). */
+  let hurrying = 0;
+  /** After a failed commit: no attempt before then. */
+  let backoffUntil = 0;
   let failures = 0;
   let waiters: { seq: number; resolve: () => void }[] = [];
   let discarded: { journal: string; seq: number }[] = [];
@@ -150,13 +163,26 @@ export function createUsageJournal(options: {
     return through;
   }
 
+  /** Arranges the next commit: at once when someone waits for it, else COMMIT_EVERY_MS after the oldest entry. */
   function schedule(): void {
-    if (scheduled || committing || entries.length === 0) return;
-    scheduled = true;
-    setImmediate(() => {
-      scheduled = false;
-      void commitNext();
-    });
+    if (committing || immediate || entries.length === 0) return;
+    const now = Date.now();
+    const urgent = waiters.length > 0 || hurrying > 0 || closed || entries.length >= MAX_BATCH;
+    const dueMs = Math.max(backoffUntil, urgent ? now : (entries[0] as Entry).atMs + COMMIT_EVERY_MS);
+    if (dueMs <= now) {
+      if (timer) clearTimeout(timer);
+      timer = undefined;
+      immediate = true;
+      setImmediate(() => {
+        immediate = false;
+        void commitNext();
+      });
+    } else if (!timer) {
+      timer = setTimeout(() => {
+        timer = undefined;
+        void commitNext();
+      }, dueMs - now);
+    }
   }
 
   async function commitNext(): Promise<void> {
@@ -198,8 +224,8 @@ export function createUsageJournal(options: {
     } finally {
       committing = false;
       wake();
-      if (retryMs > 0) setTimeout(schedule, retryMs).unref();
-      else schedule();
+      backoffUntil = Date.now() + retryMs;
+      schedule();
     }
   }
 
@@ -351,6 +377,35 @@ export function createUsageJournal(options: {
     }
   }
 
+  /** awaitThrough's loop: polls until no live journal lags behind `realMs`; throws at `deadline`. */
+  async function awaitThroughUntil(realMs: number, deadline: number): Promise<void> {
+    for (;;) {
+      const lagging = await database.db
+        .select({ id: usageJournals.journalId })
+        .from(usageJournals)
+        .where(
+          and(
+            lt(usageJournals.committedThroughMs, realMs),
+            sql`${usageJournals.heartbeatAt} > now() - make_interval(secs => ${SWEEP_AFTER_SECONDS})`,
+          ),
+        );
+      // A journal open in the store since before then holds everything it had: read from it
+      // (uncommitted), nothing to wait for. One opened since has lost what only its process holds.
+      const openedAt = await counters.journalOpenedAt(lagging.map((j) => j.id));
+      const behind = lagging.filter((_, i) => {
+        const opened = openedAt[i];
+        return opened === null || opened === undefined || opened > realMs;
+      });
+      if (behind.length === 0) return;
+      if (Date.now() > deadline)
+        throw new Error(
+          `usage journals ${behind.map((b) => b.id).join(", ")} are not committed up to the loss`,
+        );
+      if (behind.some((b) => b.id === id) && drained(nextSeq - 1)) await beat().catch(() => {});
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+
   const journal: UsageJournal = {
     ready() {
       if (!registered) register();
@@ -420,31 +475,12 @@ export function createUsageJournal(options: {
     },
 
     async awaitThrough(realMs, timeoutMs = 5000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const lagging = await database.db
-          .select({ id: usageJournals.journalId })
-          .from(usageJournals)
-          .where(
-            and(
-              lt(usageJournals.committedThroughMs, realMs),
-              sql`${usageJournals.heartbeatAt} > now() - make_interval(secs => ${SWEEP_AFTER_SECONDS})`,
-            ),
-          );
-        // A journal open in the store since before then holds everything it had: read from it
-        // (uncommitted), nothing to wait for. One opened since has lost what only its process holds.
-        const openedAt = await counters.journalOpenedAt(lagging.map((j) => j.id));
-        const behind = lagging.filter((_, i) => {
-          const opened = openedAt[i];
-          return opened === null || opened === undefined || opened > realMs;
-        });
-        if (behind.length === 0) return;
-        if (Date.now() > deadline)
-          throw new Error(
-            `usage journals ${behind.map((b) => b.id).join(", ")} are not committed up to the loss`,
-          );
-        if (behind.some((b) => b.id === id) && drained(nextSeq - 1)) await beat().catch(() => {});
-        await new Promise((resolve) => setTimeout(resolve, 20));
+      hurrying++;
+      schedule();
+      try {
+        await awaitThroughUntil(realMs, Date.now() + timeoutMs);
+      } finally {
+        hurrying--;
       }
     },
 

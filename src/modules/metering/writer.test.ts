@@ -2,6 +2,7 @@ import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/storage.js";
 import { createLogger } from "../../lib/logger.js";
+import { textArray } from "./ledger.js";
 import { createUsageWriter, type UsageWrite, type UsageWriter } from "./writer.js";
 
 /** The group-commit writer on its own, against each database the suite has. */
@@ -65,5 +66,53 @@ describe.each(modes)("the usage writer (%s)", (mode) => {
       sql`select response from check_idempotency where org_id = 'org_dup' and key = 'key-1'`,
     );
     expect(answers).toEqual([{ response: { first: true } }]);
+  });
+
+  it("sums rollups per hour exactly as Postgres would, weighted sums included", async () => {
+    // Fractional amounts at uneven milliseconds across two hours; the reference is Postgres's own
+    // arithmetic on the raw rows.
+    const raw = Array.from({ length: 40 }, (_, i) => ({
+      atMs: period + 3_600_000 * (1 + (i % 2)) + i * 7_919 + (i % 3),
+      amount: `${i % 7}.${String(123_457 * (i + 1)).slice(-6)}`,
+    }));
+    await Promise.all(
+      raw.map(({ atMs, amount }) =>
+        writer.write({
+          usage: [
+            {
+              orgId: "org_roll",
+              meter: "gb",
+              periodStartMs: period,
+              atMs,
+              quantity: amount,
+              count: "1",
+              sum: amount,
+              thresholds: [],
+            },
+          ],
+          allocations: [],
+        }),
+      ),
+    );
+    const rows = await db.handle.query<{ bucket: string; count: string; sum: string; svt: string }>(
+      sql`select bucket::text as bucket, count::text as count, sum::text as sum, sum_value_time::text as svt
+        from usage_rollups where org_id = 'org_roll' order by bucket`,
+    );
+    const expected = await db.handle.query<{ bucket: string; count: string; sum: string; svt: string }>(
+      sql`select date_trunc('hour', at, 'UTC')::text as bucket, count(*)::text as count, sum(amount)::text as sum,
+          sum(amount * extract(epoch from at))::text as svt
+        from unnest(${textArray(raw.map((r) => new Date(r.atMs).toISOString()))}::timestamptz[],
+          ${textArray(raw.map((r) => r.amount))}::numeric[]) as t(at, amount)
+        group by 1 order by 1`,
+    );
+    expect(rows).toHaveLength(2);
+    const numbers = (list: typeof rows) =>
+      list.map((r) => ({
+        bucket: r.bucket,
+        count: Number(r.count),
+        sum: r.sum.replace(/\.?0+$/, ""),
+        svt: r.svt.replace(/\.?0+$/, ""),
+      }));
+    expect(numbers(rows)).toEqual(numbers(expected));
   });
 });

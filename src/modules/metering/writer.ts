@@ -172,6 +172,7 @@ async function commitStatement(
 ): Promise<boolean> {
   const usage = writes.flatMap((w) => w.usage);
   const periods = mergePeriods(usage);
+  const rollups = mergeRollups(usage);
   const marks: ThresholdMark[] = periods.flatMap((p) =>
     [...p.specs.values()].flatMap((spec) =>
       spec.thresholds.map((threshold) => ({ ...p.key, feature: spec.feature, limit: spec.limit, threshold })),
@@ -179,7 +180,7 @@ async function commitStatement(
   );
   const allocations = mergeAllocations(writes.flatMap((w) => w.allocations));
   const answers = firstAnswers(writes);
-  const iso = (ms: number) => new Date(ms).toISOString();
+  const iso = isoCache();
   // With a guard, every row of the statement comes from usage_in or period_in, and both are empty
   // unless the guard's update went through.
   const guardCte = guard
@@ -197,19 +198,19 @@ async function commitStatement(
     sql`
     with ${guardCte}usage_in as (
       select * from unnest(
-        ${textArray(usage.map((u) => u.orgId))}::text[],
-        ${textArray(usage.map((u) => u.meter))}::text[],
-        ${textArray(usage.map((u) => iso(u.periodStartMs)))}::timestamptz[],
-        ${textArray(usage.map((u) => iso(u.atMs)))}::timestamptz[],
-        ${textArray(usage.map((u) => u.count))}::numeric[],
-        ${textArray(usage.map((u) => u.sum))}::numeric[]) as t(org_id, meter, period_start, at, count, sum)${guarded}
+        ${textArray(rollups.map((r) => r.orgId))}::text[],
+        ${textArray(rollups.map((r) => r.meter))}::text[],
+        ${textArray(rollups.map((r) => iso(r.periodStartMs)))}::timestamptz[],
+        ${textArray(rollups.map((r) => iso(r.bucketMs)))}::timestamptz[],
+        ${textArray(rollups.map((r) => r.count))}::numeric[],
+        ${textArray(rollups.map((r) => r.sum))}::numeric[],
+        ${textArray(rollups.map((r) => r.sumValueTime))}::numeric[]
+      ) as t(org_id, meter, period_start, bucket, count, sum, sum_value_time)${guarded}
     ), rollups as (
       insert into usage_rollups (org_id, meter, period_start, bucket, count, sum, min, max, latest_at, latest_value, sum_value_time)
-      select org_id, meter, period_start, date_trunc('hour', at, 'UTC') as bucket, sum(count), sum(sum),
-        null::numeric, null::numeric, null::timestamptz, null::numeric, sum(sum * extract(epoch from at))
+      select org_id, meter, period_start, bucket, count, sum,
+        null::numeric, null::numeric, null::timestamptz, null::numeric, sum_value_time
       from usage_in
-      group by 1, 2, 3, 4
-      order by 1, 2, 3, 4
       ${ROLLUP_MERGE}
     ), period_in as (
       select * from unnest(
@@ -232,7 +233,7 @@ async function commitStatement(
         ${textArray(answers.map((a) => a.key))}::text[],
         ${textArray(answers.map((a) => a.fingerprint))}::text[],
         ${textArray(answers.map((a) => JSON.stringify(a.response)))}::text[],
-        ${textArray(answers.map((a) => new Date(a.atMs).toISOString()))}::timestamptz[]
+        ${textArray(answers.map((a) => iso(a.atMs)))}::timestamptz[]
       ) as t(org_id, key, fingerprint, response, created_at)
       -- A key older than 24 hours is free again: its new answer replaces the old one.
       on conflict (org_id, key) do update
@@ -244,6 +245,95 @@ async function commitStatement(
     { name: guard ? "tollgate_commit_journal" : "tollgate_commit_usage" },
   );
   return Number(row?.done) === 1;
+}
+
+/** ISO timestamps, each computed once per statement (a batch has few distinct hours and periods). */
+function isoCache(): (ms: number) => string {
+  const cache = new Map<number, string>();
+  return (ms) => {
+    let text = cache.get(ms);
+    if (text === undefined) {
+      text = new Date(ms).toISOString();
+      cache.set(ms, text);
+    }
+    return text;
+  };
+}
+
+const HOUR_MS = 3_600_000;
+
+interface RollupRow {
+  orgId: string;
+  meter: string;
+  periodStartMs: number;
+  bucketMs: number;
+  count: string;
+  sum: string;
+  /** Σ sum × epoch seconds of each consumption (the weighted_sum aggregation), exact. */
+  sumValueTime: string;
+}
+
+/**
+ * One row per (org, meter, period, hour), sorted (concurrent statements lock rows alike), summed
+ * here rather than in Postgres: a batch of thousands of checks becomes about one row per org.
+ * Exact: counts and sums in micro-units, sum × time in 10⁻⁹ (micro-units × milliseconds) — the
+ * same value Postgres computes as `sum * extract(epoch from at)`, whose epoch has millisecond
+ * precision here.
+ */
+export function mergeRollups(usage: ConsumedUsage[]): RollupRow[] {
+  const merged = new Map<
+    string,
+    {
+      orgId: string;
+      meter: string;
+      periodStartMs: number;
+      bucketMs: number;
+      count: bigint;
+      sum: bigint;
+      svt: bigint;
+    }
+  >();
+  for (const u of usage) {
+    const bucketMs = Math.floor(u.atMs / HOUR_MS) * HOUR_MS;
+    const id = `${u.orgId}\u0000${u.meter}\u0000${u.periodStartMs}\u0000${bucketMs}`;
+    let row = merged.get(id);
+    if (!row) {
+      row = {
+        orgId: u.orgId,
+        meter: u.meter,
+        periodStartMs: u.periodStartMs,
+        bucketMs,
+        count: 0n,
+        sum: 0n,
+        svt: 0n,
+      };
+      merged.set(id, row);
+    }
+    const sum = toMicros(u.sum);
+    row.count += toMicros(u.count);
+    row.sum += sum;
+    row.svt += sum * BigInt(u.atMs);
+  }
+  return [...merged.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([, r]) => ({
+      orgId: r.orgId,
+      meter: r.meter,
+      periodStartMs: r.periodStartMs,
+      bucketMs: r.bucketMs,
+      count: microsToText(r.count),
+      sum: microsToText(r.sum),
+      sumValueTime: scaledToText(r.svt, 9),
+    }));
+}
+
+/** A whole number of 10⁻ᵈ units as a decimal string. */
+function scaledToText(value: bigint, decimals: number): string {
+  const negative = value < 0n;
+  const digits = (negative ? -value : value).toString().padStart(decimals + 1, "0");
+  const int = digits.slice(0, -decimals);
+  const frac = digits.slice(-decimals).replace(/0+$/, "");
+  return `${negative ? "-" : ""}${int}${frac ? `.${frac}` : ""}`;
 }
 
 interface PeriodKey {

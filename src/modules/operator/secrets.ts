@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { hash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { eq } from "drizzle-orm";
@@ -8,7 +8,7 @@ import type { Env } from "../../lib/env.js";
 import type { Logger } from "../../lib/logger.js";
 
 export interface InstanceSecrets {
-  /** SHA-256 of the operator's key; the key itself is never held after boot. */
+  /** SHA-256 of the operator's key (the key itself is kept only once presented: see isOperatorKey). */
   adminKeyHash: Buffer;
   /** Key material for signing and encryption at rest. */
   secret: string;
@@ -18,7 +18,8 @@ export interface InstanceSecrets {
   adminKeyFile: string | undefined;
 }
 
-export const sha256 = (value: string): Buffer => createHash("sha256").update(value).digest();
+/** SHA-256 of a string's UTF-8 bytes; one-shot `crypto.hash` (each operator request hashes its key). */
+export const sha256 = (value: string): Buffer => hash("sha256", value, "buffer");
 
 const SECRET_SETTING = "tollgate_secret";
 const ADMIN_KEY_SETTING = "admin_key_sha256";
