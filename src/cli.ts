@@ -2,7 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Command } from "commander";
 import { VERSION } from "./app.js";
-import { isClusterWorker, joinCluster, runPrimary } from "./cluster.js";
+import { joinCluster, runPrimary } from "./cluster.js";
 import { openDatabase } from "./db/client.js";
 import { runMigrations } from "./db/migrate.js";
 import { type Env, EnvError, parseEnv } from "./lib/env.js";
@@ -40,20 +40,15 @@ program
   .action(async () => {
     const env = loadEnv();
     const logger = createLogger(env.logLevel);
-    if (env.workers > 1 && !isClusterWorker()) {
+    if (env.workers > 1 && !env.clusterWorker) {
       // The primary: forks the workers, which run this same command (cluster.ts).
       process.exit(await runPrimary(env.workers, logger, (text) => process.stdout.write(`${text}\n`)));
     }
-    const running = await startServer(env, logger).catch(fail);
-    if (isClusterWorker()) {
-      joinCluster(running.deps.metrics, banner(running), Boolean(running.deps.secrets.generatedAdminKey));
-    } else {
-      process.stdout.write(`${banner(running)}\n`);
-      logger.info({ url: running.url }, "listening");
-    }
-    const shutdown = (signal: string) => {
+    let running: Awaited<ReturnType<typeof startServer>> | undefined;
+    let stopSignal: string | undefined;
+    const stop = (server: NonNullable<typeof running>, signal: string) => {
       logger.info({ signal }, "shutting down: finishing in-flight requests");
-      running.stop().then(
+      server.stop().then(
         () => process.exit(0),
         (error) => {
           logger.error({ err: error }, "shutdown failed");
@@ -61,8 +56,24 @@ program
         },
       );
     };
-    process.once("SIGTERM", () => shutdown("SIGTERM"));
-    process.once("SIGINT", () => shutdown("SIGINT"));
+    // Installed before booting, and acting once: a signal during boot stops the server as soon as it
+    // is up, and a worker that gets a terminal's Ctrl-C and then the primary's forwarded signal
+    // drains once.
+    const shutdown = (signal: string) => {
+      if (stopSignal) return;
+      stopSignal = signal;
+      if (running) stop(running, signal);
+    };
+    process.on("SIGTERM", () => shutdown("SIGTERM"));
+    process.on("SIGINT", () => shutdown("SIGINT"));
+    running = await startServer(env, logger).catch(fail);
+    if (stopSignal) return stop(running, stopSignal);
+    if (env.clusterWorker) {
+      joinCluster(running.deps.metrics, banner(running), Boolean(running.deps.secrets.generatedAdminKey));
+    } else {
+      process.stdout.write(`${banner(running)}\n`);
+      logger.info({ url: running.url }, "listening");
+    }
   });
 
 program

@@ -1,5 +1,5 @@
 import cluster, { type Worker } from "node:cluster";
-import { AggregatorRegistry } from "prom-client";
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from "prom-client";
 import { AppError } from "./lib/errors.js";
 import type { Logger } from "./lib/logger.js";
 import type { Metrics } from "./lib/metrics.js";
@@ -12,14 +12,19 @@ import type { Metrics } from "./lib/metrics.js";
  * already is: Postgres and Redis (env.ts requires both), the usage journal per process, migrations
  * and plan sync under advisory locks.
  *
- * The primary runs no Tollgate code: it forks the workers, prints one banner once all listen,
+ * The primary runs no Tollgate code: it forks the workers (marked with TOLLGATE_CLUSTER_WORKER, so a
+ * process manager's own cluster is not mistaken for ours), prints one banner once all listen,
  * replaces a worker that dies, forwards SIGTERM/SIGINT so each drains, and answers the workers'
- * `/metrics` with every worker's metrics summed (prom-client's AggregatorRegistry).
+ * `/metrics` with every ready worker's metrics summed.
  */
 
 const READY = "tollgate:ready";
-const METRICS_REQUEST = "tollgate:metrics-request";
-const METRICS_REPLY = "tollgate:metrics-reply";
+/** Worker → primary: metrics for a scrape, please. Primary → worker: the summed text. */
+const SCRAPE = "tollgate:scrape";
+const SCRAPED = "tollgate:scraped";
+/** Primary → worker: your registry's metrics. Worker → primary: here they are. */
+const COLLECT = "tollgate:collect";
+const COLLECTED = "tollgate:collected";
 
 /** A worker that dies this many times within RESTART_WINDOW_MS means a crash loop: the primary stops. */
 const MAX_RESTARTS = 5;
@@ -27,25 +32,56 @@ const RESTART_WINDOW_MS = 60_000;
 const RESTART_DELAY_MS = 1000;
 /** After SIGTERM, workers still running after this long are killed. */
 const STOP_GRACE_MS = 30_000;
+/** How long the primary waits for the workers' metrics. */
+const COLLECT_TIMEOUT_MS = 5000;
 
-interface ReadyMessage {
-  type: typeof READY;
-  banner: string;
-  generatedKey: boolean;
-}
-
-export function isClusterWorker(): boolean {
-  return cluster.isWorker;
-}
+type Message =
+  | { type: typeof READY; banner: string; generatedKey: boolean }
+  | { type: typeof SCRAPE; id: number }
+  | { type: typeof SCRAPED; id: number; body?: string; error?: string }
+  | { type: typeof COLLECT; id: number }
+  | { type: typeof COLLECTED; id: number; metrics?: MetricObjectWithValues<MetricValue<string>>[] };
 
 /** Runs the primary until its workers have stopped; resolves to the exit code. */
 export function runPrimary(workers: number, logger: Logger, print: (text: string) => void): Promise<number> {
-  const aggregator = new AggregatorRegistry();
-  const ready = new Map<number, ReadyMessage>();
+  const ready = new Map<number, Worker>();
+  const readyBanners: string[] = [];
+  /** The banner of the worker that generated the operator key: it is shown only once, so kept apart. */
+  let keyBanner: string | undefined;
   const restarts: number[] = [];
   let bannerShown = false;
   let stopping = false;
   let exitCode = 0;
+  let nextCollect = 0;
+  const collecting = new Map<
+    number,
+    { pending: Set<number>; metrics: MetricObjectWithValues<MetricValue<string>>[][]; done: () => void }
+  >();
+
+  const fork = () => cluster.fork({ TOLLGATE_CLUSTER_WORKER: "1" });
+
+  /** Every ready worker's metrics, summed (workers still starting have nothing to count yet). */
+  const collect = (): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const id = nextCollect++;
+      const targets = [...ready.values()].filter((w) => w.isConnected());
+      const request = {
+        pending: new Set(targets.map((w) => w.id)),
+        metrics: [] as MetricObjectWithValues<MetricValue<string>>[][],
+        done: () => {
+          clearTimeout(timer);
+          collecting.delete(id);
+          AggregatorRegistry.aggregate(request.metrics).metrics().then(resolve, reject);
+        },
+      };
+      const timer = setTimeout(() => {
+        collecting.delete(id);
+        reject(new Error(`${request.pending.size} worker(s) did not send their metrics in time`));
+      }, COLLECT_TIMEOUT_MS);
+      collecting.set(id, request);
+      for (const worker of targets) worker.send({ type: COLLECT, id } satisfies Message);
+      if (request.pending.size === 0) request.done();
+    });
 
   return new Promise<number>((resolve) => {
     const live = () => Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
@@ -54,36 +90,54 @@ export function runPrimary(workers: number, logger: Logger, print: (text: string
       stopping = true;
       exitCode = code;
       logger.info({ signal, workers: live().length }, "stopping the workers");
+      // A terminal's Ctrl-C reaches the workers too; each drains once, however many signals arrive.
       for (const worker of live()) worker.process.kill(signal);
       setTimeout(() => {
         for (const worker of live()) worker.process.kill("SIGKILL");
       }, STOP_GRACE_MS).unref();
+      if (live().length === 0) resolve(exitCode);
     };
 
-    cluster.on("message", (worker, message: { type?: string; id?: number } & Partial<ReadyMessage>) => {
-      if (message?.type === READY) {
-        ready.set(worker.id, message as ReadyMessage);
-        if (!bannerShown && ready.size >= workers) {
-          bannerShown = true;
-          const all = [...ready.values()];
-          // The worker that generated the operator key (first start) shows it; it is shown only once.
-          const shown = all.find((r) => r.generatedKey) ?? all[0];
-          if (shown) print(shown.banner);
-          logger.info({ workers }, "listening");
+    cluster.on("message", (worker, message: Message) => {
+      switch (message?.type) {
+        case READY: {
+          ready.set(worker.id, worker);
+          readyBanners.push(message.banner);
+          if (message.generatedKey) keyBanner = message.banner;
+          if (bannerShown) logger.warn({ worker: worker.process.pid }, "a replacement worker is ready");
+          else if (ready.size >= workers) {
+            bannerShown = true;
+            print(keyBanner ?? (readyBanners[0] as string));
+            logger.info({ workers }, "listening");
+          }
+          break;
         }
-      } else if (message?.type === METRICS_REQUEST) {
-        aggregator.clusterMetrics().then(
-          (body) => worker.isConnected() && worker.send({ type: METRICS_REPLY, id: message.id, body }),
-          (error: Error) =>
-            worker.isConnected() &&
-            worker.send({ type: METRICS_REPLY, id: message.id, error: error.message }),
-        );
+        case SCRAPE:
+          collect().then(
+            (body) => worker.isConnected() && worker.send({ type: SCRAPED, id: message.id, body }),
+            (error: Error) =>
+              worker.isConnected() && worker.send({ type: SCRAPED, id: message.id, error: error.message }),
+          );
+          break;
+        case COLLECTED: {
+          const request = collecting.get(message.id);
+          if (!request?.pending.delete(worker.id)) break;
+          if (message.metrics) request.metrics.push(message.metrics);
+          if (request.pending.size === 0) request.done();
+          break;
+        }
       }
     });
 
     cluster.on("exit", (worker, code, signal) => {
       const wasReady = ready.delete(worker.id);
+      // A scrape waiting for this worker's metrics goes on without them.
+      for (const request of collecting.values()) {
+        if (request.pending.delete(worker.id) && request.pending.size === 0) request.done();
+      }
       if (stopping) {
+        // Workers drain and exit 0; one killed at the end of the grace period makes the exit 1.
+        if (code !== 0) exitCode = 1;
         if (live().length === 0) resolve(exitCode);
         return;
       }
@@ -91,7 +145,6 @@ export function runPrimary(workers: number, logger: Logger, print: (text: string
       if (!wasReady && !bannerShown) {
         // It never started (the port is taken, the catalog is invalid...): every worker would fail alike.
         stop("SIGTERM", 1);
-        if (live().length === 0) resolve(1);
         return;
       }
       const now = Date.now();
@@ -100,36 +153,40 @@ export function runPrimary(workers: number, logger: Logger, print: (text: string
       if (restarts.length > MAX_RESTARTS) {
         logger.error({ restarts: restarts.length }, "workers keep stopping: giving up");
         stop("SIGTERM", 1);
-        if (live().length === 0) resolve(1);
         return;
       }
       setTimeout(() => {
-        if (!stopping) cluster.fork();
+        if (!stopping) fork();
       }, RESTART_DELAY_MS);
     });
 
-    process.once("SIGTERM", () => stop("SIGTERM", 0));
-    process.once("SIGINT", () => stop("SIGINT", 0));
-    for (let i = 0; i < workers; i++) cluster.fork();
+    process.on("SIGTERM", () => stop("SIGTERM", 0));
+    process.on("SIGINT", () => stop("SIGINT", 0));
+    for (let i = 0; i < workers; i++) fork();
   });
 }
 
 /**
- * In a worker: tells the primary it listens (with the banner it would print), and serves `/metrics`
- * as every worker's metrics summed, asked of the primary.
+ * In a worker the primary forked: answers the primary's requests for this worker's metrics, serves
+ * `/metrics` as every worker's metrics summed (asked of the primary), and tells the primary it
+ * listens, with the banner it would print.
  */
 export function joinCluster(metrics: Metrics, banner: string, generatedKey: boolean): void {
-  AggregatorRegistry.setRegistries([metrics.registry]);
-  // Constructing one installs the listener that answers the primary's requests for this worker's metrics.
-  new AggregatorRegistry();
+  const send = (message: Message) => process.send?.(message);
   let nextId = 0;
   const waiting = new Map<number, { resolve: (body: string) => void; reject: (error: Error) => void }>();
-  process.on("message", (message: { type?: string; id?: number; body?: string; error?: string }) => {
-    if (message?.type !== METRICS_REPLY || message.id === undefined) return;
-    const waiter = waiting.get(message.id);
-    waiting.delete(message.id);
-    if (message.error !== undefined) waiter?.reject(new Error(message.error));
-    else waiter?.resolve(message.body ?? "");
+  process.on("message", (message: Message) => {
+    if (message?.type === COLLECT) {
+      metrics.registry.getMetricsAsJSON().then(
+        (values) => send({ type: COLLECTED, id: message.id, metrics: values }),
+        () => send({ type: COLLECTED, id: message.id }),
+      );
+    } else if (message?.type === SCRAPED) {
+      const waiter = waiting.get(message.id);
+      waiting.delete(message.id);
+      if (message.error !== undefined) waiter?.reject(new Error(message.error));
+      else waiter?.resolve(message.body ?? "");
+    }
   });
   metrics.scrape = () => {
     const id = nextId++;
@@ -137,7 +194,7 @@ export function joinCluster(metrics: Metrics, banner: string, generatedKey: bool
       const timer = setTimeout(() => {
         waiting.delete(id);
         reject(new AppError("unavailable", "The workers' metrics did not arrive in time; try again."));
-      }, 10_000);
+      }, COLLECT_TIMEOUT_MS * 2);
       waiting.set(id, {
         resolve: (body) => {
           clearTimeout(timer);
@@ -148,8 +205,8 @@ export function joinCluster(metrics: Metrics, banner: string, generatedKey: bool
           reject(new AppError("unavailable", `The workers' metrics could not be gathered: ${error.message}`));
         },
       });
-      process.send?.({ type: METRICS_REQUEST, id });
+      send({ type: SCRAPE, id });
     });
   };
-  process.send?.({ type: READY, banner, generatedKey } satisfies ReadyMessage);
+  send({ type: READY, banner, generatedKey });
 }

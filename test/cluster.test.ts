@@ -151,16 +151,30 @@ describe.runIf(postgresUrl && redisUrl)("TOLLGATE_WORKERS=2 (postgres + redis)",
     await waitFor("the primary notices", () => noticed.test(server.stdout()));
     // On a new connection (a pooled one may belong to the dead worker, and resets): the survivor answers.
     expect(await freshGetStatus(`${server.url}/healthz`)).toBe(200);
+    // While the replacement starts (forked after a second, listening a few later), a scrape does not
+    // wait for it: the workers that are ready answer.
+    await new Promise((r) => setTimeout(r, 1300));
+    const started = Date.now();
+    expect(await freshGetStatus(`${server.url}/metrics`)).toBe(200);
+    expect(Date.now() - started).toBeLessThan(3000);
     await waitFor("a replacement worker runs", () => {
       const now = childrenOf(primary);
       return now.length === 2 && !now.includes(victim as number) && now.includes(survivor as number);
     });
+    const replacement = childrenOf(primary).find((pid) => pid !== survivor);
+    await waitFor("the replacement listens", () =>
+      new RegExp(`"worker":${replacement},.*"a replacement worker is ready"`).test(server.stdout()),
+    );
   }, 40_000);
 
-  it("stops every worker on SIGTERM and exits 0", async () => {
+  it("drains every worker once when the signal reaches them all (a terminal's Ctrl-C), and exits 0", async () => {
     const primary = server.child.pid as number;
     const workers = childrenOf(primary);
+    expect(workers).toHaveLength(2);
+    // Ctrl-C signals the whole process group: the workers, then the primary, which forwards it again.
+    for (const pid of workers) process.kill(pid, "SIGINT");
     server.child.kill("SIGTERM");
+    // Exit 0 only if every worker drained and exited 0 (none was killed by the second signal).
     expect(await server.exited).toBe(0);
     for (const pid of workers) expect(() => process.kill(pid, 0)).toThrow();
   }, 40_000);

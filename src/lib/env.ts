@@ -69,6 +69,8 @@ const envSchema = z.object({
         message: "must be at least 1 and at most 64",
       }),
   ).default("1"),
+  /** Set by the TOLLGATE_WORKERS primary on the workers it forks (src/cluster.ts); not for operators. */
+  TOLLGATE_CLUSTER_WORKER: optional(flag).default(false),
   TOLLGATE_PLATFORM_ADMINS: optional(z.string()),
   TOLLGATE_LOG_LEVEL: optional(
     z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
@@ -245,6 +247,8 @@ export interface Env {
    * machine's cores. Above 1 only with Postgres and Redis. "auto" is the machine's parallelism.
    */
   workers: number;
+  /** This process is a worker forked by the TOLLGATE_WORKERS primary. */
+  clusterWorker: boolean;
   /** E-mail addresses (lower-cased) of the platform's admin users. */
   platformAdmins: string[];
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -303,6 +307,7 @@ export function parseEnv(source: Record<string, string | undefined> = process.en
     testClock: e.TOLLGATE_TEST_CLOCK,
     checkAck: e.TOLLGATE_CHECK_ACK,
     workers: e.TOLLGATE_WORKERS === "auto" ? os.availableParallelism() : Number(e.TOLLGATE_WORKERS),
+    clusterWorker: e.TOLLGATE_CLUSTER_WORKER,
     platformAdmins: (e.TOLLGATE_PLATFORM_ADMINS ?? "")
       .split(",")
       .map((s) => s.trim().toLowerCase())

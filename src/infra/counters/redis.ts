@@ -513,6 +513,12 @@ function applyBatcher(run: (keys: string[], args: string[]) => Promise<unknown>)
           },
           (error: Error) => {
             for (const call of batch) call.reject(error);
+            // Calls queued meanwhile would wait their turn only to meet the same failure (a stalled
+            // or lost connection, each invocation timing out in turn): they fail now, so each
+            // feature's policy decides them within one command timeout, and the queue stays short.
+            const waiting = queue;
+            queue = [];
+            for (const call of waiting) call.reject(error);
           },
         )
         .finally(() => {

@@ -121,6 +121,8 @@ export function createUsageJournal(options: {
   let hurrying = 0;
   /** After a failed commit: no attempt before then. */
   let backoffUntil = 0;
+  /** `close` has finished: nothing is committed from here on (what is left is swept from the stream). */
+  let stopped = false;
   let failures = 0;
   let waiters: { seq: number; resolve: () => void }[] = [];
   let discarded: { journal: string; seq: number }[] = [];
@@ -165,7 +167,7 @@ export function createUsageJournal(options: {
 
   /** Arranges the next commit: at once when someone waits for it, else COMMIT_EVERY_MS after the oldest entry. */
   function schedule(): void {
-    if (committing || immediate || entries.length === 0) return;
+    if (committing || immediate || stopped || entries.length === 0) return;
     const now = Date.now();
     const urgent = waiters.length > 0 || hurrying > 0 || closed || entries.length >= MAX_BATCH;
     const dueMs = Math.max(backoffUntil, urgent ? now : (entries[0] as Entry).atMs + COMMIT_EVERY_MS);
@@ -522,6 +524,9 @@ export function createUsageJournal(options: {
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
       clearInterval(heartbeat);
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      timer = undefined;
       if (!registered) return;
       if (entries.length > 0 || pending.size > 0) {
         // Left for another process to sweep from the stream once the heartbeat lapses.

@@ -71,9 +71,11 @@ describe.each(modes)("the usage writer (%s)", (mode) => {
   it("sums rollups per hour exactly as Postgres would, weighted sums included", async () => {
     // Fractional amounts at uneven milliseconds across two hours; the reference is Postgres's own
     // arithmetic on the raw rows.
-    const raw = Array.from({ length: 40 }, (_, i) => ({
-      atMs: period + 3_600_000 * (1 + (i % 2)) + i * 7_919 + (i % 3),
-      amount: `${i % 7}.${String(123_457 * (i + 1)).slice(-6)}`,
+    // Large amounts too: past 10⁹ units (parsed as BigInt), and sums × offsets past 2^53.
+    const large = ["999999999.999999", "123456789012.5", "4000000000000", "8999999999.000001"];
+    const raw = Array.from({ length: 44 }, (_, i) => ({
+      atMs: period + 3_600_000 * (1 + (i % 2)) + i * 79_193 + (i % 3),
+      amount: i >= 40 ? (large[i - 40] as string) : `${i % 7}.${String(123_457 * (i + 1)).slice(-6)}`,
     }));
     await Promise.all(
       raw.map(({ atMs, amount }) =>
