@@ -499,7 +499,7 @@ export async function periodTotals(
   const journal = usageJournal(deps);
   // Without the store, reads show what Postgres holds (strict callers — seeding — fail instead).
   const journaled = journal
-    ? await journal.uncommitted().catch((error: Error) => {
+    ? await journal.uncommitted(orgId).catch((error: Error) => {
         if (options.strict) throw error;
         return new Map<string, { seq: number; usage: ConsumedUsage[] }[]>();
       })

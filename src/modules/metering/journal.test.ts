@@ -172,6 +172,12 @@ describe.runIf(runs)("the usage journal (postgres + redis)", () => {
     }
     const reader = newJournal();
     await registered(reader);
+    // Reads for one org see that org's uncommitted entries only (seq 1 is there too: the reader
+    // skips what usage_journals says is committed).
+    const other = newOrg();
+    expect((await reader.uncommitted(org)).get(dead)?.map((e) => e.seq)).toEqual([1, 2, 3, 4]);
+    expect((await reader.uncommitted(other)).get(dead)).toEqual([]);
+    expect((await reader.uncommitted()).get(dead)).toHaveLength(4);
     // A read waits for what the dead process acknowledged, sweeping it rather than waiting.
     await reader.awaitCommitted();
     expect(await total(org)).toBe(6); // seq 1 was committed before: 3 × 2

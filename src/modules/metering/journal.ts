@@ -54,8 +54,11 @@ export interface UsageJournal {
    * Redis lost its data, the entries are only in the processes' memory). Rejects after `timeoutMs`.
    */
   awaitThrough(realMs: number, timeoutMs?: number): Promise<void>;
-  /** Usage journaled but not committed, per journal, for rebuilding counters (see seedCounters). */
-  uncommitted(): Promise<Map<string, { seq: number; usage: ConsumedUsage[] }[]>>;
+  /**
+   * Usage journaled but not committed, per journal, for rebuilding counters (see seedCounters). With
+   * `forOrg`, entries of other orgs are left out without being decoded (a stream holds every org's).
+   */
+  uncommitted(forOrg?: string): Promise<Map<string, { seq: number; usage: ConsumedUsage[] }[]>>;
   /**
    * Takes over one journal whose heartbeat lapsed (or, with `journalId`, that journal whatever its
    * heartbeat: an operator sure its process is gone), commits what its stream holds and removes it.
@@ -486,7 +489,9 @@ export function createUsageJournal(options: {
       }
     },
 
-    async uncommitted() {
+    async uncommitted(forOrg) {
+      // An entry's data holds its org id JSON-encoded, exactly as this produces it.
+      const needle = forOrg === undefined ? undefined : JSON.stringify(forOrg);
       const rows = await database.db.select({ id: usageJournals.journalId }).from(usageJournals);
       const out = new Map<string, { seq: number; usage: ConsumedUsage[] }[]>();
       for (const { id: journalId } of rows) {
@@ -495,7 +500,10 @@ export function createUsageJournal(options: {
           let after = 0;
           for (;;) {
             const batch = await counters.readJournal(name, after, MAX_BATCH);
-            for (const entry of batch) found.push({ seq: entry.seq, usage: decodeUsage(entry.data) });
+            for (const entry of batch) {
+              if (needle !== undefined && !entry.data.includes(needle)) continue;
+              found.push({ seq: entry.seq, usage: decodeUsage(entry.data) });
+            }
             const last = batch[batch.length - 1];
             if (!last || batch.length < MAX_BATCH) break;
             after = last.seq;
