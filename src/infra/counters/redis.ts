@@ -457,11 +457,12 @@ export function createRedisCounterStore(redis: Redis, options: { prefix: string 
 const MAX_BATCH = 256;
 
 /**
- * Invocations in flight at once. While one runs, the calls made meanwhile gather for the next (a
- * group commit): under load, one command (and one Lua call) for dozens of checks instead of a few —
- * less work for ioredis, the socket and Redis, which runs scripts one at a time anyway — at the cost
- * of waiting at most one invocation's round trip. (Each command settles: the connection has a
- * command timeout.)
+ * Invocations in flight at once. While they run, the calls made meanwhile gather for the next (a
+ * group commit): under load, one command (and one Lua call) for a dozen checks or more instead of a
+ * few — less work for ioredis, the socket and Redis, which runs scripts one at a time anyway. Two
+ * rather than one, so the process prepares the next invocation while Redis runs the current one
+ * (one in flight left the process idle meanwhile). Each command settles: the connection has a
+ * command timeout.
  */
 const MAX_IN_FLIGHT = 2;
 
