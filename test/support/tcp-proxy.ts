@@ -7,6 +7,7 @@ import net from "node:net";
 export class TcpProxy {
   private server: net.Server;
   private sockets = new Set<net.Socket>();
+  private upstreams = new Set<net.Socket>();
   private up = true;
   port = 0;
 
@@ -20,6 +21,8 @@ export class TcpProxy {
         return;
       }
       const upstream = net.connect(this.targetPort, this.targetHost);
+      this.upstreams.add(upstream);
+      upstream.on("close", () => this.upstreams.delete(upstream));
       for (const socket of [client, upstream]) {
         this.sockets.add(socket);
         socket.on("close", () => this.sockets.delete(socket));
@@ -43,6 +46,17 @@ export class TcpProxy {
   cut(): void {
     this.up = false;
     for (const socket of this.sockets) socket.destroy();
+  }
+
+  /**
+   * Keeps every connection open but stops passing the server's replies on: a server that accepts
+   * requests and never answers (a stalled or partitioned Redis).
+   */
+  stall(): void {
+    for (const upstream of this.upstreams) {
+      upstream.unpipe();
+      upstream.pause();
+    }
   }
 
   restore(): void {

@@ -1,6 +1,7 @@
 import type { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { hasRedis, requireRedisUrl, uniquePrefix } from "../../../test/support/storage.js";
+import { TcpProxy, viaProxy } from "../../../test/support/tcp-proxy.js";
 import { createRedis, waitForRedis } from "../redis.js";
 import { createMemoryCounterStore } from "./memory.js";
 import { createRedisCounterStore } from "./redis.js";
@@ -585,6 +586,31 @@ describe.runIf(hasRedis)("redis counter store", () => {
     });
     expect(after).toMatchObject({ status: "fulfilled", value: { status: "done", allowed: true } });
     expect(await opened.store.get(["batch-ok"])).toEqual([2]);
+  });
+
+  it("fails every queued call within one command timeout when Redis stops answering", async () => {
+    // Connected but silent (a stall or a partition): each invocation fails at the 1 s command timeout.
+    // 1,500 calls are six invocations, two in flight; the four queued behind fail with the first
+    // failure rather than each waiting out a timeout of its own (about 3 s in all).
+    const proxy = await new TcpProxy("127.0.0.1", Number(new URL(requireRedisUrl()).port || 6379)).start();
+    const redis = createRedis(viaProxy(requireRedisUrl(), proxy), { name: "tollgate-test-stall" });
+    try {
+      await waitForRedis(redis);
+      const store = createRedisCounterStore(redis, { prefix: opened.prefix as string });
+      await store.seed("stalled", 0, 3600);
+      proxy.stall();
+      const started = Date.now();
+      const results = await Promise.allSettled(
+        Array.from({ length: 1500 }, () => store.apply([counter("stalled", 1, null)], T0)),
+      );
+      const elapsed = Date.now() - started;
+      expect(results.every((r) => r.status === "rejected")).toBe(true);
+      expect(elapsed).toBeGreaterThanOrEqual(900);
+      expect(elapsed).toBeLessThan(2000);
+    } finally {
+      redis.disconnect();
+      await proxy.close();
+    }
   });
 
   describe("under concurrency from five processes", () => {

@@ -85,7 +85,7 @@ interface Entry {
   atMs: number;
 }
 
-/** Heartbeats this often; a journal without one for SWEEP_AFTER_MS is taken over. */
+/** Heartbeats this often; a journal without one for SWEEP_AFTER_SECONDS is taken over. */
 const HEARTBEAT_MS = 1000;
 const SWEEP_AFTER_SECONDS = 5;
 const SWEEP_EVERY_MS = 5000;

@@ -276,13 +276,13 @@ interface RollupRow {
 }
 
 /**
- * One row per (org, meter, period, hour), sorted (concurrent statements lock rows alike), summed
- * here rather than in Postgres: a batch of thousands of checks becomes about one row per org.
+ * One row per (org, meter, period, hour), summed here rather than in Postgres: a batch of thousands
+ * of checks becomes about one row per org. (The statement orders the rows it locks itself.)
  * Exact: counts and sums in micro-units, sum × time in 10⁻⁹ (micro-units × milliseconds) — the
  * same value Postgres computes as `sum * extract(epoch from at)`, whose epoch has millisecond
  * precision here.
  */
-export function mergeRollups(usage: ConsumedUsage[]): RollupRow[] {
+function mergeRollups(usage: ConsumedUsage[]): RollupRow[] {
   const merged = new Map<
     string,
     {
@@ -319,20 +319,18 @@ export function mergeRollups(usage: ConsumedUsage[]): RollupRow[] {
     if (product !== undefined && Number.isSafeInteger(product)) row.sumOffset.add(product);
     else row.sumOffset.addBig(BigInt(sum) * BigInt(offset));
   }
-  return [...merged.entries()]
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([, r]) => {
-      const sum = r.sum.value();
-      return {
-        orgId: r.orgId,
-        meter: r.meter,
-        periodStartMs: r.periodStartMs,
-        bucketMs: r.bucketMs,
-        count: microsToText(r.count.value()),
-        sum: microsToText(sum),
-        sumValueTime: scaledToText(sum * BigInt(r.bucketMs) + r.sumOffset.value(), 9),
-      };
-    });
+  return [...merged.values()].map((r) => {
+    const sum = r.sum.value();
+    return {
+      orgId: r.orgId,
+      meter: r.meter,
+      periodStartMs: r.periodStartMs,
+      bucketMs: r.bucketMs,
+      count: microsToText(r.count.value()),
+      sum: microsToText(sum),
+      sumValueTime: scaledToText(sum * BigInt(r.bucketMs) + r.sumOffset.value(), 9),
+    };
+  });
 }
 
 const SMALL_DECIMAL = /^(\d{1,9})(?:\.(\d{1,6}))?$/;
