@@ -26,6 +26,7 @@ const PUBLIC_OPERATIONS = new Set([
   "POST /v1/auth/reset-password",
   // The pricing page.
   "GET /v1/plans",
+  "POST /v1/pricing/estimate",
 ]);
 
 type Operation = { method: string; path: string; security: unknown[] | undefined };

@@ -83,7 +83,7 @@ export async function aggregatePeriod(
  * values total `sum` and whose Σ value × time (epoch seconds) is `svt`: each delta v at t holds for
  * (end − t), so the integral is start × (end − begin) + end × sum − svt.
  */
-function weightedAverage(
+export function weightedAverage(
   start: Decimal,
   sum: Decimal,
   svt: Decimal,
