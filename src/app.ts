@@ -11,7 +11,7 @@ import { emailFlowRoutes } from "./modules/auth/email-routes.js";
 import { oidcRoutes } from "./modules/auth/oidc-routes.js";
 import { authRoutes } from "./modules/auth/routes.js";
 import { twoFactorRoutes } from "./modules/auth/two-factor-routes.js";
-import { pricingRoutes } from "./modules/billing/routes.js";
+import { invoiceRoutes, pricingRoutes } from "./modules/billing/routes.js";
 import { mountDocs } from "./modules/docs/routes.js";
 import { healthRoutes } from "./modules/health/routes.js";
 import { meteringRoutes } from "./modules/metering/routes.js";
@@ -115,6 +115,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", orgRoutes());
   app.route("/", planRoutes());
   app.route("/", pricingRoutes());
+  app.route("/", invoiceRoutes());
   app.route("/", subscriptionRoutes());
   app.route("/", meteringRoutes());
   if (deps.testClock) app.route("/", testClockRoutes());

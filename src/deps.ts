@@ -18,6 +18,7 @@ import type { Logger } from "./lib/logger.js";
 import { createMetrics, type Metrics } from "./lib/metrics.js";
 import { closeApiKeys } from "./modules/api-keys/verify.js";
 import type { Caller } from "./modules/auth/caller.js";
+import { stopBilling } from "./modules/billing/scheduler.js";
 import type { Catalog } from "./modules/catalog/schema.js";
 import { DEFAULT_CATALOG_PATH, loadCatalog } from "./modules/catalog/validate.js";
 import { closeMetering } from "./modules/metering/check.js";
@@ -198,6 +199,7 @@ export async function closeDeps(deps: Deps, options: { keepDatabase?: boolean } 
     // First: flushes API keys' last-used times while the database is still open.
     ["api keys", () => closeApiKeys(deps)],
     ["subscription cache", () => closeSubscriptionCache(deps)],
+    ["billing", async () => stopBilling(deps)],
     // Commits consumed usage still queued, while the database is open.
     ["metering", () => closeMetering(deps)],
     ["jobs", () => deps.jobs.close()],

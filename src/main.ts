@@ -5,6 +5,7 @@ import { buildDeps, closeDeps, type Deps } from "./deps.js";
 import type { Env } from "./lib/env.js";
 import type { Logger } from "./lib/logger.js";
 import { createRequestListener } from "./listener.js";
+import { startBilling } from "./modules/billing/scheduler.js";
 
 export interface RunningServer {
   deps: Deps;
@@ -18,6 +19,7 @@ export interface RunningServer {
 export async function startServer(env: Env, logger: Logger): Promise<RunningServer> {
   const deps = await buildDeps(env, { logger });
   const app = createApp(deps);
+  startBilling(deps);
   const server = createServer(createRequestListener(deps, app));
   try {
     await new Promise<void>((resolve, reject) => {

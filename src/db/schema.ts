@@ -310,14 +310,117 @@ export const subscriptions = pgTable(
     /** Billing periods run from this instant in steps of the interval (month-end days clamp). */
     anchorAt: at("anchor_at").notNull(),
     trialEndsAt: at("trial_ends_at"),
+    /**
+     * The billing run has closed every period before this instant (usage invoiced in arrears, the next
+     * base fee in advance): the start of the period it will close next. Null on subscriptions older than
+     * billing: the first run starts them at their current period without invoicing the past.
+     */
+    billedThrough: at("billed_through"),
+    /** When the period starting at `billed_through` ends: the billing run's due date for this row. */
+    nextBillingAt: at("next_billing_at"),
     ...timestamps,
     updatedAt: at("updated_at").notNull().defaultNow(),
   },
   (t) => [
     uniqueIndex("subscriptions_org_idx").on(t.orgId),
     index("subscriptions_plan_idx").on(t.planKey, t.planVersion),
+    index("subscriptions_billing_idx").on(t.nextBillingAt),
   ],
 );
+
+export const INVOICE_STATUSES = ["draft", "finalized", "paid", "void"] as const;
+export type InvoiceStatus = (typeof INVOICE_STATUSES)[number];
+export const INVOICE_REASONS = [
+  "subscription_cycle",
+  "subscription_create",
+  "subscription_update",
+  "manual",
+] as const;
+export type InvoiceReason = (typeof INVOICE_REASONS)[number];
+
+/**
+ * Invoices. A draft can change; a finalized invoice is immutable (a trigger refuses edits to its
+ * amounts and lines) and can only become paid or void. Numbers are gapless and sequential: one is
+ * taken from `invoice_sequences` in the transaction that finalizes, so a rollback returns it.
+ */
+export const invoices = pgTable(
+  "invoices",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id")
+      .notNull()
+      .references(() => orgs.id),
+    subscriptionId: text("subscription_id"),
+    number: text("number"),
+    status: text("status", { enum: INVOICE_STATUSES }).notNull(),
+    reason: text("reason", { enum: INVOICE_REASONS }).notNull(),
+    currency: text("currency").notNull(),
+    /** The billing period the invoice closes (usage in arrears); base fees carry their own line periods. */
+    periodStart: at("period_start").notNull(),
+    periodEnd: at("period_end").notNull(),
+    planKey: text("plan_key"),
+    planVersion: integer("plan_version"),
+    interval: text("interval", { enum: ["month", "year"] }),
+    subtotal: numeric("subtotal").notNull(),
+    discount: numeric("discount").notNull().default("0"),
+    creditsApplied: numeric("credits_applied").notNull().default("0"),
+    total: numeric("total").notNull(),
+    amountDue: numeric("amount_due").notNull(),
+    amountPaid: numeric("amount_paid").notNull().default("0"),
+    /** What makes a second attempt at the same invoice a no-op (`cycle:<subscription>:<period start>`). */
+    dedupKey: text("dedup_key").notNull(),
+    finalizedAt: at("finalized_at"),
+    dueAt: at("due_at"),
+    paidAt: at("paid_at"),
+    voidedAt: at("voided_at"),
+    ...timestamps,
+    updatedAt: at("updated_at").notNull().defaultNow(),
+  },
+  (t) => [
+    uniqueIndex("invoices_dedup_idx").on(t.dedupKey),
+    uniqueIndex("invoices_number_idx").on(t.number),
+    index("invoices_org_idx").on(t.orgId, t.id),
+  ],
+);
+
+export const INVOICE_LINE_KINDS = [
+  "base_fee",
+  "usage",
+  "minimum_spend",
+  "proration_credit",
+  "proration_charge",
+] as const;
+export type InvoiceLineKind = (typeof INVOICE_LINE_KINDS)[number];
+
+/** An invoice's lines, in order. `amount` is rounded to the currency's minor unit; the total sums them. */
+export const invoiceLines = pgTable(
+  "invoice_lines",
+  {
+    invoiceId: text("invoice_id")
+      .notNull()
+      .references(() => invoices.id),
+    position: integer("position").notNull(),
+    kind: text("kind", { enum: INVOICE_LINE_KINDS }).notNull(),
+    description: text("description").notNull(),
+    meter: text("meter"),
+    model: text("model"),
+    quantity: numeric("quantity"),
+    unitAmount: numeric("unit_amount"),
+    amount: numeric("amount").notNull(),
+    exactAmount: numeric("exact_amount").notNull(),
+    periodStart: at("period_start").notNull(),
+    periodEnd: at("period_end").notNull(),
+    /** How the amount came about: tiers, packages, the percentage walk, proration factors. */
+    details: jsonb("details").$type<Record<string, unknown>>(),
+  },
+  (t) => [primaryKey({ columns: [t.invoiceId, t.position] })],
+);
+
+/** Gapless counters for invoice numbers, taken under a row lock in the finalizing transaction. */
+export const invoiceSequences = pgTable("invoice_sequences", {
+  name: text("name").primaryKey(),
+  next: bigint("next", { mode: "number" }).notNull(),
+});
 
 /**
  * Raw usage events, deduplicated per org by the caller's event id forever. `period_start` is the

@@ -55,15 +55,18 @@ export function defaultSubscription(deps: Deps, orgId: string, now: Date): typeo
   const current = deps.plans.current(deps.catalog.default_plan);
   if (!current) throw new Error(`default plan ${deps.catalog.default_plan} has no version`);
   const trialDays = current.plan.trial_days;
+  const interval = defaultInterval(current.plan);
   return {
     id: newId("subscription"),
     orgId,
     planKey: current.plan.key,
     planVersion: current.version,
-    interval: defaultInterval(current.plan),
+    interval,
     status: trialDays > 0 ? "trialing" : "active",
     anchorAt: now,
     trialEndsAt: trialDays > 0 ? new Date(now.getTime() + trialDays * 86_400_000) : null,
+    billedThrough: now,
+    nextBillingAt: new Date(periodAt(now.getTime(), interval, now.getTime()).endMs),
     createdAt: now,
     updatedAt: now,
   };
@@ -169,7 +172,14 @@ export async function setPlan(
         planVersion: current.version,
         interval,
         status: onTrial ? "trialing" : "active",
-        anchorAt: interval === before.row.interval ? before.row.anchorAt : now,
+        // A new interval restarts the periods now (what was running is not billed: the operator comps).
+        ...(interval === before.row.interval
+          ? {}
+          : {
+              anchorAt: now,
+              billedThrough: now,
+              nextBillingAt: new Date(periodAt(now.getTime(), interval, now.getTime()).endMs),
+            }),
         trialEndsAt: onTrial ? new Date(now.getTime() + trialDays * 86_400_000) : before.row.trialEndsAt,
         updatedAt: now,
       })

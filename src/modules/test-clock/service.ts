@@ -21,7 +21,7 @@ export interface TestClockService {
   /** Moves every process's clock forward to `to`, then runs everything that came due. */
   advance(to: Date): Promise<AdvanceResult>;
   /** Registers work to run after each advance (renewals, invoices, dunning, retention, jobs). */
-  onAdvance(name: string, run: (now: Date) => Promise<unknown>): void;
+  onAdvance(name: string, run: (now: Date) => Promise<unknown>, options?: { first?: boolean }): void;
   close(): Promise<void>;
 }
 
@@ -66,8 +66,9 @@ export async function createTestClock(options: {
 
   return {
     clock,
-    onAdvance: (name, run) => {
-      hooks.push({ name, run });
+    onAdvance: (name, run, options = {}) => {
+      if (options.first) hooks.unshift({ name, run });
+      else hooks.push({ name, run });
     },
     close: async () => {
       clearInterval(resync);
