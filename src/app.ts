@@ -11,7 +11,13 @@ import { emailFlowRoutes } from "./modules/auth/email-routes.js";
 import { oidcRoutes } from "./modules/auth/oidc-routes.js";
 import { authRoutes } from "./modules/auth/routes.js";
 import { twoFactorRoutes } from "./modules/auth/two-factor-routes.js";
-import { invoiceRoutes, pricingRoutes } from "./modules/billing/routes.js";
+import {
+  checkoutRoutes,
+  invoiceRoutes,
+  paymentRoutes,
+  pricingRoutes,
+  subscriptionChangeRoutes,
+} from "./modules/billing/routes.js";
 import { mountDocs } from "./modules/docs/routes.js";
 import { healthRoutes } from "./modules/health/routes.js";
 import { meteringRoutes } from "./modules/metering/routes.js";
@@ -116,6 +122,9 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", planRoutes());
   app.route("/", pricingRoutes());
   app.route("/", invoiceRoutes());
+  app.route("/", subscriptionChangeRoutes());
+  app.route("/", checkoutRoutes());
+  app.route("/", paymentRoutes());
   app.route("/", subscriptionRoutes());
   app.route("/", meteringRoutes());
   if (deps.testClock) app.route("/", testClockRoutes());

@@ -318,6 +318,19 @@ export const subscriptions = pgTable(
     billedThrough: at("billed_through"),
     /** When the period starting at `billed_through` ends: the billing run's due date for this row. */
     nextBillingAt: at("next_billing_at"),
+    /**
+     * Bumped by a trigger on every update: what optimistic writers (the billing run, plan changes)
+     * compare, since two updates within one millisecond (or one frozen test-clock instant) share an
+     * `updated_at`.
+     */
+    revision: integer("revision").notNull().default(0),
+    /** Set by a cancellation at period end: the billing run cancels instead of renewing. */
+    cancelAtPeriodEnd: boolean("cancel_at_period_end").notNull().default(false),
+    canceledAt: at("canceled_at"),
+    /** A change that waits for the period end (a downgrade): the billing run applies it. */
+    pendingPlanKey: text("pending_plan_key"),
+    pendingPlanVersion: integer("pending_plan_version"),
+    pendingInterval: text("pending_interval", { enum: ["month", "year"] }),
     ...timestamps,
     updatedAt: at("updated_at").notNull().defaultNow(),
   },
@@ -553,5 +566,65 @@ export const thresholdEvents = pgTable(
   (t) => [
     uniqueIndex("threshold_events_once_idx").on(t.orgId, t.feature, t.periodStart, t.threshold, t.limit),
     index("threshold_events_created_idx").on(t.createdAt),
+  ],
+);
+
+/** The card (or provider payment method) an org pays with; the local provider keeps test cards only. */
+export const paymentMethods = pgTable("payment_methods", {
+  orgId: text("org_id")
+    .primaryKey()
+    .references(() => orgs.id),
+  provider: text("provider", { enum: ["local", "stripe"] }).notNull(),
+  brand: text("brand").notNull(),
+  last4: text("last4").notNull(),
+  /** The provider's id for it (Stripe: pm_…; local: the test card's behaviour). */
+  reference: text("reference").notNull(),
+  ...timestamps,
+});
+
+/**
+ * Hosted checkouts: an org without a payment method pays for a subscription change here. What the
+ * change costs is priced when the page is shown and again when it is paid.
+ */
+export const checkoutSessions = pgTable(
+  "checkout_sessions",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id")
+      .notNull()
+      .references(() => orgs.id),
+    status: text("status", { enum: ["open", "completed", "expired"] }).notNull(),
+    planKey: text("plan_key").notNull(),
+    planVersion: integer("plan_version").notNull(),
+    interval: text("interval", { enum: ["month", "year"] }).notNull(),
+    invoiceId: text("invoice_id"),
+    expiresAt: at("expires_at").notNull(),
+    completedAt: at("completed_at"),
+    ...timestamps,
+  },
+  (t) => [index("checkout_sessions_org_idx").on(t.orgId)],
+);
+
+/** Every attempt to collect an invoice, with the provider's answer; one per idempotency key. */
+export const payments = pgTable(
+  "payments",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id").notNull(),
+    invoiceId: text("invoice_id")
+      .notNull()
+      .references(() => invoices.id),
+    provider: text("provider", { enum: ["local", "stripe"] }).notNull(),
+    amount: numeric("amount").notNull(),
+    currency: text("currency").notNull(),
+    status: text("status", { enum: ["succeeded", "failed"] }).notNull(),
+    failureCode: text("failure_code"),
+    reference: text("reference"),
+    idempotencyKey: text("idempotency_key").notNull(),
+    ...timestamps,
+  },
+  (t) => [
+    uniqueIndex("payments_idempotency_idx").on(t.idempotencyKey),
+    index("payments_invoice_idx").on(t.invoiceId),
   ],
 );

@@ -27,6 +27,8 @@ export const ID_PREFIXES = {
   recoveryCode: "rcv",
   threshold: "thr",
   journal: "jrn",
+  checkout: "chk",
+  payment: "pay",
 } as const;
 
 export type IdKind = keyof typeof ID_PREFIXES;

@@ -1,4 +1,4 @@
-import { and, desc, eq, inArray, lt, sql } from "drizzle-orm";
+import { and, desc, eq, gt, inArray, lt, lte, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
   type InvoiceLineKind,
@@ -126,20 +126,69 @@ export function baseFeeLine(
 }
 
 /**
- * The lines that close `period` on `plan`: each charge's usage in arrears, then the base fee of the
- * next period in advance (when there is one: a canceled subscription has none).
+ * The base fee the subscription was actually billed for the instant `atMs` (a base fee or proration
+ * charge line covering it, on an invoice that was not voided): what an upgrade credits back. None
+ * during a trial or a comp, so nothing is credited that was never charged.
+ */
+export async function billedBaseFee(db: Database, subscriptionId: string, atMs: number) {
+  const at = new Date(atMs);
+  const [row] = await db
+    .select({
+      unitAmount: invoiceLines.unitAmount,
+      start: invoiceLines.periodStart,
+      end: invoiceLines.periodEnd,
+    })
+    .from(invoiceLines)
+    .innerJoin(invoices, eq(invoices.id, invoiceLines.invoiceId))
+    .where(
+      and(
+        eq(invoices.subscriptionId, subscriptionId),
+        inArray(invoices.status, ["finalized", "paid"]),
+        inArray(invoiceLines.kind, ["base_fee", "proration_charge"]),
+        lte(invoiceLines.periodStart, at),
+        gt(invoiceLines.periodEnd, at),
+      ),
+    )
+    .orderBy(desc(invoices.id), desc(invoiceLines.position))
+    .limit(1);
+  return row?.unitAmount ? { price: new Money(row.unitAmount) } : undefined;
+}
+
+/** What the period after the one being closed is billed for: its plan, interval and span. */
+export interface NextPeriod {
+  plan: Plan;
+  interval: Interval;
+  period: Period;
+}
+
+/**
+ * The lines that close `period` on `plan`:
+ * - each charge's usage, in arrears;
+ * - the part of the period after a trial that ended in it, when no invoice billed it yet (the first
+ *   period has no invoice in advance);
+ * - the base fee of the next period in advance (when there is one: a cancellation has none).
  */
 export async function cycleLines(
   deps: Deps,
-  sub: Pick<SubscriptionRow, "orgId" | "interval" | "trialEndsAt">,
+  sub: Pick<SubscriptionRow, "id" | "orgId" | "interval" | "trialEndsAt">,
   plan: Plan,
   period: Period,
-  next: Period | null,
+  next: NextPeriod | null,
 ): Promise<DraftLine[]> {
   const lines: DraftLine[] = [];
   for (const charge of plan.charges) lines.push(...(await usageLines(deps, sub.orgId, charge, period)));
+  const trialEndsMs = sub.trialEndsAt?.getTime() ?? null;
+  if (
+    trialEndsMs !== null &&
+    trialEndsMs > period.startMs &&
+    trialEndsMs < period.endMs &&
+    !(await billedBaseFee(deps.database.db, sub.id, trialEndsMs))
+  ) {
+    const rest = baseFeeLine(deps, plan, sub.interval, period, trialEndsMs);
+    if (rest) lines.push(rest);
+  }
   if (next) {
-    const base = baseFeeLine(deps, plan, sub.interval, next, sub.trialEndsAt?.getTime() ?? null);
+    const base = baseFeeLine(deps, next.plan, next.interval, next.period, trialEndsMs);
     if (base) lines.push(base);
   }
   return lines;

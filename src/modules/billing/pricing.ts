@@ -164,7 +164,7 @@ function percentage(
     const roomLeft =
       (eventsLimit !== null || amountLimit !== null) &&
       (eventsLimit === null || freeEventsLeft > 0) &&
-      (amountLimit === null || freeAmountLeft.isPositive());
+      (amountLimit === null || freeAmountLeft.greaterThan(0));
     if (roomLeft) {
       const free = amountLimit === null ? value : Money.min(value, freeAmountLeft);
       if (amountLimit !== null) freeAmountLeft = freeAmountLeft.minus(free);

@@ -5,8 +5,13 @@ import { createApiRouter, operatorOnly } from "../auth/caller.js";
 import { clientIp } from "../auth/client-ip.js";
 import { bearerToken, isOperatorKey } from "../operator/auth.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
+import { Subscription } from "../plans/routes.js";
+import { getSubscription, subscriptionOut } from "../plans/subscriptions.js";
+import { cancelSubscription, quoteChange, quoteOut, resumeSubscription } from "./changes.js";
+import { checkoutDonePage, checkoutPage, checkoutSummary, completeCheckout } from "./checkout.js";
 import { EstimateRequest, estimate } from "./estimate.js";
 import { getInvoice, listInvoices } from "./invoices.js";
+import { collectInvoice, savePaymentMethod } from "./payments.js";
 import { runBilling, upcomingInvoice } from "./run.js";
 
 /** Public estimates per client address: ample for a pricing page's sliders, not for a script. */
@@ -267,6 +272,258 @@ export function invoiceRoutes() {
       },
     }),
     async (c) => c.json(await runBilling(c.get("deps")), 200),
+  );
+  return router;
+}
+
+const ChangePreview = z
+  .object({
+    kind: z.enum(["upgrade", "downgrade", "same_price", "interval_change", "resubscribe", "keep"]),
+    timing: z.enum(["now", "period_end"]),
+    effective_at: z.string(),
+    trial_ends_at: z.string().nullable().openapi({ description: "The change starts the plan's trial." }),
+    from: z.object({ plan: z.string(), interval: z.enum(["month", "year"]) }),
+    to: z.object({ plan: z.string(), version: z.number().int(), interval: z.enum(["month", "year"]) }),
+    currency: z.string(),
+    lines: z.array(InvoiceLine),
+    subtotal: z.string(),
+    total: z.string(),
+    amount_due: z.string(),
+  })
+  .openapi("SubscriptionChangePreview");
+
+/** Previews, cancellation and resumption of an org's subscription. */
+export function subscriptionChangeRoutes() {
+  const router = createApiRouter();
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/subscription/preview",
+      tags: ["Billing"],
+      summary: "What changing plan would do and cost: exactly the lines the change posts",
+      security: orgSecurity,
+      middleware: orgAccess("billing:read"),
+      request: {
+        params: OrgParam,
+        body: jsonBody(
+          z
+            .strictObject({
+              plan: z.string().min(1).max(128),
+              interval: z.enum(["month", "year"]).optional(),
+            })
+            .openapi("SubscriptionChange"),
+        ),
+      },
+      responses: {
+        200: jsonResponse(ChangePreview, "The preview"),
+        ...errorResponses(400, 401, 403, 404, 409),
+      },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      return c.json(quoteOut(deps, await quoteChange(deps, accessOf(c).orgId, c.req.valid("json"))), 200);
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/subscription/cancel",
+      tags: ["Billing"],
+      summary: "Cancel at the period end (default) or now",
+      description:
+        "At the period end: the period is billed as usual, then the subscription is canceled and the org keeps the default plan's grants. Now: the period's usage so far is invoiced and the subscription ends at once (the unused base fee is not refunded).",
+      security: orgSecurity,
+      middleware: orgAccess("billing:manage"),
+      request: {
+        params: OrgParam,
+        body: jsonBody(
+          z.strictObject({ at_period_end: z.boolean().default(true) }).openapi("CancelSubscription"),
+        ),
+      },
+      responses: {
+        200: jsonResponse(Subscription, "The subscription"),
+        ...errorResponses(400, 401, 403, 404, 409),
+      },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const access = accessOf(c);
+      await cancelSubscription(deps, access.caller, access.orgId, c.req.valid("json").at_period_end);
+      const { row, plan } = await getSubscription(deps, access.orgId);
+      return c.json(subscriptionOut(row, plan, deps.clock.nowMs()), 200);
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/subscription/resume",
+      tags: ["Billing"],
+      summary: "Undo a cancellation or downgrade scheduled for the period end",
+      security: orgSecurity,
+      middleware: orgAccess("billing:manage"),
+      request: { params: OrgParam },
+      responses: {
+        200: jsonResponse(Subscription, "The subscription"),
+        ...errorResponses(401, 403, 404, 409),
+      },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const access = accessOf(c);
+      await resumeSubscription(deps, access.caller, access.orgId);
+      const { row, plan } = await getSubscription(deps, access.orgId);
+      return c.json(subscriptionOut(row, plan, deps.clock.nowMs()), 200);
+    },
+  );
+  return router;
+}
+
+const htmlHeaders = {
+  "content-type": "text/html; charset=utf-8",
+  "cache-control": "no-store",
+  "x-frame-options": "DENY",
+  "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+  "referrer-policy": "no-referrer",
+};
+
+/**
+ * The local provider's test-mode checkout page: `GET /checkout/:session` shows it; its form posts
+ * `POST /checkout/:session {card_number}` (a form or JSON; scripts may call it directly).
+ */
+export function checkoutRoutes() {
+  const router = createRouter();
+  const sessionId = (id: string) => {
+    if (!/^chk_[0-9a-z]{26}$/.test(id)) throw new AppError("not_found", "No such checkout.");
+    return id;
+  };
+  const wantsHtml = (accept: string | undefined, form: boolean) =>
+    form || (accept ?? "").includes("text/html");
+
+  router.get("/checkout/:session", async (c) => {
+    const deps = c.get("deps");
+    try {
+      const summary = await checkoutSummary(deps, sessionId(c.req.param("session")));
+      return c.body(checkoutPage(summary), 200, htmlHeaders);
+    } catch (error) {
+      if (!(error instanceof AppError)) throw error;
+      return c.body(
+        checkoutDonePage("Checkout unavailable", error.message),
+        error.status as 404,
+        htmlHeaders,
+      );
+    }
+  });
+
+  router.post("/checkout/:session", async (c) => {
+    const deps = c.get("deps");
+    const type = c.req.header("content-type") ?? "";
+    const form =
+      type.startsWith("application/x-www-form-urlencoded") || type.startsWith("multipart/form-data");
+    const html = wantsHtml(c.req.header("accept"), form);
+    const id = sessionId(c.req.param("session"));
+    let card: unknown;
+    if (form) card = (await c.req.parseBody()).card_number;
+    else {
+      const body = await c.req.json().catch(() => {
+        throw new AppError("validation_failed", "The body must be JSON {card_number} or a form.");
+      });
+      card = (body as { card_number?: unknown } | null)?.card_number;
+    }
+    try {
+      if (typeof card !== "string" || card.length === 0 || card.length > 64)
+        throw new AppError("validation_failed", "A card number is required.", {
+          errors: [{ field: "card_number", message: "is required", code: "required", location: "body" }],
+        });
+      const done = await completeCheckout(deps, id, card);
+      if (html)
+        return c.body(
+          checkoutDonePage("Payment received", "Your subscription is active. You can close this page."),
+          200,
+          htmlHeaders,
+        );
+      return c.json(
+        { status: "complete", org_id: done.orgId, invoice_id: done.invoiceId, payment: done.payment },
+        200,
+      );
+    } catch (error) {
+      if (!html || !(error instanceof AppError)) throw error;
+      const summary = await checkoutSummary(deps, id).catch(() => undefined);
+      if (!summary)
+        return c.body(
+          checkoutDonePage("Checkout unavailable", error.message),
+          error.status as 404,
+          htmlHeaders,
+        );
+      return c.body(checkoutPage(summary, { error: error.message }), error.status as 402, htmlHeaders);
+    }
+  });
+  return router;
+}
+
+const PaymentMethod = z
+  .object({ provider: z.enum(["local", "stripe"]), brand: z.string(), last4: z.string() })
+  .openapi("PaymentMethod");
+
+/** The org's card (the local provider's test cards) and paying an open invoice with it. */
+export function paymentRoutes() {
+  const router = createApiRouter();
+  router.openapi(
+    createRoute({
+      method: "put",
+      path: "/v1/orgs/{org}/payment-method",
+      tags: ["Billing"],
+      summary: "Save the org's card (test mode: 4242… pays, 4000 0000 0000 0002 is declined)",
+      description:
+        "Saving a card charges nothing; renewals and changes are charged to it. The local provider accepts its test cards only.",
+      security: orgSecurity,
+      middleware: orgAccess("billing:manage"),
+      request: {
+        params: OrgParam,
+        body: jsonBody(z.strictObject({ card_number: z.string().min(1).max(64) }).openapi("SaveCard")),
+      },
+      responses: {
+        200: jsonResponse(PaymentMethod, "The saved card"),
+        ...errorResponses(400, 401, 403, 404),
+      },
+    }),
+    async (c) => {
+      const card = await savePaymentMethod(c.get("deps"), accessOf(c).orgId, c.req.valid("json").card_number);
+      return c.json({ provider: "local" as const, brand: card.brand, last4: card.last4 }, 200);
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/invoices/{id}/pay",
+      tags: ["Billing"],
+      summary: "Charge an open invoice to the card on file now",
+      security: orgSecurity,
+      middleware: orgAccess("billing:manage"),
+      request: { params: InvoiceParams },
+      responses: {
+        200: jsonResponse(Invoice, "The invoice after the attempt"),
+        ...errorResponses(400, 401, 402, 403, 404, 409),
+      },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const { orgId } = accessOf(c);
+      const { id } = c.req.valid("param");
+      const invoice = await getInvoice(deps, orgId, id);
+      if (invoice.status !== "finalized")
+        throw new AppError("conflict", `Invoice ${id} is ${invoice.status}: nothing to pay.`);
+      const result = await collectInvoice(deps, id);
+      if (result.status === "no_payment_method")
+        throw new AppError("payment_required", "The org has no card on file: save one first.");
+      if (result.status === "failed")
+        throw new AppError("payment_required", "The card was declined.", {
+          decline_code: result.failureCode,
+        });
+      return c.json(await getInvoice(deps, orgId, id), 200);
+    },
   );
   return router;
 }

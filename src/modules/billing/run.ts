@@ -2,9 +2,21 @@ import { and, asc, eq, gt, isNull, lte, ne, or } from "drizzle-orm";
 import { orgs, subscriptions } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
+import type { Plan } from "../catalog/schema.js";
 import { type Period, periodAt } from "../plans/periods.js";
-import { getSubscription } from "../plans/subscriptions.js";
-import { cycleLines, type DraftLine, draftLineOut, totalsOf, writeInvoice } from "./invoices.js";
+import { getSubscription, subscriptionChanged } from "../plans/subscriptions.js";
+import {
+  baseFeeLine,
+  billedBaseFee,
+  cycleLines,
+  type DraftLine,
+  draftLineOut,
+  type NextPeriod,
+  totalsOf,
+  writeInvoice,
+} from "./invoices.js";
+import { Money } from "./money.js";
+import { collectInvoice, paymentMethodOf, uncollectedInvoices } from "./payments.js";
 
 /**
  * The billing run: closes every subscription period that has ended. Closing a period writes one
@@ -40,9 +52,33 @@ function following(sub: SubscriptionRow, period: Period): Period {
   return periodAt(sub.anchorAt.getTime(), sub.interval, period.endMs);
 }
 
+/**
+ * What follows the period being closed: nothing after a cancellation; the scheduled change's plan
+ * (a downgrade), whose periods restart at the boundary when its interval differs; else the same plan.
+ */
+async function nextAfter(
+  deps: Deps,
+  sub: SubscriptionRow,
+  plan: Plan,
+  period: Period,
+): Promise<NextPeriod | null> {
+  if (sub.cancelAtPeriodEnd) return null;
+  if (sub.pendingPlanKey !== null && sub.pendingPlanVersion !== null) {
+    const pending = await deps.plans.load(sub.pendingPlanKey, sub.pendingPlanVersion);
+    if (!pending)
+      throw new Error(`plan ${sub.pendingPlanKey} v${sub.pendingPlanVersion} is missing from plan_versions`);
+    const interval = sub.pendingInterval ?? sub.interval;
+    const next =
+      interval === sub.interval ? following(sub, period) : periodAt(period.endMs, interval, period.endMs);
+    return { plan: pending, interval, period: next };
+  }
+  return { plan, interval: sub.interval, period: following(sub, period) };
+}
+
 /** Runs the billing run over every subscription due at `now` (default: the clock's now). */
 export async function runBilling(deps: Deps, nowMs = deps.clock.nowMs()): Promise<BillingRunResult> {
   const result: BillingRunResult = { closed: 0, invoices: [] };
+  result.invoices.push(...(await endTrials(deps, nowMs)));
   let after = "";
   for (;;) {
     const due = await deps.database.db
@@ -75,9 +111,82 @@ export async function runBilling(deps: Deps, nowMs = deps.clock.nowMs()): Promis
     if (due.length < BATCH) break;
     after = due[due.length - 1]?.id ?? after;
   }
+  // Invoices written by a run (or a change) whose process died before charging them.
+  for (const id of await uncollectedInvoices(deps)) await collectInvoice(deps, id);
   if (result.closed > 0)
     deps.logger.info({ closed: result.closed, invoices: result.invoices.length }, "billing run");
   return result;
+}
+
+/**
+ * Trials that have ended: the subscription becomes active and the rest of the running period's base
+ * fee is invoiced and charged now, unless an invoice already billed it (a trial longer than the first
+ * period was billed in advance when that period closed). With no card on file, or a declined one, the
+ * subscription is past_due.
+ */
+async function endTrials(deps: Deps, nowMs: number): Promise<string[]> {
+  const written: string[] = [];
+  const ended = await deps.database.db
+    .select()
+    .from(subscriptions)
+    .where(and(eq(subscriptions.status, "trialing"), lte(subscriptions.trialEndsAt, new Date(nowMs))))
+    .limit(1000);
+  for (const sub of ended) {
+    try {
+      const trialEndsMs = (sub.trialEndsAt as Date).getTime();
+      const plan = await deps.plans.load(sub.planKey, sub.planVersion);
+      if (!plan) throw new Error(`plan ${sub.planKey} v${sub.planVersion} is missing from plan_versions`);
+      const period =
+        sub.billedThrough &&
+        sub.nextBillingAt &&
+        sub.billedThrough.getTime() <= trialEndsMs &&
+        trialEndsMs < sub.nextBillingAt.getTime()
+          ? { startMs: sub.billedThrough.getTime(), endMs: sub.nextBillingAt.getTime() }
+          : periodAt(sub.anchorAt.getTime(), sub.interval, trialEndsMs);
+      const billed = await billedBaseFee(deps.database.db, sub.id, trialEndsMs);
+      const line = billed ? null : baseFeeLine(deps, plan, sub.interval, period, trialEndsMs);
+      const hasCard = Boolean(await paymentMethodOf(deps, sub.orgId));
+      const invoiceId = await deps.database.db.transaction(async (tx) => {
+        const [locked] = await tx
+          .select()
+          .from(subscriptions)
+          .where(eq(subscriptions.id, sub.id))
+          .for("update", { skipLocked: true });
+        if (!locked || locked.revision !== sub.revision) return undefined;
+        let id: string | null = null;
+        if (line) {
+          const invoice = await writeInvoice(tx, deps, {
+            orgId: sub.orgId,
+            subscriptionId: sub.id,
+            reason: "subscription_cycle",
+            period,
+            plan: { key: sub.planKey, version: sub.planVersion, interval: sub.interval },
+            lines: [line],
+            dedupKey: `trial_end:${sub.id}:${new Date(trialEndsMs).toISOString()}`,
+          });
+          id = invoice?.id ?? null;
+        }
+        const due = line !== null && new Money(line.amount).greaterThan(0);
+        await tx
+          .update(subscriptions)
+          .set({ status: due && !hasCard ? "past_due" : "active", updatedAt: deps.clock.now() })
+          .where(eq(subscriptions.id, sub.id));
+        return id;
+      });
+      if (invoiceId === undefined) continue;
+      await subscriptionChanged(deps, sub.orgId);
+      if (invoiceId) {
+        written.push(invoiceId);
+        await collectInvoice(deps, invoiceId);
+      }
+    } catch (error) {
+      deps.logger.error(
+        { err: (error as Error).message, subscription: sub.id },
+        "billing run: ending a trial failed",
+      );
+    }
+  }
+  return written;
 }
 
 /**
@@ -104,9 +213,9 @@ export async function closeDuePeriods(deps: Deps, subscriptionId: string, nowMs:
     }
     if (sub.nextBillingAt.getTime() + settleMs(deps) > nowMs) return out;
     const period = { startMs: sub.billedThrough.getTime(), endMs: sub.nextBillingAt.getTime() };
-    const next = following(sub, period);
     const plan = await deps.plans.load(sub.planKey, sub.planVersion);
     if (!plan) throw new Error(`plan ${sub.planKey} v${sub.planVersion} is missing from plan_versions`);
+    const next = await nextAfter(deps, sub, plan, period);
     const lines = await cycleLines(deps, sub, plan, period, next);
     const written = await deps.database.db.transaction(async (tx) => {
       const [locked] = await tx
@@ -115,11 +224,7 @@ export async function closeDuePeriods(deps: Deps, subscriptionId: string, nowMs:
         .where(eq(subscriptions.id, sub.id))
         .for("update", { skipLocked: true });
       // Another process holds it, or closed this period (or changed the plan) since we priced it.
-      if (
-        !locked ||
-        locked.updatedAt.getTime() !== sub.updatedAt.getTime() ||
-        locked.billedThrough?.getTime() !== period.startMs
-      )
+      if (!locked || locked.revision !== sub.revision || locked.billedThrough?.getTime() !== period.startMs)
         return null;
       let invoiceId: string | undefined;
       if (lines.length > 0) {
@@ -134,27 +239,51 @@ export async function closeDuePeriods(deps: Deps, subscriptionId: string, nowMs:
         });
         invoiceId = invoice?.id;
       }
+      const end = new Date(period.endMs);
       await tx
         .update(subscriptions)
-        .set({
-          billedThrough: new Date(next.startMs),
-          nextBillingAt: new Date(next.endMs),
-          updatedAt: deps.clock.now(),
-        })
+        .set(
+          next === null
+            ? // The cancellation takes effect: the org falls back to the default plan's grants.
+              {
+                status: "canceled",
+                canceledAt: end,
+                cancelAtPeriodEnd: false,
+                billedThrough: end,
+                nextBillingAt: null,
+                updatedAt: deps.clock.now(),
+              }
+            : {
+                planKey: next.plan === plan ? sub.planKey : (sub.pendingPlanKey as string),
+                planVersion: next.plan === plan ? sub.planVersion : (sub.pendingPlanVersion as number),
+                interval: next.interval,
+                ...(next.interval !== sub.interval ? { anchorAt: end } : {}),
+                pendingPlanKey: null,
+                pendingPlanVersion: null,
+                pendingInterval: null,
+                billedThrough: new Date(next.period.startMs),
+                nextBillingAt: new Date(next.period.endMs),
+                updatedAt: deps.clock.now(),
+              },
+        )
         .where(eq(subscriptions.id, sub.id));
-      return { invoiceId };
+      return { invoiceId, changed: next === null || next.plan !== plan };
     });
     // Locked elsewhere: that process closes it. Changed under us: price it again from the new state.
     if (written === null) {
       const [again] = await deps.database.db
-        .select({ updatedAt: subscriptions.updatedAt })
+        .select({ revision: subscriptions.revision })
         .from(subscriptions)
         .where(eq(subscriptions.id, sub.id));
-      if (!again || again.updatedAt.getTime() === sub.updatedAt.getTime()) return out;
+      if (!again || again.revision === sub.revision) return out;
       continue;
     }
     out.closed++;
-    if (written.invoiceId) out.invoices.push(written.invoiceId);
+    if (written.changed) await subscriptionChanged(deps, sub.orgId);
+    if (written.invoiceId) {
+      out.invoices.push(written.invoiceId);
+      await collectInvoice(deps, written.invoiceId);
+    }
   }
 }
 
@@ -171,7 +300,13 @@ export async function upcomingInvoice(deps: Deps, orgId: string) {
     sub.billedThrough && sub.nextBillingAt && sub.nextBillingAt.getTime() > nowMs
       ? { startMs: sub.billedThrough.getTime(), endMs: sub.nextBillingAt.getTime() }
       : periodAt(sub.anchorAt.getTime(), sub.interval, nowMs);
-  const lines: DraftLine[] = await cycleLines(deps, sub, plan, period, following(sub, period));
+  const lines: DraftLine[] = await cycleLines(
+    deps,
+    sub,
+    plan,
+    period,
+    await nextAfter(deps, sub, plan, period),
+  );
   const currency = deps.catalog.currency;
   const { subtotal, total } = totalsOf(lines, currency);
   return {

@@ -2,6 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { AppError } from "../../lib/errors.js";
 import { createRouter, errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { createApiRouter, operatorOnly, requireCaller } from "../auth/caller.js";
+import { requestChange } from "../billing/checkout.js";
 import type { Plan } from "../catalog/schema.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
 import { getSubscription, migrateSubscribers, setPlan, subscriptionOut } from "./subscriptions.js";
@@ -24,7 +25,7 @@ const PublicPlan = z
   })
   .openapi("Plan");
 
-const Subscription = z
+export const Subscription = z
   .object({
     id: z.string(),
     org_id: z.string(),
@@ -42,6 +43,17 @@ const Subscription = z
     usage_period_end: z.string(),
     anchor_at: z.string(),
     trial_ends_at: z.string().nullable(),
+    cancel_at_period_end: z.boolean(),
+    canceled_at: z.string().nullable(),
+    pending_change: z
+      .object({
+        plan: z.string(),
+        plan_version: z.number().int(),
+        interval: z.enum(["month", "year"]),
+        effective_at: z.string(),
+      })
+      .nullable()
+      .openapi({ description: "A downgrade waiting for the period end." }),
     created_at: z.string(),
     updated_at: z.string(),
   })
@@ -50,13 +62,12 @@ const Subscription = z
 const SetPlan = z
   .strictObject({
     plan: z.string().min(1).max(128).openapi({ example: "pro" }),
-    interval: z
-      .enum(["month", "year"])
-      .optional()
-      .openapi({ description: "Default: monthly if the plan has a monthly price." }),
-    skip_payment: z.literal(true).openapi({
+    interval: z.enum(["month", "year"]).optional().openapi({
+      description: "Default: the current interval if the plan is sold by it, else monthly if it can be.",
+    }),
+    skip_payment: z.boolean().optional().openapi({
       description:
-        "Required: the operator puts the org on the plan without payment (comps, migrations, tests). Checkout for paying customers comes with billing.",
+        "Operator only: put the org on the plan without payment or proration (comps, migrations, tests).",
     }),
   })
   .openapi("SetPlan");
@@ -143,23 +154,52 @@ export function subscriptionRoutes() {
       method: "post",
       path: "/v1/orgs/{org}/subscription",
       tags: ["Billing"],
-      summary: "Put the org on a plan without payment (operator)",
+      summary: "Change the org's plan: upgrade now with proration, downgrade at period end, or checkout",
       description:
-        "The operator's comps, migrations and tests: `skip_payment: true` is required. Keeps the period anchor when the interval stays the same (usage so far counts against the new plan), restarts it when the interval changes. Audited.",
-      security: operatorSecurity,
-      middleware: [orgAccess("billing:manage"), operatorOnly],
+        "Upgrades apply now: the unused part of the old base fee is credited, the rest of the period on the new plan charged, and the invoice charged to the card on file. Downgrades wait for the period end. When the change costs money and the org has no card, the answer is a `checkout_url` and nothing changes until it is paid. `skip_payment: true` (operator only) puts the org on the plan without payment or proration. Audited.",
+      security: orgSecurity,
+      middleware: orgAccess("billing:manage"),
       request: { params: OrgParam, body: jsonBody(SetPlan) },
       responses: {
-        200: jsonResponse(Subscription, "The new subscription"),
-        ...errorResponses(400, 401, 403, 404),
+        200: jsonResponse(
+          z.union([
+            Subscription.extend({
+              invoice_id: z.string().nullable().optional(),
+              payment: z
+                .string()
+                .nullable()
+                .optional()
+                .openapi({ description: "paid, failed or no_payment_method" }),
+            }),
+            z.object({ checkout_url: z.string(), checkout_id: z.string() }).openapi("CheckoutNeeded"),
+          ]),
+          "The subscription after the change, or where to pay for it",
+        ),
+        ...errorResponses(400, 401, 403, 404, 409),
       },
     }),
     async (c) => {
       const deps = c.get("deps");
       const access = accessOf(c);
       const body = c.req.valid("json");
-      const { row, plan } = await setPlan(deps, access.caller, access.orgId, body);
-      return c.json(subscriptionOut(row, plan, deps.clock.nowMs()), 200);
+      if (body.skip_payment) {
+        if (access.caller.kind !== "operator")
+          throw new AppError("forbidden", "Only the operator can change a plan without payment.");
+        const { row, plan } = await setPlan(deps, access.caller, access.orgId, body);
+        return c.json(subscriptionOut(row, plan, deps.clock.nowMs()), 200);
+      }
+      const outcome = await requestChange(deps, access.caller, access.orgId, body);
+      if (outcome.status === "checkout")
+        return c.json({ checkout_url: outcome.checkoutUrl, checkout_id: outcome.checkoutId }, 200);
+      const { row, plan } = await getSubscription(deps, access.orgId);
+      return c.json(
+        {
+          ...subscriptionOut(row, plan, deps.clock.nowMs()),
+          invoice_id: outcome.invoiceId,
+          payment: outcome.payment,
+        },
+        200,
+      );
     },
   );
 

@@ -77,9 +77,12 @@ export async function insertDefaultSubscription(tx: Database, deps: Deps, orgId:
   await tx.insert(subscriptions).values(defaultSubscription(deps, orgId, now));
 }
 
-/** Active and trialing subscriptions grant their plan; past_due and canceled fall back to nothing paid. */
+/**
+ * Active and trialing subscriptions grant their plan; a canceled one grants the default plan (the hot
+ * path swaps it in); past_due grants nothing paid.
+ */
 export function isEntitled(status: SubscriptionStatus, trialEndsMs: number | null, nowMs: number): boolean {
-  if (status === "active") return true;
+  if (status === "active" || status === "canceled") return true;
   if (status === "trialing") return trialEndsMs === null || nowMs < trialEndsMs;
   return false;
 }
@@ -102,6 +105,17 @@ export function subscriptionOut(row: SubscriptionRow, plan: Plan, nowMs: number)
     usage_period_end: new Date(usage.endMs).toISOString(),
     anchor_at: row.anchorAt.toISOString(),
     trial_ends_at: row.trialEndsAt?.toISOString() ?? null,
+    cancel_at_period_end: row.cancelAtPeriodEnd,
+    canceled_at: row.canceledAt?.toISOString() ?? null,
+    pending_change:
+      row.pendingPlanKey !== null && row.pendingPlanVersion !== null
+        ? {
+            plan: row.pendingPlanKey,
+            plan_version: row.pendingPlanVersion,
+            interval: row.pendingInterval ?? row.interval,
+            effective_at: (row.nextBillingAt ?? new Date(period.endMs)).toISOString(),
+          }
+        : null,
     created_at: row.createdAt.toISOString(),
     updated_at: row.updatedAt.toISOString(),
   };
@@ -124,16 +138,15 @@ export async function getSubscription(
 }
 
 /**
- * Puts an org on a plan without payment (the operator's comps, migrations and tests). The period
- * anchor is kept when the interval stays — usage counted so far in the period counts against the new
- * plan's limits — and restarts now when the interval changes.
+ * The plan version and interval a change asks for, or a 400 naming the bad field. The interval
+ * defaults to `preferred` when the plan is sold by it (keeping an org's interval across a change), and
+ * otherwise to the plan's own default.
  */
-export async function setPlan(
+export function resolveTargetPlan(
   deps: Deps,
-  caller: Caller,
-  orgId: string,
   input: { plan: string; interval?: Interval | undefined },
-): Promise<{ row: SubscriptionRow; plan: Plan }> {
+  preferred?: Interval,
+): { current: { version: number; plan: Plan }; interval: Interval } {
   const current = deps.plans.current(input.plan);
   if (!current) {
     throw new AppError("validation_failed", `There is no plan ${input.plan} in the catalog.`, {
@@ -147,7 +160,11 @@ export async function setPlan(
       ],
     });
   }
-  const interval = input.interval ?? defaultInterval(current.plan);
+  const interval =
+    input.interval ??
+    (preferred !== undefined && current.plan.price[preferred] !== undefined
+      ? preferred
+      : defaultInterval(current.plan));
   if (current.plan.price[interval] === undefined) {
     throw new AppError("validation_failed", `Plan ${input.plan} has no ${interval}ly price.`, {
       errors: [
@@ -160,6 +177,21 @@ export async function setPlan(
       ],
     });
   }
+  return { current, interval };
+}
+
+/**
+ * Puts an org on a plan without payment (the operator's comps, migrations and tests). The period
+ * anchor is kept when the interval stays — usage counted so far in the period counts against the new
+ * plan's limits — and restarts now when the interval changes.
+ */
+export async function setPlan(
+  deps: Deps,
+  caller: Caller,
+  orgId: string,
+  input: { plan: string; interval?: Interval | undefined },
+): Promise<{ row: SubscriptionRow; plan: Plan }> {
+  const { current, interval } = resolveTargetPlan(deps, input);
   const now = deps.clock.now();
   const before = await getSubscription(deps, orgId);
   const trialDays = current.plan.trial_days;
@@ -173,7 +205,12 @@ export async function setPlan(
         interval,
         status: onTrial ? "trialing" : "active",
         // A new interval restarts the periods now (what was running is not billed: the operator comps).
-        ...(interval === before.row.interval
+        cancelAtPeriodEnd: false,
+        canceledAt: null,
+        pendingPlanKey: null,
+        pendingPlanVersion: null,
+        pendingInterval: null,
+        ...(interval === before.row.interval && before.row.status !== "canceled"
           ? {}
           : {
               anchorAt: now,
@@ -370,15 +407,19 @@ async function fetchOrgPlan(deps: Deps, state: CacheState, orgId: string, nowMs:
     state.entries.delete(orgId);
     return undefined;
   }
-  const plan = await deps.plans.load(row.planKey, row.planVersion);
+  // A canceled subscription falls back to the default (free) plan's grants until the org subscribes again.
+  const fallback = row.status === "canceled" ? deps.plans.current(deps.catalog.default_plan) : undefined;
+  const planKey = fallback ? fallback.plan.key : row.planKey;
+  const planVersion = fallback ? fallback.version : row.planVersion;
+  const plan = fallback ? fallback.plan : await deps.plans.load(row.planKey, row.planVersion);
   if (!plan) throw new Error(`plan ${row.planKey} v${row.planVersion} is missing from plan_versions`);
   const anchorMs = row.anchorAt.getTime();
   const trialEndsMs = row.trialEndsAt?.getTime() ?? null;
   const value: OrgPlan = {
     orgId,
     subscriptionId: row.id,
-    planKey: row.planKey,
-    planVersion: row.planVersion,
+    planKey,
+    planVersion,
     plan,
     interval: row.interval,
     status: row.status,

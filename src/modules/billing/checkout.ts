@@ -1,0 +1,171 @@
+import { and, eq } from "drizzle-orm";
+import { checkoutSessions, orgs } from "../../db/schema.js";
+import type { Deps } from "../../deps.js";
+import { escapeHtml } from "../../lib/email-templates.js";
+import { AppError } from "../../lib/errors.js";
+import { newId } from "../../lib/ids.js";
+import type { AuditEntry } from "../audit/service.js";
+import type { Caller } from "../auth/caller.js";
+import type { Interval } from "../catalog/schema.js";
+import { applyChange, quoteChange, quoteOut } from "./changes.js";
+import { Money } from "./money.js";
+import { collectInvoice, paymentMethodOf, savePaymentMethod, testCard } from "./payments.js";
+
+/**
+ * Changing plans as a customer: `POST /v1/orgs/:org/subscription`. A change that costs money now and
+ * finds no card on file goes through the local provider's test-mode checkout page; anything else
+ * applies at once, and its invoice is charged to the card on file.
+ */
+
+const CHECKOUT_TTL_MS = 24 * 3_600_000;
+
+export type ChangeOutcome =
+  | { status: "applied"; invoiceId: string | null; payment: string | null }
+  | { status: "checkout"; checkoutId: string; checkoutUrl: string };
+
+const checkoutUrl = (deps: Deps, id: string) => `${deps.env.publicUrl.replace(/\/$/, "")}/checkout/${id}`;
+
+/** Quotes and applies a change; a subscription changed meanwhile is quoted again. */
+async function applyFresh(
+  deps: Deps,
+  caller: AuditEntry["actor"],
+  orgId: string,
+  input: { plan: string; interval?: Interval | undefined },
+) {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const quote = await quoteChange(deps, orgId, input);
+    const applied = await applyChange(deps, caller, quote);
+    if (!applied) continue;
+    const payment = applied.invoiceId ? await collectInvoice(deps, applied.invoiceId) : null;
+    return { invoiceId: applied.invoiceId, payment: payment?.status ?? null };
+  }
+  throw new AppError("conflict", "The subscription kept changing meanwhile; try again.");
+}
+
+export async function requestChange(
+  deps: Deps,
+  caller: Caller,
+  orgId: string,
+  input: { plan: string; interval?: Interval | undefined },
+): Promise<ChangeOutcome> {
+  const quote = await quoteChange(deps, orgId, input);
+  const due = new Money(quoteOut(deps, quote).amount_due);
+  if (quote.timing === "now" && due.greaterThan(0) && !(await paymentMethodOf(deps, orgId))) {
+    const id = newId("checkout");
+    const now = deps.clock.now();
+    await deps.database.db.insert(checkoutSessions).values({
+      id,
+      orgId,
+      status: "open",
+      planKey: quote.to.plan.key,
+      planVersion: quote.to.version,
+      interval: quote.to.interval,
+      expiresAt: new Date(now.getTime() + CHECKOUT_TTL_MS),
+      createdAt: now,
+    });
+    return { status: "checkout", checkoutId: id, checkoutUrl: checkoutUrl(deps, id) };
+  }
+  const applied = await applyFresh(deps, caller, orgId, input);
+  return { status: "applied", ...applied };
+}
+
+/** An open, unexpired checkout session; 404 otherwise (an id names nothing else). */
+async function openSession(deps: Deps, id: string) {
+  const [session] = await deps.database.db.select().from(checkoutSessions).where(eq(checkoutSessions.id, id));
+  if (!session) throw new AppError("not_found", "No such checkout.");
+  if (session.status === "completed") throw new AppError("conflict", "This checkout is already paid.");
+  if (session.status === "expired" || session.expiresAt.getTime() <= deps.clock.nowMs())
+    throw new AppError("not_found", "This checkout has expired; start again from the billing page.");
+  return session;
+}
+
+/** What the checkout page shows: the change and what it costs now, priced afresh. */
+export async function checkoutSummary(deps: Deps, id: string) {
+  const session = await openSession(deps, id);
+  const [org] = await deps.database.db
+    .select({ name: orgs.name })
+    .from(orgs)
+    .where(eq(orgs.id, session.orgId));
+  const quote = await quoteChange(deps, session.orgId, { plan: session.planKey, interval: session.interval });
+  return { session, orgName: org?.name ?? "", quote: quoteOut(deps, quote) };
+}
+
+/**
+ * Pays a checkout with a test card: a declined card changes nothing (402); a paying one is saved as
+ * the org's card, the change applies and its invoice is charged. A session completes once.
+ */
+export async function completeCheckout(deps: Deps, id: string, cardNumber: string) {
+  const session = await openSession(deps, id);
+  const card = testCard(cardNumber);
+  if (card.outcome === "decline")
+    throw new AppError("payment_required", "Your card was declined. Try another card.", {
+      decline_code: "card_declined",
+    });
+  const claimed = await deps.database.db
+    .update(checkoutSessions)
+    .set({ status: "completed", completedAt: deps.clock.now() })
+    .where(and(eq(checkoutSessions.id, id), eq(checkoutSessions.status, "open")))
+    .returning({ id: checkoutSessions.id });
+  if (claimed.length === 0) throw new AppError("conflict", "This checkout is already paid.");
+  try {
+    await savePaymentMethod(deps, session.orgId, cardNumber);
+    const applied = await applyFresh(deps, { kind: "system" }, session.orgId, {
+      plan: session.planKey,
+      interval: session.interval,
+    });
+    await deps.database.db
+      .update(checkoutSessions)
+      .set({ invoiceId: applied.invoiceId })
+      .where(eq(checkoutSessions.id, id));
+    return { orgId: session.orgId, ...applied };
+  } catch (error) {
+    // Nothing was applied: the customer may try again.
+    await deps.database.db
+      .update(checkoutSessions)
+      .set({ status: "open", completedAt: null })
+      .where(eq(checkoutSessions.id, id));
+    throw error;
+  }
+}
+
+/** The test-mode checkout page. */
+export function checkoutPage(
+  summary: Awaited<ReturnType<typeof checkoutSummary>>,
+  options: { error?: string; brand?: string } = {},
+): string {
+  const { quote, orgName, session } = summary;
+  const rows = quote.lines
+    .map((l) => `<tr><td>${escapeHtml(l.description)}</td><td class="num">${escapeHtml(l.amount)}</td></tr>`)
+    .join("");
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Checkout — ${escapeHtml(quote.to.plan)}</title>
+<style>
+body{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;color:#111}
+.test{background:#fff3cd;border:1px solid #c9a227;padding:.5rem .75rem;border-radius:6px}
+table{width:100%;border-collapse:collapse;margin:1rem 0}td{padding:.4rem 0;border-bottom:1px solid #ddd}
+.num{text-align:right;white-space:nowrap}.total td{font-weight:700;border-bottom:0}
+label{display:block;font-weight:600;margin-top:1rem}input{font:inherit;width:100%;padding:.5rem;box-sizing:border-box}
+button{font:inherit;margin-top:1rem;padding:.6rem 1.2rem;background:#1a56db;color:#fff;border:0;border-radius:6px;cursor:pointer}
+.error{color:#a00;font-weight:600}
+</style></head><body>
+<main>
+<p class="test" role="note">Test mode: no real card is charged. Use 4242 4242 4242 4242 to pay, or 4000 0000 0000 0002 to see a decline.</p>
+<h1>Subscribe ${escapeHtml(orgName)} to ${escapeHtml(quote.to.plan)} (${escapeHtml(quote.to.interval)}ly)</h1>
+<table aria-label="What you pay now">${rows}<tr class="total"><td>Due now</td><td class="num">${escapeHtml(quote.currency)} ${escapeHtml(quote.amount_due)}</td></tr></table>
+${options.error ? `<p class="error" role="alert">${escapeHtml(options.error)}</p>` : ""}
+<form method="post" action="/checkout/${escapeHtml(session.id)}">
+<label for="card_number">Card number</label>
+<input id="card_number" name="card_number" inputmode="numeric" autocomplete="cc-number" required placeholder="4242 4242 4242 4242">
+<button type="submit">Pay ${escapeHtml(quote.currency)} ${escapeHtml(quote.amount_due)}</button>
+</form>
+</main></body></html>`;
+}
+
+export function checkoutDonePage(title: string, message: string): string {
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${escapeHtml(title)}</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;color:#111}</style>
+</head><body><main><h1>${escapeHtml(title)}</h1><p>${escapeHtml(message)}</p></main></body></html>`;
+}
