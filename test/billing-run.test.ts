@@ -42,10 +42,15 @@ plans:
     price: { month: "30" }
     trial_days: 45
     entitlements: { api_calls: { limit: 1000 } }
+  - key: trial_month
+    name: Trial month
+    price: { month: "30" }
+    trial_days: 31
+    entitlements: { api_calls: { limit: 1000 } }
 `;
 
 const catalogFile = writeCatalog(CATALOG);
-it("runs on a valid catalog", () => expect(loadCatalog(catalogFile).plans).toHaveLength(3));
+it("runs on a valid catalog", () => expect(loadCatalog(catalogFile).plans).toHaveLength(4));
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -255,6 +260,20 @@ describe.each(appModes)("the billing run ($name)", (mode) => {
     expect(older.body.data.length + 2).toBe((await invoicesOf(pro)).length);
   });
 
+  it("bills a trial that ends exactly at its period's end once, in advance with the next period", async () => {
+    // August has 31 days: a 31-day trial from August 1 ends on September 1, the period's end.
+    await advanceTo(at(7));
+    const org = await newOrg("trial_month");
+    await advanceTo(at(8, 1, 1));
+    const history = await invoicesOf(org);
+    expect(history.map((i) => [i.period_start, i.total])).toEqual([[iso(at(7)), "30.00"]]);
+    expect(history[0].lines.map((l: Line) => [l.kind, l.period_start, l.amount])).toEqual([
+      ["base_fee", iso(at(8)), "30.00"],
+    ]);
+    const sub = await t.call("GET", `/v1/orgs/${org}/subscription`, { auth: "operator" });
+    expect(sub.body.status).toBe("active");
+  });
+
   it("starts subscriptions older than billing at their current period, leaving the past alone", async () => {
     const org = await newOrg("pro");
     await t.database.query(
@@ -265,6 +284,6 @@ describe.each(appModes)("the billing run ($name)", (mode) => {
     const [sub] = await t.database.query<{ billed_through: string }>(
       sql`select billed_through::text from subscriptions where org_id = ${org}`,
     );
-    expect(new Date(sub?.billed_through ?? 0).getTime()).toBe(at(4));
+    expect(new Date(sub?.billed_through ?? 0).getTime()).toBe(at(8));
   });
 });

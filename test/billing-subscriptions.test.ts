@@ -353,6 +353,65 @@ describe.each(appModes)("subscription changes and payments ($name)", (mode) => {
     expect(history.map((i) => i.total)).toEqual([expected, "30.00"]);
   });
 
+  it("credits only the paid part of this period: cancel now, back on free, upgrade is charged in full", async () => {
+    const { token, org } = await signUp("loop@example.com");
+    const me = as(token);
+    expect((await me.put(`/v1/orgs/${org}/payment-method`, { card_number: "4242424242424242" })).status).toBe(
+      200,
+    );
+    // Basic from the first instant of the org's period: a whole month, paid.
+    const first = await me.post(`/v1/orgs/${org}/subscription`, { plan: "basic" });
+    expect(first.body).toMatchObject({ plan: "basic", payment: "paid" });
+    await advanceTo(t.deps.clock.nowMs() + 9 * 86_400_000);
+    expect((await me.post(`/v1/orgs/${org}/subscription/cancel`, { at_period_end: false })).body.status).toBe(
+      "canceled",
+    );
+    const free = await me.post(`/v1/orgs/${org}/subscription`, { plan: "free" });
+    expect(free.body).toMatchObject({ plan: "free", status: "active" });
+    // The month paid before the cancellation is not credited against the new period.
+    const again = await me.post(`/v1/orgs/${org}/subscription/preview`, { plan: "basic" });
+    expect(amounts(again.body.lines)).toEqual([["proration_charge", "10.00"]]);
+  });
+
+  it("refuses an upgrade the card on file declines, and changes nothing", async () => {
+    const { token, org } = await signUp("declined@example.com");
+    const me = as(token);
+    expect((await me.put(`/v1/orgs/${org}/payment-method`, { card_number: "4000000000000002" })).status).toBe(
+      200,
+    );
+    const res = await me.post(`/v1/orgs/${org}/subscription`, { plan: "pro" });
+    expect(res.status).toBe(402);
+    expect(res.body.code).toBe("payment_required");
+    expect((await me.get(`/v1/orgs/${org}/subscription`)).body).toMatchObject({
+      plan: "free",
+      status: "active",
+    });
+    expect(await invoicesOf(token, org)).toEqual([]);
+  });
+
+  it("closes an ended period before pricing a change made before the run got to it", async () => {
+    const { token, org } = await signUp("boundary@example.com");
+    const me = as(token);
+    expect((await me.put(`/v1/orgs/${org}/payment-method`, { card_number: "4242424242424242" })).status).toBe(
+      200,
+    );
+    expect((await me.post(`/v1/orgs/${org}/subscription`, { plan: "basic" })).body.payment).toBe("paid");
+    const end = Date.parse((await me.get(`/v1/orgs/${org}/subscription`)).body.current_period_end);
+    // 30 s past the period's end, before any run (the clock moved without running anything).
+    t.deps.testClock?.clock.moveTo(end + 30_000);
+    const preview = await me.post(`/v1/orgs/${org}/subscription/preview`, { plan: "pro" });
+    // The period closed first (the next month's 10.00 paid in advance), so the upgrade credits it.
+    expect(amounts(preview.body.lines)).toEqual([
+      ["proration_credit", "-10.00"],
+      ["proration_charge", "20.00"],
+    ]);
+    const history = await invoicesOf(token, org);
+    expect(history.map((i) => [i.reason, i.total, i.status])).toEqual([
+      ["subscription_update", "10.00", "paid"],
+      ["subscription_cycle", "10.00", "paid"],
+    ]);
+  });
+
   it("applies one of several concurrent identical changes, with one invoice and one charge", async () => {
     const { token, org } = await signUp("race@example.com");
     const me = as(token);

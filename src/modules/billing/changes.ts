@@ -1,4 +1,5 @@
 import { eq } from "drizzle-orm";
+import type { Database } from "../../db/client.js";
 import { subscriptions } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
@@ -17,7 +18,9 @@ import {
   writeInvoice,
 } from "./invoices.js";
 import { formatMoney, Money, roundMoney, text } from "./money.js";
+import { collectInvoice } from "./payments.js";
 import { periodShare } from "./proration.js";
+import { catchUp } from "./run.js";
 
 /**
  * Subscription changes, as the catalog spec defines them:
@@ -107,11 +110,14 @@ export async function quoteChange(
   input: { plan: string; interval?: Interval | undefined },
   nowMs = deps.clock.nowMs(),
 ): Promise<ChangeQuote> {
+  const { row } = await getSubscription(deps, orgId);
+  await catchUp(deps, row.id, nowMs);
   const quote = await priceChange(deps, orgId, input, nowMs);
   const days = quote.to.plan.trial_days;
   if (quote.timing !== "now" || quote.kind === "keep" || days === 0 || quote.sub.trialEndsAt !== null)
     return quote;
-  if (quote.lines.some((line) => line.kind === "proration_credit")) return quote;
+  // A period someone was billed for is not given away as a trial.
+  if (await billedBaseFee(deps.database.db, quote.sub.id, nowMs)) return quote;
   return {
     ...quote,
     trialEndsMs: quote.effectiveAtMs + days * 86_400_000,
@@ -167,10 +173,21 @@ async function priceChange(
   const oldPrice = price(fromPlan, sub.interval);
   const newPrice = price(target.plan, interval);
   const inTrial = sub.status === "trialing" && sub.trialEndsAt !== null && sub.trialEndsAt.getTime() > nowMs;
-  const billed = inTrial ? undefined : await billedBaseFee(deps.database.db, sub.id, nowMs);
+  // Credited: only what was paid for this period, and only the part of it still ahead.
+  const billed = inTrial
+    ? undefined
+    : await billedBaseFee(deps.database.db, sub.id, nowMs, { paidOnly: true, notBeforeMs: running.startMs });
   const rest: Period = { startMs: nowMs, endMs: running.endMs };
   const credit = billed
-    ? prorationLine(deps, "proration_credit", fromPlan, sub.interval, billed.price, rest, running)
+    ? prorationLine(
+        deps,
+        "proration_credit",
+        fromPlan,
+        sub.interval,
+        billed.price,
+        { startMs: nowMs, endMs: Math.min(running.endMs, billed.span.endMs) },
+        running,
+      )
     : null;
 
   if (interval !== sub.interval) {
@@ -190,7 +207,7 @@ async function priceChange(
     // year starts.
     const closed: Period = { startMs: running.startMs, endMs: nowMs };
     const year = periodAt(nowMs, interval, nowMs);
-    const lines = await cycleLines(deps, sub, fromPlan, closed, null);
+    const lines = await cycleLines(deps, sub, fromPlan, closed, null, running);
     if (credit) lines.push(credit);
     if (!inTrial) {
       const charge = prorationLine(deps, "proration_charge", target.plan, interval, newPrice, year, year);
@@ -260,12 +277,15 @@ export async function applyChange(
   deps: Deps,
   caller: AuditEntry["actor"],
   quote: ChangeQuote,
+  /** Runs in the change's transaction after the lock (a checkout claims its session): throw to abort. */
+  inTransaction?: (tx: Database) => Promise<void>,
 ): Promise<{ invoiceId: string | null } | undefined> {
   const { sub } = quote;
   const now = deps.clock.now();
   const result = await deps.database.db.transaction(async (tx) => {
     const [locked] = await tx.select().from(subscriptions).where(eq(subscriptions.id, sub.id)).for("update");
     if (!locked || locked.revision !== sub.revision) return undefined;
+    await inTransaction?.(tx);
     if (quote.timing === "period_end") {
       await tx
         .update(subscriptions)
@@ -344,6 +364,7 @@ export async function applyChange(
 
 /** Cancels at the period end (the default) or now. Canceling now bills the period's usage so far. */
 export async function cancelSubscription(deps: Deps, caller: Caller, orgId: string, atPeriodEnd: boolean) {
+  await catchUp(deps, (await getSubscription(deps, orgId)).row.id, deps.clock.nowMs());
   const { row: sub, plan } = await getSubscription(deps, orgId);
   if (sub.status === "canceled") throw new AppError("conflict", "The subscription is already canceled.");
   const nowMs = deps.clock.nowMs();
@@ -353,13 +374,13 @@ export async function cancelSubscription(deps: Deps, caller: Caller, orgId: stri
   if (!atPeriodEnd) {
     const running = runningPeriod(sub, nowMs);
     period = { startMs: running.startMs, endMs: nowMs };
-    lines = await cycleLines(deps, sub, plan, period, null);
+    lines = await cycleLines(deps, sub, plan, period, null, running);
     // No refund of the unused base fee on an immediate cancellation (as Stripe's default); credits
     // for it would go here.
   }
   const done = await deps.database.db.transaction(async (tx) => {
     const [locked] = await tx.select().from(subscriptions).where(eq(subscriptions.id, sub.id)).for("update");
-    if (!locked || locked.revision !== sub.revision) return false;
+    if (!locked || locked.revision !== sub.revision) return null;
     await tx
       .update(subscriptions)
       .set(
@@ -381,8 +402,9 @@ export async function cancelSubscription(deps: Deps, caller: Caller, orgId: stri
             },
       )
       .where(eq(subscriptions.id, sub.id));
-    if (period && lines.some((line) => !new Money(line.amount).isZero())) {
-      await writeInvoice(tx, deps, {
+    let invoiceId: string | null = null;
+    if (period && lines.length > 0) {
+      const invoice = await writeInvoice(tx, deps, {
         orgId,
         subscriptionId: sub.id,
         reason: "subscription_update",
@@ -391,29 +413,34 @@ export async function cancelSubscription(deps: Deps, caller: Caller, orgId: stri
         lines,
         dedupKey: `cancel:${sub.id}:${sub.revision}`,
       });
+      invoiceId = invoice?.id ?? null;
     }
     await recordAudit(tx, {
       orgId,
       actor: caller,
       action: atPeriodEnd ? "subscription.cancel_scheduled" : "subscription.canceled",
       target: { type: "subscription", id: sub.id },
-      metadata: { plan: sub.planKey, at_period_end: atPeriodEnd },
+      metadata: { plan: sub.planKey, at_period_end: atPeriodEnd, invoice: invoiceId },
     });
-    return true;
+    return { invoiceId };
   });
   if (!done) throw new AppError("conflict", "The subscription changed meanwhile; try again.");
   if (!atPeriodEnd) await subscriptionChanged(deps, orgId);
+  if (done.invoiceId) await collectInvoice(deps, done.invoiceId);
 }
 
 /** Undoes a cancellation (or a scheduled downgrade) that has not taken effect yet. */
 export async function resumeSubscription(deps: Deps, caller: Caller, orgId: string) {
+  await catchUp(deps, (await getSubscription(deps, orgId)).row.id, deps.clock.nowMs());
   const { row: sub } = await getSubscription(deps, orgId);
   if (sub.status === "canceled")
     throw new AppError("conflict", "The subscription has ended; subscribe to a plan again instead.");
   if (!sub.cancelAtPeriodEnd && sub.pendingPlanKey === null)
     throw new AppError("conflict", "There is no scheduled cancellation or change to undo.");
   const now = deps.clock.now();
-  await deps.database.db.transaction(async (tx) => {
+  const resumed = await deps.database.db.transaction(async (tx) => {
+    const [locked] = await tx.select().from(subscriptions).where(eq(subscriptions.id, sub.id)).for("update");
+    if (!locked || locked.revision !== sub.revision) return false;
     await tx
       .update(subscriptions)
       .set({
@@ -431,5 +458,7 @@ export async function resumeSubscription(deps: Deps, caller: Caller, orgId: stri
       target: { type: "subscription", id: sub.id },
       metadata: { plan: sub.planKey },
     });
+    return true;
   });
+  if (!resumed) throw new AppError("conflict", "The subscription changed meanwhile; try again.");
 }

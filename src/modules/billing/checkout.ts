@@ -1,4 +1,5 @@
 import { and, eq } from "drizzle-orm";
+import type { Database } from "../../db/client.js";
 import { checkoutSessions, orgs } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { escapeHtml } from "../../lib/email-templates.js";
@@ -31,10 +32,11 @@ async function applyFresh(
   caller: AuditEntry["actor"],
   orgId: string,
   input: { plan: string; interval?: Interval | undefined },
+  inTransaction?: (tx: Database) => Promise<void>,
 ) {
   for (let attempt = 0; attempt < 3; attempt++) {
     const quote = await quoteChange(deps, orgId, input);
-    const applied = await applyChange(deps, caller, quote);
+    const applied = await applyChange(deps, caller, quote, inTransaction);
     if (!applied) continue;
     const payment = applied.invoiceId ? await collectInvoice(deps, applied.invoiceId) : null;
     return { invoiceId: applied.invoiceId, payment: payment?.status ?? null };
@@ -50,7 +52,14 @@ export async function requestChange(
 ): Promise<ChangeOutcome> {
   const quote = await quoteChange(deps, orgId, input);
   const due = new Money(quoteOut(deps, quote).amount_due);
-  if (quote.timing === "now" && due.greaterThan(0) && !(await paymentMethodOf(deps, orgId))) {
+  const method = await paymentMethodOf(deps, orgId);
+  // The card on file is tried before anything changes: a declined upgrade leaves the plan as it was
+  // (Stripe's pending_if_incomplete), rather than moving the org to a plan it cannot pay for.
+  if (quote.timing === "now" && due.greaterThan(0) && method?.reference === "decline")
+    throw new AppError("payment_required", "The card on file was declined; update it and try again.", {
+      decline_code: "card_declined",
+    });
+  if (quote.timing === "now" && due.greaterThan(0) && !method) {
     const id = newId("checkout");
     const now = deps.clock.now();
     await deps.database.db.insert(checkoutSessions).values({
@@ -101,31 +110,29 @@ export async function completeCheckout(deps: Deps, id: string, cardNumber: strin
     throw new AppError("payment_required", "Your card was declined. Try another card.", {
       decline_code: "card_declined",
     });
-  const claimed = await deps.database.db
+  await savePaymentMethod(deps, session.orgId, cardNumber);
+  // The session is claimed in the change's own transaction: paid once, and never marked paid without
+  // the change (a crash in between leaves both undone).
+  const claim = async (tx: Database) => {
+    const claimed = await tx
+      .update(checkoutSessions)
+      .set({ status: "completed", completedAt: deps.clock.now() })
+      .where(and(eq(checkoutSessions.id, id), eq(checkoutSessions.status, "open")))
+      .returning({ id: checkoutSessions.id });
+    if (claimed.length === 0) throw new AppError("conflict", "This checkout is already paid.");
+  };
+  const applied = await applyFresh(
+    deps,
+    { kind: "system" },
+    session.orgId,
+    { plan: session.planKey, interval: session.interval },
+    claim,
+  );
+  await deps.database.db
     .update(checkoutSessions)
-    .set({ status: "completed", completedAt: deps.clock.now() })
-    .where(and(eq(checkoutSessions.id, id), eq(checkoutSessions.status, "open")))
-    .returning({ id: checkoutSessions.id });
-  if (claimed.length === 0) throw new AppError("conflict", "This checkout is already paid.");
-  try {
-    await savePaymentMethod(deps, session.orgId, cardNumber);
-    const applied = await applyFresh(deps, { kind: "system" }, session.orgId, {
-      plan: session.planKey,
-      interval: session.interval,
-    });
-    await deps.database.db
-      .update(checkoutSessions)
-      .set({ invoiceId: applied.invoiceId })
-      .where(eq(checkoutSessions.id, id));
-    return { orgId: session.orgId, ...applied };
-  } catch (error) {
-    // Nothing was applied: the customer may try again.
-    await deps.database.db
-      .update(checkoutSessions)
-      .set({ status: "open", completedAt: null })
-      .where(eq(checkoutSessions.id, id));
-    throw error;
-  }
+    .set({ invoiceId: applied.invoiceId })
+    .where(eq(checkoutSessions.id, id));
+  return { orgId: session.orgId, ...applied };
 }
 
 /** The test-mode checkout page. */

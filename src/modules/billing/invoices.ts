@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, inArray, lt, lte, sql } from "drizzle-orm";
+import { and, desc, eq, gt, gte, inArray, lt, lte, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
   type InvoiceLineKind,
@@ -99,29 +99,30 @@ export function baseFeeLine(
   interval: Interval,
   period: Period,
   trialEndsMs: number | null,
+  /** Bill only up to here (a period cut short by a cancellation), still prorated over the whole period. */
+  untilMs: number = period.endMs,
 ): DraftLine | null {
   const price = plan.price[interval];
   if (price === undefined || new Money(price).isZero()) return null;
   const fromMs = trialEndsMs !== null && trialEndsMs > period.startMs ? trialEndsMs : period.startMs;
-  if (fromMs >= period.endMs) return null;
+  const toMs = Math.min(untilMs, period.endMs);
+  if (fromMs >= toMs) return null;
   const unit = deps.catalog.proration_unit;
-  const share = periodShare(fromMs, period.endMs, period, unit);
+  const share = periodShare(fromMs, toMs, period, unit);
   const exact = new Money(price).times(share);
   const currency = deps.catalog.currency;
-  const prorated = fromMs > period.startMs;
+  const prorated = fromMs > period.startMs || toMs < period.endMs;
   return {
     kind: "base_fee",
-    description: `${plan.name} (${interval}ly), ${day(fromMs)} to ${day(period.endMs)}${prorated ? ", after the trial" : ""}`,
+    description: `${plan.name} (${interval}ly), ${day(fromMs)} to ${day(toMs)}${fromMs > period.startMs ? ", after the trial" : ""}`,
     meter: null,
     model: null,
     quantity: prorated ? text(share) : "1",
     unitAmount: price,
     amount: formatMoney(roundMoney(exact, currency), currency),
     exactAmount: text(exact),
-    period: { startMs: fromMs, endMs: period.endMs },
-    details: prorated
-      ? { proration: { unit, from: iso(fromMs), to: iso(period.endMs), share: text(share) } }
-      : null,
+    period: { startMs: fromMs, endMs: toMs },
+    details: prorated ? { proration: { unit, from: iso(fromMs), to: iso(toMs), share: text(share) } } : null,
   };
 }
 
@@ -130,7 +131,12 @@ export function baseFeeLine(
  * charge line covering it, on an invoice that was not voided): what an upgrade credits back. None
  * during a trial or a comp, so nothing is credited that was never charged.
  */
-export async function billedBaseFee(db: Database, subscriptionId: string, atMs: number) {
+export async function billedBaseFee(
+  db: Database,
+  subscriptionId: string,
+  atMs: number,
+  options: { paidOnly?: boolean; notBeforeMs?: number } = {},
+) {
   const at = new Date(atMs);
   const [row] = await db
     .select({
@@ -143,15 +149,22 @@ export async function billedBaseFee(db: Database, subscriptionId: string, atMs: 
     .where(
       and(
         eq(invoices.subscriptionId, subscriptionId),
-        inArray(invoices.status, ["finalized", "paid"]),
+        inArray(invoices.status, options.paidOnly ? ["paid"] : ["finalized", "paid"]),
         inArray(invoiceLines.kind, ["base_fee", "proration_charge"]),
         lte(invoiceLines.periodStart, at),
         gt(invoiceLines.periodEnd, at),
+        options.notBeforeMs !== undefined
+          ? gte(invoiceLines.periodStart, new Date(options.notBeforeMs))
+          : undefined,
       ),
     )
     .orderBy(desc(invoices.id), desc(invoiceLines.position))
     .limit(1);
-  return row?.unitAmount ? { price: new Money(row.unitAmount) } : undefined;
+  if (!row?.unitAmount) return undefined;
+  return {
+    price: new Money(row.unitAmount),
+    span: { startMs: row.start.getTime(), endMs: row.end.getTime() },
+  };
 }
 
 /** What the period after the one being closed is billed for: its plan, interval and span. */
@@ -174,21 +187,27 @@ export async function cycleLines(
   plan: Plan,
   period: Period,
   next: NextPeriod | null,
+  /** The whole billing period when `period` is cut short (a cancellation now, an interval change). */
+  full: Period = period,
 ): Promise<DraftLine[]> {
   const lines: DraftLine[] = [];
   for (const charge of plan.charges) lines.push(...(await usageLines(deps, sub.orgId, charge, period)));
+  const db = deps.database.db;
   const trialEndsMs = sub.trialEndsAt?.getTime() ?? null;
   if (
     trialEndsMs !== null &&
-    trialEndsMs > period.startMs &&
+    trialEndsMs > full.startMs &&
     trialEndsMs < period.endMs &&
-    !(await billedBaseFee(deps.database.db, sub.id, trialEndsMs))
+    !(await billedBaseFee(db, sub.id, trialEndsMs))
   ) {
-    const rest = baseFeeLine(deps, plan, sub.interval, period, trialEndsMs);
+    const rest = baseFeeLine(deps, plan, sub.interval, full, trialEndsMs, period.endMs);
     if (rest) lines.push(rest);
   }
   if (next) {
-    const base = baseFeeLine(deps, next.plan, next.interval, next.period, trialEndsMs);
+    // Billed already (a trial's end invoiced it)? Then not again.
+    const from = Math.max(next.period.startMs, trialEndsMs ?? 0);
+    const billed = from < next.period.endMs ? await billedBaseFee(db, sub.id, from) : undefined;
+    const base = billed ? null : baseFeeLine(deps, next.plan, next.interval, next.period, trialEndsMs);
     if (base) lines.push(base);
   }
   return lines;

@@ -47,6 +47,13 @@ const settleMs = (deps: Deps) => (deps.testClock ? 0 : SETTLE_MS);
 
 type SubscriptionRow = typeof subscriptions.$inferSelect;
 
+/** A plan version a subscription names; every version ever used is in plan_versions. */
+async function requirePlan(deps: Deps, key: string, version: number): Promise<Plan> {
+  const plan = await deps.plans.load(key, version);
+  if (!plan) throw new Error(`plan ${key} v${version} is missing from plan_versions`);
+  return plan;
+}
+
 /** The period after `period` for a subscription's anchor and interval. */
 function following(sub: SubscriptionRow, period: Period): Period {
   return periodAt(sub.anchorAt.getTime(), sub.interval, period.endMs);
@@ -64,9 +71,7 @@ async function nextAfter(
 ): Promise<NextPeriod | null> {
   if (sub.cancelAtPeriodEnd) return null;
   if (sub.pendingPlanKey !== null && sub.pendingPlanVersion !== null) {
-    const pending = await deps.plans.load(sub.pendingPlanKey, sub.pendingPlanVersion);
-    if (!pending)
-      throw new Error(`plan ${sub.pendingPlanKey} v${sub.pendingPlanVersion} is missing from plan_versions`);
+    const pending = await requirePlan(deps, sub.pendingPlanKey, sub.pendingPlanVersion);
     const interval = sub.pendingInterval ?? sub.interval;
     const next =
       interval === sub.interval ? following(sub, period) : periodAt(period.endMs, interval, period.endMs);
@@ -124,27 +129,35 @@ export async function runBilling(deps: Deps, nowMs = deps.clock.nowMs()): Promis
  * period was billed in advance when that period closed). With no card on file, or a declined one, the
  * subscription is past_due.
  */
-async function endTrials(deps: Deps, nowMs: number): Promise<string[]> {
+async function endTrials(deps: Deps, nowMs: number, onlyId?: string): Promise<string[]> {
   const written: string[] = [];
   const ended = await deps.database.db
     .select()
     .from(subscriptions)
-    .where(and(eq(subscriptions.status, "trialing"), lte(subscriptions.trialEndsAt, new Date(nowMs))))
+    .where(
+      and(
+        eq(subscriptions.status, "trialing"),
+        lte(subscriptions.trialEndsAt, new Date(nowMs)),
+        onlyId ? eq(subscriptions.id, onlyId) : undefined,
+      ),
+    )
     .limit(1000);
   for (const sub of ended) {
     try {
       const trialEndsMs = (sub.trialEndsAt as Date).getTime();
-      const plan = await deps.plans.load(sub.planKey, sub.planVersion);
-      if (!plan) throw new Error(`plan ${sub.planKey} v${sub.planVersion} is missing from plan_versions`);
-      const period =
-        sub.billedThrough &&
-        sub.nextBillingAt &&
+      const plan = await requirePlan(deps, sub.planKey, sub.planVersion);
+      // Only a trial ending in the open period is billed here; one that ended at or after its end is
+      // billed in advance by that period's close (which runs next).
+      const open =
+        sub.billedThrough !== null &&
+        sub.nextBillingAt !== null &&
         sub.billedThrough.getTime() <= trialEndsMs &&
-        trialEndsMs < sub.nextBillingAt.getTime()
-          ? { startMs: sub.billedThrough.getTime(), endMs: sub.nextBillingAt.getTime() }
-          : periodAt(sub.anchorAt.getTime(), sub.interval, trialEndsMs);
-      const billed = await billedBaseFee(deps.database.db, sub.id, trialEndsMs);
-      const line = billed ? null : baseFeeLine(deps, plan, sub.interval, period, trialEndsMs);
+        trialEndsMs < sub.nextBillingAt.getTime();
+      const period = open
+        ? { startMs: (sub.billedThrough as Date).getTime(), endMs: (sub.nextBillingAt as Date).getTime() }
+        : periodAt(sub.anchorAt.getTime(), sub.interval, trialEndsMs);
+      const billed = open ? await billedBaseFee(deps.database.db, sub.id, trialEndsMs) : undefined;
+      const line = !open || billed ? null : baseFeeLine(deps, plan, sub.interval, period, trialEndsMs);
       const hasCard = Boolean(await paymentMethodOf(deps, sub.orgId));
       const invoiceId = await deps.database.db.transaction(async (tx) => {
         const [locked] = await tx
@@ -194,7 +207,13 @@ async function endTrials(deps: Deps, nowMs: number): Promise<string[]> {
  * before the transaction (reading usage), then the transaction locks the row and writes only if no
  * one closed the period meanwhile.
  */
-export async function closeDuePeriods(deps: Deps, subscriptionId: string, nowMs: number) {
+export async function closeDuePeriods(
+  deps: Deps,
+  subscriptionId: string,
+  nowMs: number,
+  options: { settle?: boolean } = {},
+) {
+  const settle = options.settle === false ? 0 : settleMs(deps);
   const out = { closed: 0, invoices: [] as string[] };
   for (;;) {
     const [sub] = await deps.database.db
@@ -208,13 +227,17 @@ export async function closeDuePeriods(deps: Deps, subscriptionId: string, nowMs:
       await deps.database.db
         .update(subscriptions)
         .set({ billedThrough: new Date(current.startMs), nextBillingAt: new Date(current.endMs) })
-        .where(and(eq(subscriptions.id, sub.id), isNull(subscriptions.billedThrough)));
+        .where(
+          and(
+            eq(subscriptions.id, sub.id),
+            or(isNull(subscriptions.billedThrough), isNull(subscriptions.nextBillingAt)),
+          ),
+        );
       continue;
     }
-    if (sub.nextBillingAt.getTime() + settleMs(deps) > nowMs) return out;
+    if (sub.nextBillingAt.getTime() + settle > nowMs) return out;
     const period = { startMs: sub.billedThrough.getTime(), endMs: sub.nextBillingAt.getTime() };
-    const plan = await deps.plans.load(sub.planKey, sub.planVersion);
-    if (!plan) throw new Error(`plan ${sub.planKey} v${sub.planVersion} is missing from plan_versions`);
+    const plan = await requirePlan(deps, sub.planKey, sub.planVersion);
     const next = await nextAfter(deps, sub, plan, period);
     const lines = await cycleLines(deps, sub, plan, period, next);
     const written = await deps.database.db.transaction(async (tx) => {
@@ -285,6 +308,16 @@ export async function closeDuePeriods(deps: Deps, subscriptionId: string, nowMs:
       await collectInvoice(deps, written.invoiceId);
     }
   }
+}
+
+/**
+ * Brings one subscription up to date before a change: a trial that has ended is ended and periods
+ * that have ended are closed (without the settling wait), so a change never prices a period the run
+ * has not opened yet.
+ */
+export async function catchUp(deps: Deps, subscriptionId: string, nowMs: number): Promise<void> {
+  for (const id of await endTrials(deps, nowMs, subscriptionId)) void id;
+  await closeDuePeriods(deps, subscriptionId, nowMs, { settle: false });
 }
 
 /**
