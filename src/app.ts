@@ -13,6 +13,7 @@ import { authRoutes } from "./modules/auth/routes.js";
 import { twoFactorRoutes } from "./modules/auth/two-factor-routes.js";
 import {
   checkoutRoutes,
+  couponRoutes,
   invoiceRoutes,
   paymentRoutes,
   pricingRoutes,
@@ -125,6 +126,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", subscriptionChangeRoutes());
   app.route("/", checkoutRoutes());
   app.route("/", paymentRoutes());
+  app.route("/", couponRoutes());
   app.route("/", subscriptionRoutes());
   app.route("/", meteringRoutes());
   if (deps.testClock) app.route("/", testClockRoutes());

@@ -628,3 +628,104 @@ export const payments = pgTable(
     index("payments_invoice_idx").on(t.invoiceId),
   ],
 );
+
+/**
+ * Coupons the operator creates. `percentage` takes `percent_off`; `fixed_amount` takes `amount_off` in
+ * the catalog's currency. Codes are matched case-insensitively (stored upper-case).
+ */
+export const coupons = pgTable("coupons", {
+  id: text("id").primaryKey(),
+  code: text("code").notNull().unique(),
+  name: text("name"),
+  type: text("type", { enum: ["percentage", "fixed_amount"] }).notNull(),
+  percentOff: numeric("percent_off"),
+  amountOff: numeric("amount_off"),
+  currency: text("currency"),
+  duration: text("duration", { enum: ["once", "repeating", "forever"] }).notNull(),
+  /** `repeating`: how many billing periods. */
+  durationPeriods: integer("duration_periods"),
+  maxRedemptions: integer("max_redemptions"),
+  redemptions: integer("redemptions").notNull().default(0),
+  /** Redeemable until then; redeemed coupons keep applying per their duration. */
+  redeemBy: at("redeem_by"),
+  ...timestamps,
+});
+
+/** A coupon an org redeemed, with what is left of it. Applied in `applied_at` order. */
+export const orgCoupons = pgTable(
+  "org_coupons",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id")
+      .notNull()
+      .references(() => orgs.id),
+    couponId: text("coupon_id")
+      .notNull()
+      .references(() => coupons.id),
+    appliedAt: at("applied_at").notNull(),
+    /** Invoices it has discounted. */
+    periodsUsed: integer("periods_used").notNull().default(0),
+    /** `repeating`: invoices written from then on are not discounted (n periods after the redemption). */
+    endsAt: at("ends_at"),
+    /** A `once` fixed-amount coupon's unused remainder, kept for later invoices. */
+    remainingAmount: numeric("remaining_amount"),
+    status: text("status", { enum: ["active", "exhausted"] }).notNull(),
+  },
+  (t) => [
+    uniqueIndex("org_coupons_once_idx").on(t.orgId, t.couponId),
+    index("org_coupons_org_idx").on(t.orgId, t.appliedAt),
+  ],
+);
+
+/** What each coupon took off an invoice, in the order applied. */
+export const invoiceDiscounts = pgTable(
+  "invoice_discounts",
+  {
+    invoiceId: text("invoice_id")
+      .notNull()
+      .references(() => invoices.id),
+    position: integer("position").notNull(),
+    orgCouponId: text("org_coupon_id").notNull(),
+    code: text("code").notNull(),
+    amount: numeric("amount").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.invoiceId, t.position] })],
+);
+
+/** Prepaid balance and rewards: each grant's balance is the sum of its ledger entries. */
+export const creditGrants = pgTable(
+  "credit_grants",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id")
+      .notNull()
+      .references(() => orgs.id),
+    amount: numeric("amount").notNull(),
+    currency: text("currency").notNull(),
+    source: text("source", { enum: ["manual", "proration", "referral", "purchase"] }).notNull(),
+    reason: text("reason"),
+    expiresAt: at("expires_at"),
+    ...timestamps,
+  },
+  (t) => [index("credit_grants_org_idx").on(t.orgId)],
+);
+
+/**
+ * The credit ledger, append-only: a grant (+), what invoices used (−), what expired (−). History is
+ * never edited; a balance is a sum.
+ */
+export const creditLedger = pgTable(
+  "credit_ledger",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id").notNull(),
+    grantId: text("grant_id")
+      .notNull()
+      .references(() => creditGrants.id),
+    invoiceId: text("invoice_id"),
+    kind: text("kind", { enum: ["grant", "apply", "expire"] }).notNull(),
+    amount: numeric("amount").notNull(),
+    ...timestamps,
+  },
+  (t) => [index("credit_ledger_grant_idx").on(t.grantId), index("credit_ledger_org_idx").on(t.orgId, t.id)],
+);

@@ -29,6 +29,8 @@ export const ID_PREFIXES = {
   journal: "jrn",
   checkout: "chk",
   payment: "pay",
+  redemption: "rdm",
+  ledger: "cle",
 } as const;
 
 export type IdKind = keyof typeof ID_PREFIXES;

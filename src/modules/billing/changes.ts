@@ -9,6 +9,7 @@ import type { Interval, Plan } from "../catalog/schema.js";
 import { apiRateKey, rateKey } from "../metering/keys.js";
 import { type Period, periodAt } from "../plans/periods.js";
 import { getSubscription, resolveTargetPlan, subscriptionChanged } from "../plans/subscriptions.js";
+import { previewTotals } from "./adjustments.js";
 import {
   baseFeeLine,
   billedBaseFee,
@@ -250,9 +251,7 @@ async function priceChange(
 }
 
 /** A quote in the API's shape (the preview). */
-export function quoteOut(deps: Deps, quote: ChangeQuote) {
-  const currency = deps.catalog.currency;
-  const subtotal = quote.lines.reduce((sum, line) => sum.plus(line.amount), new Money(0));
+export async function quoteOut(deps: Deps, quote: ChangeQuote) {
   return {
     kind: quote.kind,
     timing: quote.timing,
@@ -260,11 +259,9 @@ export function quoteOut(deps: Deps, quote: ChangeQuote) {
     trial_ends_at: quote.trialEndsMs !== undefined ? iso(quote.trialEndsMs) : null,
     from: { plan: quote.from.plan.key, interval: quote.from.interval },
     to: { plan: quote.to.plan.key, version: quote.to.version, interval: quote.to.interval },
-    currency,
+    currency: deps.catalog.currency,
     lines: quote.lines.map(draftLineOut),
-    subtotal: formatMoney(subtotal, currency),
-    total: formatMoney(Money.max(subtotal, 0), currency),
-    amount_due: formatMoney(Money.max(subtotal, 0), currency),
+    ...(await previewTotals(deps, quote.sub.orgId, quote.lines)),
   };
 }
 

@@ -51,7 +51,7 @@ export async function requestChange(
   input: { plan: string; interval?: Interval | undefined },
 ): Promise<ChangeOutcome> {
   const quote = await quoteChange(deps, orgId, input);
-  const due = new Money(quoteOut(deps, quote).amount_due);
+  const due = new Money((await quoteOut(deps, quote)).amount_due);
   const method = await paymentMethodOf(deps, orgId);
   // The card on file is tried before anything changes: a declined upgrade leaves the plan as it was
   // (Stripe's pending_if_incomplete), rather than moving the org to a plan it cannot pay for.
@@ -96,7 +96,7 @@ export async function checkoutSummary(deps: Deps, id: string) {
     .from(orgs)
     .where(eq(orgs.id, session.orgId));
   const quote = await quoteChange(deps, session.orgId, { plan: session.planKey, interval: session.interval });
-  return { session, orgName: org?.name ?? "", quote: quoteOut(deps, quote) };
+  return { session, orgName: org?.name ?? "", quote: await quoteOut(deps, quote) };
 }
 
 /**

@@ -3,6 +3,7 @@ import type { Database } from "../../db/client.js";
 import {
   type InvoiceLineKind,
   type InvoiceReason,
+  invoiceDiscounts,
   invoiceLines,
   invoiceSequences,
   invoices,
@@ -14,6 +15,7 @@ import { newId } from "../../lib/ids.js";
 import type { Charge, Interval, Meter, Plan } from "../catalog/schema.js";
 import { aggregatePeriod } from "../metering/usage.js";
 import type { Period } from "../plans/periods.js";
+import { planAdjustments, recordAdjustments } from "./adjustments.js";
 import { chargeLines } from "./lines.js";
 import { formatMoney, Money, roundMoney, text } from "./money.js";
 import { periodShare } from "./proration.js";
@@ -26,6 +28,7 @@ import { periodShare } from "./proration.js";
 type SubscriptionRow = typeof subscriptions.$inferSelect;
 type InvoiceRow = typeof invoices.$inferSelect;
 type LineRow = typeof invoiceLines.$inferSelect;
+type DiscountRow = typeof invoiceDiscounts.$inferSelect;
 
 /** A line before it is written. Amounts are rounded to the currency's minor unit; `exact` is not. */
 export interface DraftLine {
@@ -297,12 +300,21 @@ export async function writeInvoice(
       })),
     );
   }
-  const paid = new Money(total).isZero();
+  // Coupons and credits, under the org's lock, in the invoice's transaction.
+  const adjustments = await planAdjustments(tx, deps, input.orgId, new Money(subtotal), {
+    lock: true,
+  });
+  await recordAdjustments(tx, deps, id, input.orgId, adjustments);
+  const paid = adjustments.amountDue.isZero();
   const [finalized] = await tx
     .update(invoices)
     .set({
       status: paid ? "paid" : "finalized",
       number: await nextNumber(tx),
+      discount: formatMoney(adjustments.discount, currency),
+      creditsApplied: formatMoney(adjustments.creditsApplied, currency),
+      total: formatMoney(adjustments.total, currency),
+      amountDue: formatMoney(adjustments.amountDue, currency),
       finalizedAt: now,
       dueAt: now,
       ...(paid ? { paidAt: now } : {}),
@@ -352,7 +364,7 @@ function lineOut(line: LineRow) {
 /** Numeric columns come back as Postgres writes them ("5.00"); shown in the currency's format. */
 const money = (value: string, currency: string) => formatMoney(new Money(value), currency);
 
-export function invoiceOut(row: InvoiceRow, lines: LineRow[]) {
+export function invoiceOut(row: InvoiceRow, lines: LineRow[], discounts: DiscountRow[] = []) {
   const c = row.currency;
   return {
     id: row.id,
@@ -369,6 +381,7 @@ export function invoiceOut(row: InvoiceRow, lines: LineRow[]) {
     interval: row.interval,
     lines: lines.map((line) => ({ ...lineOut(line), amount: money(line.amount, c) })),
     subtotal: money(row.subtotal, c),
+    discounts: discounts.map((d) => ({ code: d.code, amount: money(d.amount, c) })),
     discount: money(row.discount, c),
     credits_applied: money(row.creditsApplied, c),
     total: money(row.total, c),
@@ -380,6 +393,18 @@ export function invoiceOut(row: InvoiceRow, lines: LineRow[]) {
     paid_at: row.paidAt?.toISOString() ?? null,
     voided_at: row.voidedAt?.toISOString() ?? null,
   };
+}
+
+async function discountsOf(db: Database, ids: string[]): Promise<Map<string, DiscountRow[]>> {
+  const byInvoice = new Map<string, DiscountRow[]>(ids.map((id) => [id, []]));
+  if (ids.length === 0) return byInvoice;
+  const rows = await db
+    .select()
+    .from(invoiceDiscounts)
+    .where(inArray(invoiceDiscounts.invoiceId, ids))
+    .orderBy(invoiceDiscounts.invoiceId, invoiceDiscounts.position);
+  for (const row of rows) byInvoice.get(row.invoiceId)?.push(row);
+  return byInvoice;
 }
 
 async function linesOf(db: Database, ids: string[]): Promise<Map<string, LineRow[]>> {
@@ -403,11 +428,9 @@ export async function listInvoices(deps: Deps, orgId: string, limit: number, bef
     .where(and(eq(invoices.orgId, orgId), before ? lt(invoices.id, before) : undefined))
     .orderBy(desc(invoices.id))
     .limit(limit);
-  const lines = await linesOf(
-    db,
-    rows.map((r) => r.id),
-  );
-  return rows.map((row) => invoiceOut(row, lines.get(row.id) ?? []));
+  const ids = rows.map((r) => r.id);
+  const [lines, discounts] = await Promise.all([linesOf(db, ids), discountsOf(db, ids)]);
+  return rows.map((row) => invoiceOut(row, lines.get(row.id) ?? [], discounts.get(row.id) ?? []));
 }
 
 /** One of the org's invoices; 404 for another org's. */
@@ -418,6 +441,6 @@ export async function getInvoice(deps: Deps, orgId: string, id: string) {
     .from(invoices)
     .where(and(eq(invoices.orgId, orgId), eq(invoices.id, id)));
   if (!row) throw new AppError("not_found", `No invoice ${id}.`);
-  const lines = await linesOf(db, [row.id]);
-  return invoiceOut(row, lines.get(row.id) ?? []);
+  const [lines, discounts] = await Promise.all([linesOf(db, [row.id]), discountsOf(db, [row.id])]);
+  return invoiceOut(row, lines.get(row.id) ?? [], discounts.get(row.id) ?? []);
 }

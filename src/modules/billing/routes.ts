@@ -9,6 +9,16 @@ import { Subscription } from "../plans/routes.js";
 import { getSubscription, subscriptionOut } from "../plans/subscriptions.js";
 import { cancelSubscription, quoteChange, quoteOut, resumeSubscription } from "./changes.js";
 import { checkoutDonePage, checkoutPage, checkoutSummary, completeCheckout } from "./checkout.js";
+import {
+  addCredit,
+  CreateCoupon,
+  createCoupon,
+  creditsOf,
+  GrantCredit,
+  listCoupons,
+  orgCouponList,
+  redeemCoupon,
+} from "./coupons.js";
 import { EstimateRequest, estimate } from "./estimate.js";
 import { getInvoice, listInvoices } from "./invoices.js";
 import { collectInvoice, savePaymentMethod } from "./payments.js";
@@ -147,6 +157,9 @@ const invoiceFields = {
   interval: z.enum(["month", "year"]).nullable(),
   lines: z.array(InvoiceLine),
   subtotal: z.string(),
+  discounts: z.array(z.object({ code: z.string(), amount: z.string() })),
+  discount: z.string(),
+  credits_applied: z.string(),
   total: z.string(),
   amount_due: z.string(),
 };
@@ -158,8 +171,6 @@ const Invoice = z
     status: z.enum(["draft", "finalized", "paid", "void"]),
     reason: z.enum(["subscription_cycle", "subscription_create", "subscription_update", "manual"]),
     ...invoiceFields,
-    discount: z.string(),
-    credits_applied: z.string(),
     amount_paid: z.string(),
     created_at: z.string(),
     finalized_at: z.string().nullable(),
@@ -287,6 +298,9 @@ const ChangePreview = z
     currency: z.string(),
     lines: z.array(InvoiceLine),
     subtotal: z.string(),
+    discounts: z.array(z.object({ code: z.string(), amount: z.string() })),
+    discount: z.string(),
+    credits_applied: z.string(),
     total: z.string(),
     amount_due: z.string(),
   })
@@ -321,7 +335,10 @@ export function subscriptionChangeRoutes() {
     }),
     async (c) => {
       const deps = c.get("deps");
-      return c.json(quoteOut(deps, await quoteChange(deps, accessOf(c).orgId, c.req.valid("json"))), 200);
+      return c.json(
+        await quoteOut(deps, await quoteChange(deps, accessOf(c).orgId, c.req.valid("json"))),
+        200,
+      );
     },
   );
 
@@ -523,6 +540,176 @@ export function paymentRoutes() {
           decline_code: result.failureCode,
         });
       return c.json(await getInvoice(deps, orgId, id), 200);
+    },
+  );
+  return router;
+}
+
+const Coupon = z
+  .object({
+    id: z.string(),
+    code: z.string(),
+    name: z.string().nullable(),
+    type: z.enum(["percentage", "fixed_amount"]),
+    percent_off: z.string().nullable(),
+    amount_off: z.string().nullable(),
+    currency: z.string().nullable(),
+    duration: z.enum(["once", "repeating", "forever"]),
+    duration_periods: z.number().int().nullable(),
+    max_redemptions: z.number().int().nullable(),
+    redemptions: z.number().int(),
+    redeem_by: z.string().nullable(),
+    created_at: z.string(),
+  })
+  .openapi("Coupon");
+
+const AppliedCoupon = z
+  .object({
+    id: z.string(),
+    coupon: Coupon,
+    applied_at: z.string(),
+    periods_used: z.number().int().optional().openapi({ description: "Invoices it has discounted." }),
+    ends_at: z
+      .string()
+      .nullable()
+      .optional()
+      .openapi({ description: "repeating: invoices from then on are not discounted." }),
+    remaining_amount: z.string().nullable().optional(),
+    status: z.enum(["active", "exhausted"]),
+  })
+  .openapi("AppliedCoupon");
+
+const Credits = z
+  .object({
+    currency: z.string(),
+    balance: z.string(),
+    grants: z.array(
+      z.object({
+        id: z.string(),
+        amount: z.string(),
+        balance: z.string(),
+        source: z.enum(["manual", "proration", "referral", "purchase"]),
+        reason: z.string().nullable(),
+        expires_at: z.string().nullable(),
+        created_at: z.string(),
+      }),
+    ),
+    ledger: z.array(
+      z.object({
+        id: z.string(),
+        grant_id: z.string(),
+        invoice_id: z.string().nullable(),
+        kind: z.enum(["grant", "apply", "expire"]),
+        amount: z.string(),
+        created_at: z.string(),
+      }),
+    ),
+  })
+  .openapi("Credits");
+
+/** Coupons (the operator's) and their redemption by orgs; credit balances and grants. */
+export function couponRoutes() {
+  const router = createApiRouter();
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/admin/coupons",
+      tags: ["Admin"],
+      summary: "Create a coupon (operator)",
+      security: [{ operator: [] }],
+      middleware: operatorOnly,
+      request: { body: jsonBody(CreateCoupon) },
+      responses: { 201: jsonResponse(Coupon, "The coupon"), ...errorResponses(400, 401, 403, 409) },
+    }),
+    async (c) => c.json(await createCoupon(c.get("deps"), c.req.valid("json")), 201),
+  );
+  router.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/admin/coupons",
+      tags: ["Admin"],
+      summary: "Every coupon, newest first (operator)",
+      security: [{ operator: [] }],
+      middleware: operatorOnly,
+      responses: {
+        200: jsonResponse(z.object({ data: z.array(Coupon) }), "Coupons"),
+        ...errorResponses(401, 403),
+      },
+    }),
+    async (c) => c.json({ data: await listCoupons(c.get("deps")) }, 200),
+  );
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/coupons",
+      tags: ["Billing"],
+      summary: "Redeem a coupon for the org",
+      description:
+        "Applies to the org's invoices from now on, after any coupons applied before it, for its duration. Once per org; never past the coupon's max_redemptions.",
+      security: orgSecurity,
+      middleware: orgAccess("billing:manage"),
+      request: {
+        params: OrgParam,
+        body: jsonBody(z.strictObject({ code: z.string().min(1).max(64) }).openapi("RedeemCoupon")),
+      },
+      responses: { 201: jsonResponse(AppliedCoupon, "Redeemed"), ...errorResponses(400, 401, 403, 404, 409) },
+    }),
+    async (c) => {
+      const access = accessOf(c);
+      return c.json(
+        await redeemCoupon(c.get("deps"), access.caller, access.orgId, c.req.valid("json").code),
+        201,
+      );
+    },
+  );
+  router.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/orgs/{org}/coupons",
+      tags: ["Billing"],
+      summary: "The coupons the org redeemed, in the order they apply",
+      security: orgSecurity,
+      middleware: orgAccess("billing:read"),
+      request: { params: OrgParam },
+      responses: {
+        200: jsonResponse(z.object({ data: z.array(AppliedCoupon) }), "Applied coupons"),
+        ...errorResponses(401, 403, 404),
+      },
+    }),
+    async (c) => c.json({ data: await orgCouponList(c.get("deps"), accessOf(c).orgId) }, 200),
+  );
+  router.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/orgs/{org}/credits",
+      tags: ["Billing"],
+      summary: "The org's credit balance, grants and ledger",
+      security: orgSecurity,
+      middleware: orgAccess("billing:read"),
+      request: { params: OrgParam },
+      responses: { 200: jsonResponse(Credits, "Credits"), ...errorResponses(401, 403, 404) },
+    }),
+    async (c) => c.json(await creditsOf(c.get("deps"), accessOf(c).orgId), 200),
+  );
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/credits",
+      tags: ["Billing"],
+      summary: "Grant the org credit (operator)",
+      security: [{ operator: [] }],
+      middleware: [orgAccess("billing:manage"), operatorOnly],
+      request: { params: OrgParam, body: jsonBody(GrantCredit) },
+      responses: {
+        201: jsonResponse(Credits, "The org's credits after the grant"),
+        ...errorResponses(400, 401, 403, 404),
+      },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const access = accessOf(c);
+      await addCredit(deps, access.caller, access.orgId, c.req.valid("json"));
+      return c.json(await creditsOf(deps, access.orgId), 201);
     },
   );
   return router;

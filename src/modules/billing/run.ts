@@ -5,6 +5,7 @@ import { AppError } from "../../lib/errors.js";
 import type { Plan } from "../catalog/schema.js";
 import { type Period, periodAt } from "../plans/periods.js";
 import { getSubscription, subscriptionChanged } from "../plans/subscriptions.js";
+import { expireCredits, previewTotals } from "./adjustments.js";
 import {
   baseFeeLine,
   billedBaseFee,
@@ -12,7 +13,6 @@ import {
   type DraftLine,
   draftLineOut,
   type NextPeriod,
-  totalsOf,
   writeInvoice,
 } from "./invoices.js";
 import { Money } from "./money.js";
@@ -83,6 +83,7 @@ async function nextAfter(
 /** Runs the billing run over every subscription due at `now` (default: the clock's now). */
 export async function runBilling(deps: Deps, nowMs = deps.clock.nowMs()): Promise<BillingRunResult> {
   const result: BillingRunResult = { closed: 0, invoices: [] };
+  await expireCredits(deps, nowMs);
   result.invoices.push(...(await endTrials(deps, nowMs)));
   let after = "";
   for (;;) {
@@ -340,8 +341,7 @@ export async function upcomingInvoice(deps: Deps, orgId: string) {
     period,
     await nextAfter(deps, sub, plan, period),
   );
-  const currency = deps.catalog.currency;
-  const { subtotal, total } = totalsOf(lines, currency);
+  const totals = await previewTotals(deps, orgId, lines);
   return {
     id: null,
     org_id: orgId,
@@ -349,16 +349,14 @@ export async function upcomingInvoice(deps: Deps, orgId: string) {
     number: null,
     status: "upcoming" as const,
     reason: "subscription_cycle" as const,
-    currency,
+    currency: deps.catalog.currency,
     period_start: new Date(period.startMs).toISOString(),
     period_end: new Date(period.endMs).toISOString(),
     plan: sub.planKey,
     plan_version: sub.planVersion,
     interval: sub.interval,
     lines: lines.map(draftLineOut),
-    subtotal,
-    total,
-    amount_due: total,
+    ...totals,
     /** When the run will write it. */
     next_billing_at: new Date(period.endMs).toISOString(),
   };

@@ -3,6 +3,7 @@ import { AppError } from "../../lib/errors.js";
 import { createRouter, errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { createApiRouter, operatorOnly, requireCaller } from "../auth/caller.js";
 import { requestChange } from "../billing/checkout.js";
+import { redeemCoupon } from "../billing/coupons.js";
 import type { Plan } from "../catalog/schema.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
 import { getSubscription, migrateSubscribers, setPlan, subscriptionOut } from "./subscriptions.js";
@@ -64,6 +65,9 @@ const SetPlan = z
     plan: z.string().min(1).max(128).openapi({ example: "pro" }),
     interval: z.enum(["month", "year"]).optional().openapi({
       description: "Default: the current interval if the plan is sold by it, else monthly if it can be.",
+    }),
+    coupon: z.string().min(1).max(64).optional().openapi({
+      description: "A coupon code to redeem with the change (it then applies to the change's invoice).",
     }),
     skip_payment: z.boolean().optional().openapi({
       description:
@@ -188,6 +192,7 @@ export function subscriptionRoutes() {
         const { row, plan } = await setPlan(deps, access.caller, access.orgId, body);
         return c.json(subscriptionOut(row, plan, deps.clock.nowMs()), 200);
       }
+      if (body.coupon !== undefined) await redeemCoupon(deps, access.caller, access.orgId, body.coupon);
       const outcome = await requestChange(deps, access.caller, access.orgId, body);
       if (outcome.status === "checkout")
         return c.json({ checkout_url: outcome.checkoutUrl, checkout_id: outcome.checkoutId }, 200);
