@@ -324,6 +324,8 @@ export const subscriptions = pgTable(
      * `updated_at`.
      */
     revision: integer("revision").notNull().default(0),
+    /** When the subscription went past_due (its grace period runs from here). */
+    pastDueSince: at("past_due_since"),
     /** Set by a cancellation at period end: the billing run cancels instead of renewing. */
     cancelAtPeriodEnd: boolean("cancel_at_period_end").notNull().default(false),
     canceledAt: at("canceled_at"),
@@ -384,6 +386,8 @@ export const invoices = pgTable(
     dedupKey: text("dedup_key").notNull(),
     finalizedAt: at("finalized_at"),
     dueAt: at("due_at"),
+    /** Dunning: when the next collection attempt is due (null: none scheduled). */
+    nextAttemptAt: at("next_attempt_at"),
     paidAt: at("paid_at"),
     voidedAt: at("voided_at"),
     ...timestamps,
@@ -393,6 +397,7 @@ export const invoices = pgTable(
     uniqueIndex("invoices_dedup_idx").on(t.dedupKey),
     uniqueIndex("invoices_number_idx").on(t.number),
     index("invoices_org_idx").on(t.orgId, t.id),
+    index("invoices_dunning_idx").on(t.nextAttemptAt),
   ],
 );
 

@@ -3,6 +3,8 @@ import { invoices, paymentMethods, payments, subscriptions } from "../../db/sche
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
+import { subscriptionChanged } from "../plans/subscriptions.js";
+import { paymentFailedEmail } from "./emails.js";
 import { Money } from "./money.js";
 
 /**
@@ -65,7 +67,14 @@ export async function paymentMethodOf(deps: Deps, orgId: string) {
 
 export type CollectResult =
   | { status: "paid"; paymentId: string }
-  | { status: "failed"; paymentId: string; failureCode: string }
+  | {
+      status: "failed";
+      paymentId: string;
+      failureCode: string;
+      /** The dunning schedule's next attempt; null when the retries are used up. */
+      nextAttemptAt: Date | null;
+      attempt: number;
+    }
   | { status: "no_payment_method" }
   | { status: "not_due" };
 
@@ -80,11 +89,22 @@ export async function collectInvoice(deps: Deps, invoiceId: string): Promise<Col
     return { status: "not_due" };
   const method = await paymentMethodOf(deps, invoice.orgId);
   if (!method) return { status: "no_payment_method" };
-  const [attempts] = await db.select({ n: count() }).from(payments).where(eq(payments.invoiceId, invoice.id));
-  const attempt = (attempts?.n ?? 0) + 1;
+  const previous = await db
+    .select({ status: payments.status, createdAt: payments.createdAt })
+    .from(payments)
+    .where(eq(payments.invoiceId, invoice.id))
+    .orderBy(payments.createdAt);
+  const attempt = previous.length + 1;
   const succeeded = method.reference === "succeed";
   const paymentId = newId("payment");
   const now = deps.clock.now();
+  // Dunning: retries are counted from the first failure, on the catalog's schedule.
+  const failures = previous.filter((p) => p.status === "failed");
+  const firstFailureMs = failures[0]?.createdAt.getTime() ?? now.getTime();
+  const retryDays = deps.catalog.dunning.retry_days;
+  const nextRetryDays = retryDays[failures.length];
+  const nextAttemptAt =
+    nextRetryDays === undefined ? null : new Date(firstFailureMs + nextRetryDays * 86_400_000);
   const outcome = await db.transaction(async (tx) => {
     // The invoice row is the lock: two collections of one invoice serialise here.
     const [locked] = await tx.select().from(invoices).where(eq(invoices.id, invoice.id)).for("update");
@@ -110,7 +130,13 @@ export async function collectInvoice(deps: Deps, invoiceId: string): Promise<Col
     if (succeeded) {
       await tx
         .update(invoices)
-        .set({ status: "paid", amountPaid: locked.amountDue, paidAt: now, updatedAt: now })
+        .set({
+          status: "paid",
+          amountPaid: locked.amountDue,
+          paidAt: now,
+          nextAttemptAt: null,
+          updatedAt: now,
+        })
         .where(eq(invoices.id, invoice.id));
       // The last unpaid invoice paid: a past_due subscription is in good standing again.
       if (invoice.subscriptionId) {
@@ -121,13 +147,16 @@ export async function collectInvoice(deps: Deps, invoiceId: string): Promise<Col
         if ((unpaid?.n ?? 0) === 0)
           await tx
             .update(subscriptions)
-            .set({ status: "active", updatedAt: now })
+            .set({ status: "active", pastDueSince: null, updatedAt: now })
             .where(and(eq(subscriptions.id, invoice.subscriptionId), eq(subscriptions.status, "past_due")));
       }
-    } else if (invoice.subscriptionId) {
+    } else {
+      await tx.update(invoices).set({ nextAttemptAt, updatedAt: now }).where(eq(invoices.id, invoice.id));
+    }
+    if (!succeeded && invoice.subscriptionId) {
       await tx
         .update(subscriptions)
-        .set({ status: "past_due", updatedAt: now })
+        .set({ status: "past_due", pastDueSince: now, updatedAt: now })
         .where(
           and(
             eq(subscriptions.id, invoice.subscriptionId),
@@ -138,9 +167,12 @@ export async function collectInvoice(deps: Deps, invoiceId: string): Promise<Col
     return succeeded;
   });
   if (outcome === null) return { status: "not_due" };
+  // The subscription's standing may have changed: every process's plan cache hears of it.
+  await subscriptionChanged(deps, invoice.orgId);
+  if (!outcome) await paymentFailedEmail(deps, invoice.id, nextAttemptAt);
   return outcome
     ? { status: "paid", paymentId }
-    : { status: "failed", paymentId, failureCode: "card_declined" };
+    : { status: "failed", paymentId, failureCode: "card_declined", nextAttemptAt, attempt };
 }
 
 /**

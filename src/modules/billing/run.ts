@@ -1,11 +1,13 @@
-import { and, asc, eq, gt, isNull, lte, ne, or } from "drizzle-orm";
-import { orgs, subscriptions } from "../../db/schema.js";
+import { and, asc, eq, gt, isNotNull, isNull, lte, ne, or } from "drizzle-orm";
+import { invoices, orgs, subscriptions } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
+import { recordAudit } from "../audit/service.js";
 import type { Plan } from "../catalog/schema.js";
 import { type Period, periodAt } from "../plans/periods.js";
 import { getSubscription, subscriptionChanged } from "../plans/subscriptions.js";
 import { expireCredits, previewTotals } from "./adjustments.js";
+import { dunningEndedEmail } from "./emails.js";
 import {
   baseFeeLine,
   billedBaseFee,
@@ -85,6 +87,7 @@ export async function runBilling(deps: Deps, nowMs = deps.clock.nowMs()): Promis
   const result: BillingRunResult = { closed: 0, invoices: [] };
   await expireCredits(deps, nowMs);
   result.invoices.push(...(await endTrials(deps, nowMs)));
+  await runDunning(deps, nowMs);
   let after = "";
   for (;;) {
     const due = await deps.database.db
@@ -183,7 +186,11 @@ async function endTrials(deps: Deps, nowMs: number, onlyId?: string): Promise<st
         const due = line !== null && new Money(line.amount).greaterThan(0);
         await tx
           .update(subscriptions)
-          .set({ status: due && !hasCard ? "past_due" : "active", updatedAt: deps.clock.now() })
+          .set(
+            due && !hasCard
+              ? { status: "past_due", pastDueSince: deps.clock.now(), updatedAt: deps.clock.now() }
+              : { status: "active", updatedAt: deps.clock.now() },
+          )
           .where(eq(subscriptions.id, sub.id));
         return id;
       });
@@ -308,6 +315,102 @@ export async function closeDuePeriods(
       out.invoices.push(written.invoiceId);
       await collectInvoice(deps, written.invoiceId);
     }
+  }
+}
+
+/**
+ * Dunning: invoices whose next attempt is due are collected again (each failure schedules the next
+ * retry, and e-mails the org's billing contacts); a past_due subscription with no retry left once the
+ * last retry day has passed gets the catalog's `final_action` — canceled, or moved to the default plan.
+ */
+async function runDunning(deps: Deps, nowMs: number): Promise<void> {
+  const now = new Date(nowMs);
+  const due = await deps.database.db
+    .select({ id: invoices.id })
+    .from(invoices)
+    .where(and(eq(invoices.status, "finalized"), lte(invoices.nextAttemptAt, now)))
+    .limit(1000);
+  for (const { id } of due) {
+    const result = await collectInvoice(deps, id);
+    // A card that was removed meanwhile: no attempt was made, so nothing reschedules it.
+    if (result.status === "no_payment_method")
+      await deps.database.db.update(invoices).set({ nextAttemptAt: null }).where(eq(invoices.id, id));
+  }
+  const { retry_days: retries, final_action: finalAction } = deps.catalog.dunning;
+  const lastRetryMs = (retries[retries.length - 1] ?? 0) * 86_400_000;
+  const overdue = await deps.database.db
+    .select()
+    .from(subscriptions)
+    .where(
+      and(
+        eq(subscriptions.status, "past_due"),
+        lte(subscriptions.pastDueSince, new Date(nowMs - lastRetryMs)),
+      ),
+    )
+    .limit(1000);
+  for (const sub of overdue) {
+    const [pending] = await deps.database.db
+      .select({ id: invoices.id })
+      .from(invoices)
+      .where(
+        and(
+          eq(invoices.subscriptionId, sub.id),
+          eq(invoices.status, "finalized"),
+          isNotNull(invoices.nextAttemptAt),
+        ),
+      )
+      .limit(1);
+    if (pending) continue;
+    const fallback = deps.plans.current(deps.catalog.default_plan);
+    const changed = await deps.database.db.transaction(async (tx) => {
+      const [locked] = await tx
+        .select()
+        .from(subscriptions)
+        .where(eq(subscriptions.id, sub.id))
+        .for("update", { skipLocked: true });
+      if (!locked || locked.revision !== sub.revision) return false;
+      const cleared = {
+        pastDueSince: null,
+        cancelAtPeriodEnd: false,
+        pendingPlanKey: null,
+        pendingPlanVersion: null,
+        pendingInterval: null,
+        updatedAt: now,
+      };
+      if (finalAction === "free" && fallback) {
+        const interval = fallback.plan.price.month !== undefined ? "month" : "year";
+        const period = periodAt(nowMs, interval, nowMs);
+        await tx
+          .update(subscriptions)
+          .set({
+            ...cleared,
+            planKey: fallback.plan.key,
+            planVersion: fallback.version,
+            interval,
+            status: "active",
+            anchorAt: now,
+            billedThrough: now,
+            nextBillingAt: new Date(period.endMs),
+          })
+          .where(eq(subscriptions.id, sub.id));
+      } else {
+        await tx
+          .update(subscriptions)
+          .set({ ...cleared, status: "canceled", canceledAt: now, billedThrough: now, nextBillingAt: null })
+          .where(eq(subscriptions.id, sub.id));
+      }
+      await recordAudit(tx, {
+        orgId: sub.orgId,
+        actor: { kind: "system" },
+        action: finalAction === "free" ? "subscription.dunning_downgraded" : "subscription.dunning_canceled",
+        target: { type: "subscription", id: sub.id },
+        metadata: { plan: sub.planKey, past_due_since: sub.pastDueSince?.toISOString() ?? null },
+      });
+      return true;
+    });
+    if (!changed) continue;
+    await subscriptionChanged(deps, sub.orgId);
+    await dunningEndedEmail(deps, sub.orgId, finalAction === "free" && fallback ? "free" : "canceled");
   }
 }
 

@@ -162,6 +162,33 @@ export const catalogShellSchema = z.strictObject({
    */
   api_rate_feature: catalogKey().optional(),
   proration_unit: z.enum(["second", "day"]).default("second"),
+  /**
+   * What happens after a failed payment: retries this many days after the first failure, entitlements
+   * kept for `grace_days` (default: until the last retry), then `final_action`.
+   */
+  dunning: z
+    .strictObject({
+      retry_days: z
+        .array(
+          z
+            .number()
+            .int("must be a whole number of days")
+            .min(1, "must be at least 1")
+            .max(365, "must be at most 365"),
+        )
+        .max(10, "at most 10 retries")
+        .superRefine((days, ctx) => {
+          days.forEach((value, i) => {
+            if (i > 0 && value <= (days[i - 1] as number))
+              ctx.addIssue({ code: "custom", path: [i], message: "retry days must increase" });
+          });
+        })
+        .default([2, 7, 14, 21]),
+      grace_days: z.number().int("must be a whole number of days").min(0).max(365).optional(),
+      /** `cancel`: the subscription ends (the org keeps the default plan's grants); `free`: it moves to the default plan. */
+      final_action: z.enum(["cancel", "free"]).default("cancel"),
+    })
+    .default({ retry_days: [2, 7, 14, 21], final_action: "cancel" }),
   meters: z.array(z.unknown()).default([]),
   features: z.array(z.unknown()).default([]),
   plans: z.array(z.unknown()).min(1, "needs at least one plan"),

@@ -29,6 +29,8 @@ export interface OrgPlan {
   status: SubscriptionStatus;
   anchorMs: number;
   trialEndsMs: number | null;
+  /** past_due: when the dunning grace period ends. */
+  graceEndsMs: number | null;
   /** Whether the subscription's current state grants the plan's entitlements. */
   entitled: boolean;
   /**
@@ -79,12 +81,25 @@ export async function insertDefaultSubscription(tx: Database, deps: Deps, orgId:
 
 /**
  * Active and trialing subscriptions grant their plan; a canceled one grants the default plan (the hot
- * path swaps it in); past_due grants nothing paid.
+ * path swaps it in); past_due keeps the plan during the dunning grace period, then grants nothing paid.
  */
-export function isEntitled(status: SubscriptionStatus, trialEndsMs: number | null, nowMs: number): boolean {
+export function isEntitled(
+  status: SubscriptionStatus,
+  trialEndsMs: number | null,
+  nowMs: number,
+  graceEndsMs: number | null = null,
+): boolean {
   if (status === "active" || status === "canceled") return true;
   if (status === "trialing") return trialEndsMs === null || nowMs < trialEndsMs;
-  return false;
+  return graceEndsMs !== null && nowMs < graceEndsMs;
+}
+
+/** When a past_due subscription's grace ends: `grace_days` (default: the last retry) after it went past due. */
+export function graceEndsAt(deps: Deps, pastDueSince: Date | null): number | null {
+  if (pastDueSince === null) return null;
+  const { retry_days: retries, grace_days: grace } = deps.catalog.dunning;
+  const days = grace ?? retries[retries.length - 1] ?? 0;
+  return pastDueSince.getTime() + days * 86_400_000;
 }
 
 export function subscriptionOut(row: SubscriptionRow, plan: Plan, nowMs: number) {
@@ -364,11 +379,12 @@ export async function orgPlan(deps: Deps, orgId: string, nowMs: number): Promise
   // Never mutated in place: a request holding the object keeps the period it started with.
   const periodOver = nowMs >= value.period.endMs || nowMs < value.period.startMs;
   const trialOver = value.entitled && value.trialEndsMs !== null && nowMs >= value.trialEndsMs;
-  if (periodOver || trialOver) {
+  const graceOver = value.entitled && value.graceEndsMs !== null && nowMs >= value.graceEndsMs;
+  if (periodOver || trialOver || graceOver) {
     const next: OrgPlan = {
       ...value,
       period: periodOver ? usagePeriodAt(value.anchorMs, nowMs) : value.period,
-      entitled: isEntitled(value.status, value.trialEndsMs, nowMs),
+      entitled: isEntitled(value.status, value.trialEndsMs, nowMs, value.graceEndsMs),
     };
     const current = state.entries.get(orgId);
     if (current?.value === value) current.value = next;
@@ -415,6 +431,7 @@ async function fetchOrgPlan(deps: Deps, state: CacheState, orgId: string, nowMs:
   if (!plan) throw new Error(`plan ${row.planKey} v${row.planVersion} is missing from plan_versions`);
   const anchorMs = row.anchorAt.getTime();
   const trialEndsMs = row.trialEndsAt?.getTime() ?? null;
+  const graceEndsMs = row.status === "past_due" ? graceEndsAt(deps, row.pastDueSince) : null;
   const value: OrgPlan = {
     orgId,
     subscriptionId: row.id,
@@ -425,7 +442,8 @@ async function fetchOrgPlan(deps: Deps, state: CacheState, orgId: string, nowMs:
     status: row.status,
     anchorMs,
     trialEndsMs,
-    entitled: isEntitled(row.status, trialEndsMs, nowMs),
+    graceEndsMs,
+    entitled: isEntitled(row.status, trialEndsMs, nowMs, graceEndsMs),
     period: usagePeriodAt(anchorMs, nowMs),
   };
   // A change message that arrived while we read may describe a newer state than the row.
