@@ -8,7 +8,12 @@ import type { Caller } from "../auth/caller.js";
 import type { Interval, Plan } from "../catalog/schema.js";
 import { apiRateKey, rateKey } from "../metering/keys.js";
 import { type Period, periodAt } from "../plans/periods.js";
-import { getSubscription, resolveTargetPlan, subscriptionChanged } from "../plans/subscriptions.js";
+import {
+  getSubscription,
+  lockAtRevision,
+  resolveTargetPlan,
+  subscriptionChanged,
+} from "../plans/subscriptions.js";
 import { previewTotals } from "./adjustments.js";
 import {
   baseFeeLine,
@@ -280,8 +285,7 @@ export async function applyChange(
   const { sub } = quote;
   const now = deps.clock.now();
   const result = await deps.database.db.transaction(async (tx) => {
-    const [locked] = await tx.select().from(subscriptions).where(eq(subscriptions.id, sub.id)).for("update");
-    if (!locked || locked.revision !== sub.revision) return undefined;
+    if (!(await lockAtRevision(tx, sub))) return undefined;
     await inTransaction?.(tx);
     if (quote.timing === "period_end") {
       await tx
@@ -376,8 +380,7 @@ export async function cancelSubscription(deps: Deps, caller: Caller, orgId: stri
     // for it would go here.
   }
   const done = await deps.database.db.transaction(async (tx) => {
-    const [locked] = await tx.select().from(subscriptions).where(eq(subscriptions.id, sub.id)).for("update");
-    if (!locked || locked.revision !== sub.revision) return null;
+    if (!(await lockAtRevision(tx, sub))) return null;
     await tx
       .update(subscriptions)
       .set(
@@ -436,8 +439,7 @@ export async function resumeSubscription(deps: Deps, caller: Caller, orgId: stri
     throw new AppError("conflict", "There is no scheduled cancellation or change to undo.");
   const now = deps.clock.now();
   const resumed = await deps.database.db.transaction(async (tx) => {
-    const [locked] = await tx.select().from(subscriptions).where(eq(subscriptions.id, sub.id)).for("update");
-    if (!locked || locked.revision !== sub.revision) return false;
+    if (!(await lockAtRevision(tx, sub))) return false;
     await tx
       .update(subscriptions)
       .set({

@@ -395,29 +395,25 @@ export function invoiceOut(row: InvoiceRow, lines: LineRow[], discounts: Discoun
   };
 }
 
-async function discountsOf(db: Database, ids: string[]): Promise<Map<string, DiscountRow[]>> {
-  const byInvoice = new Map<string, DiscountRow[]>(ids.map((id) => [id, []]));
-  if (ids.length === 0) return byInvoice;
-  const rows = await db
+/** Rows of an invoice child table for several invoices at once, grouped per invoice in position order. */
+async function byInvoice<T extends typeof invoiceLines | typeof invoiceDiscounts>(
+  db: Database,
+  table: T,
+  ids: string[],
+): Promise<Map<string, T["$inferSelect"][]>> {
+  const grouped = new Map<string, T["$inferSelect"][]>(ids.map((id) => [id, []]));
+  if (ids.length === 0) return grouped;
+  const rows = (await db
     .select()
-    .from(invoiceDiscounts)
-    .where(inArray(invoiceDiscounts.invoiceId, ids))
-    .orderBy(invoiceDiscounts.invoiceId, invoiceDiscounts.position);
-  for (const row of rows) byInvoice.get(row.invoiceId)?.push(row);
-  return byInvoice;
+    .from(table as typeof invoiceLines)
+    .where(inArray(table.invoiceId, ids))
+    .orderBy(table.invoiceId, table.position)) as T["$inferSelect"][];
+  for (const row of rows) grouped.get(row.invoiceId)?.push(row);
+  return grouped;
 }
 
-async function linesOf(db: Database, ids: string[]): Promise<Map<string, LineRow[]>> {
-  const byInvoice = new Map<string, LineRow[]>(ids.map((id) => [id, []]));
-  if (ids.length === 0) return byInvoice;
-  const rows = await db
-    .select()
-    .from(invoiceLines)
-    .where(inArray(invoiceLines.invoiceId, ids))
-    .orderBy(invoiceLines.invoiceId, invoiceLines.position);
-  for (const row of rows) byInvoice.get(row.invoiceId)?.push(row);
-  return byInvoice;
-}
+const linesOf = (db: Database, ids: string[]) => byInvoice(db, invoiceLines, ids);
+const discountsOf = (db: Database, ids: string[]) => byInvoice(db, invoiceDiscounts, ids);
 
 /** An org's invoices, newest first, drafts included. */
 export async function listInvoices(deps: Deps, orgId: string, limit: number, before?: string) {

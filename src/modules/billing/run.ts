@@ -5,7 +5,7 @@ import { AppError } from "../../lib/errors.js";
 import { recordAudit } from "../audit/service.js";
 import type { Plan } from "../catalog/schema.js";
 import { type Period, periodAt } from "../plans/periods.js";
-import { getSubscription, subscriptionChanged } from "../plans/subscriptions.js";
+import { getSubscription, lockAtRevision, subscriptionChanged } from "../plans/subscriptions.js";
 import { expireCredits, previewTotals } from "./adjustments.js";
 import { dunningEndedEmail } from "./emails.js";
 import {
@@ -164,12 +164,7 @@ async function endTrials(deps: Deps, nowMs: number, onlyId?: string): Promise<st
       const line = !open || billed ? null : baseFeeLine(deps, plan, sub.interval, period, trialEndsMs);
       const hasCard = Boolean(await paymentMethodOf(deps, sub.orgId));
       const invoiceId = await deps.database.db.transaction(async (tx) => {
-        const [locked] = await tx
-          .select()
-          .from(subscriptions)
-          .where(eq(subscriptions.id, sub.id))
-          .for("update", { skipLocked: true });
-        if (!locked || locked.revision !== sub.revision) return undefined;
+        if (!(await lockAtRevision(tx, sub, { skipLocked: true }))) return undefined;
         let id: string | null = null;
         if (line) {
           const invoice = await writeInvoice(tx, deps, {
@@ -249,14 +244,8 @@ export async function closeDuePeriods(
     const next = await nextAfter(deps, sub, plan, period);
     const lines = await cycleLines(deps, sub, plan, period, next);
     const written = await deps.database.db.transaction(async (tx) => {
-      const [locked] = await tx
-        .select()
-        .from(subscriptions)
-        .where(eq(subscriptions.id, sub.id))
-        .for("update", { skipLocked: true });
       // Another process holds it, or closed this period (or changed the plan) since we priced it.
-      if (!locked || locked.revision !== sub.revision || locked.billedThrough?.getTime() !== period.startMs)
-        return null;
+      if (!(await lockAtRevision(tx, sub, { skipLocked: true }))) return null;
       let invoiceId: string | undefined;
       if (lines.length > 0) {
         const invoice = await writeInvoice(tx, deps, {
@@ -363,12 +352,7 @@ async function runDunning(deps: Deps, nowMs: number): Promise<void> {
     if (pending) continue;
     const fallback = deps.plans.current(deps.catalog.default_plan);
     const changed = await deps.database.db.transaction(async (tx) => {
-      const [locked] = await tx
-        .select()
-        .from(subscriptions)
-        .where(eq(subscriptions.id, sub.id))
-        .for("update", { skipLocked: true });
-      if (!locked || locked.revision !== sub.revision) return false;
+      if (!(await lockAtRevision(tx, sub, { skipLocked: true }))) return false;
       const cleared = {
         pastDueSince: null,
         cancelAtPeriodEnd: false,
@@ -420,7 +404,7 @@ async function runDunning(deps: Deps, nowMs: number): Promise<void> {
  * has not opened yet.
  */
 export async function catchUp(deps: Deps, subscriptionId: string, nowMs: number): Promise<void> {
-  for (const id of await endTrials(deps, nowMs, subscriptionId)) void id;
+  await endTrials(deps, nowMs, subscriptionId);
   await closeDuePeriods(deps, subscriptionId, nowMs, { settle: false });
 }
 

@@ -136,6 +136,26 @@ export function subscriptionOut(row: SubscriptionRow, plan: Plan, nowMs: number)
   };
 }
 
+/**
+ * Locks a subscription row in `tx` and tells whether it is still at the revision it was read (and
+ * priced) at. Every update bumps the revision (a trigger), so false means someone changed it since;
+ * with `skipLocked`, also that another process holds it now.
+ */
+export async function lockAtRevision(
+  tx: Database,
+  sub: Pick<SubscriptionRow, "id" | "revision">,
+  options: { skipLocked?: boolean } = {},
+): Promise<boolean> {
+  const query = tx
+    .select({ revision: subscriptions.revision })
+    .from(subscriptions)
+    .where(eq(subscriptions.id, sub.id));
+  const [locked] = await (options.skipLocked
+    ? query.for("update", { skipLocked: true })
+    : query.for("update"));
+  return locked?.revision === sub.revision;
+}
+
 /** The org's subscription row and its plan version; 404 for an unknown or deleted org. */
 export async function getSubscription(
   deps: Deps,
