@@ -16,6 +16,7 @@ import {
   couponRoutes,
   invoiceRoutes,
   paymentRoutes,
+  portalRoutes,
   pricingRoutes,
   subscriptionChangeRoutes,
 } from "./modules/billing/routes.js";
@@ -125,6 +126,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", invoiceRoutes());
   app.route("/", subscriptionChangeRoutes());
   app.route("/", checkoutRoutes());
+  app.route("/", portalRoutes());
   app.route("/", paymentRoutes());
   app.route("/", couponRoutes());
   app.route("/", subscriptionRoutes());

@@ -27,6 +27,8 @@ const PUBLIC_OPERATIONS = new Set([
   // The pricing page.
   "GET /v1/plans",
   "POST /v1/pricing/estimate",
+  // Stripe's events: authenticated by their signature instead.
+  "POST /v1/billing/stripe/webhook",
 ]);
 
 type Operation = { method: string; path: string; security: unknown[] | undefined };

@@ -574,6 +574,48 @@ export const thresholdEvents = pgTable(
   ],
 );
 
+/** The org's customer at the payment provider (Stripe: `cus_…`), created once and kept. */
+export const providerCustomers = pgTable(
+  "provider_customers",
+  {
+    orgId: text("org_id")
+      .primaryKey()
+      .references(() => orgs.id),
+    provider: text("provider", { enum: ["stripe"] }).notNull(),
+    customerId: text("customer_id").notNull(),
+    ...timestamps,
+  },
+  (t) => [uniqueIndex("provider_customers_customer_idx").on(t.provider, t.customerId)],
+);
+
+/**
+ * The payment provider's webhook events, by the provider's event id: an event delivered again (a
+ * retry, a replay) is acknowledged without being processed twice.
+ */
+export const providerEvents = pgTable("provider_events", {
+  id: text("id").primaryKey(),
+  provider: text("provider", { enum: ["stripe"] }).notNull(),
+  type: text("type").notNull(),
+  objectId: text("object_id"),
+  processedAt: at("processed_at"),
+  ...timestamps,
+});
+
+/** The local provider's customer portal: a short-lived link to update the card and see invoices. */
+export const portalSessions = pgTable(
+  "portal_sessions",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id")
+      .notNull()
+      .references(() => orgs.id),
+    returnUrl: text("return_url"),
+    expiresAt: at("expires_at").notNull(),
+    ...timestamps,
+  },
+  (t) => [index("portal_sessions_org_idx").on(t.orgId)],
+);
+
 /** The card (or provider payment method) an org pays with; the local provider keeps test cards only. */
 export const paymentMethods = pgTable("payment_methods", {
   orgId: text("org_id")
@@ -603,6 +645,8 @@ export const checkoutSessions = pgTable(
     planVersion: integer("plan_version").notNull(),
     interval: text("interval", { enum: ["month", "year"] }).notNull(),
     invoiceId: text("invoice_id"),
+    /** The provider's session for it (Stripe: `cs_…`); null for the local provider. */
+    providerReference: text("provider_reference"),
     expiresAt: at("expires_at").notNull(),
     completedAt: at("completed_at"),
     ...timestamps,

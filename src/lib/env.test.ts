@@ -77,7 +77,7 @@ describe("parseEnv", () => {
       STRIPE_SECRET_KEY: "sk_test_123",
       STRIPE_WEBHOOK_SECRET: "whsec_abc",
     });
-    expect(env.stripe).toEqual({ secretKey: "sk_test_123", webhookSecret: "whsec_abc" });
+    expect(env.stripe).toEqual({ secretKey: "sk_test_123", webhookSecret: "whsec_abc", apiBase: undefined });
   });
 
   it("parses the webhook target allow-list and rejects malformed entries", () => {

@@ -54,6 +54,8 @@ const envSchema = z.object({
   STRIPE_WEBHOOK_SECRET: optional(
     z.string().startsWith("whsec_", "must be a webhook signing secret (whsec_…)"),
   ),
+  /** Where the Stripe SDK sends its requests; only for a local stand-in (stripe-mock, tests). */
+  STRIPE_API_BASE: optional(urlWithProtocols(["http:", "https:"], "http(s)")),
   SMTP_URL: optional(urlWithProtocols(["smtp:", "smtps:"], "SMTP")),
   TOLLGATE_PUBLIC_URL: optional(urlWithProtocols(["http:", "https:"], "http(s)")),
   TOLLGATE_WEBHOOK_ALLOWED_TARGETS: optional(z.string()),
@@ -231,7 +233,7 @@ export interface Env {
   adminKey: string | undefined;
   secret: string | undefined;
   billingProvider: "local" | "stripe";
-  stripe: { secretKey: string; webhookSecret: string } | undefined;
+  stripe: { secretKey: string; webhookSecret: string; apiBase: string | undefined } | undefined;
   smtpUrl: string | undefined;
   publicUrl: string;
   webhookAllowedTargets: string[];
@@ -295,7 +297,11 @@ export function parseEnv(source: Record<string, string | undefined> = process.en
     billingProvider: e.TOLLGATE_BILLING_PROVIDER,
     stripe:
       e.STRIPE_SECRET_KEY && e.STRIPE_WEBHOOK_SECRET
-        ? { secretKey: e.STRIPE_SECRET_KEY, webhookSecret: e.STRIPE_WEBHOOK_SECRET }
+        ? {
+            secretKey: e.STRIPE_SECRET_KEY,
+            webhookSecret: e.STRIPE_WEBHOOK_SECRET,
+            apiBase: e.STRIPE_API_BASE,
+          }
         : undefined,
     smtpUrl: e.SMTP_URL,
     // The spec's default is http://localhost:3000; following PORT keeps links right when PORT changes.

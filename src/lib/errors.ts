@@ -5,6 +5,7 @@
  */
 export const errorCatalog = {
   validation_failed: { status: 400, title: "Validation failed" },
+  invalid_signature: { status: 400, title: "Invalid signature" },
   unauthenticated: { status: 401, title: "Authentication required" },
   payment_required: { status: 402, title: "Payment required" },
   forbidden: { status: 403, title: "Forbidden" },

@@ -31,6 +31,7 @@ export const ID_PREFIXES = {
   payment: "pay",
   redemption: "rdm",
   ledger: "cle",
+  portal: "bps",
 } as const;
 
 export type IdKind = keyof typeof ID_PREFIXES;

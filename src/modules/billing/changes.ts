@@ -24,7 +24,7 @@ import {
   writeInvoice,
 } from "./invoices.js";
 import { formatMoney, Money, roundMoney, text } from "./money.js";
-import { collectInvoice } from "./payments.js";
+import { collectAfterCommit } from "./payments.js";
 import { periodShare } from "./proration.js";
 import { catchUp } from "./run.js";
 
@@ -426,7 +426,7 @@ export async function cancelSubscription(deps: Deps, caller: Caller, orgId: stri
   });
   if (!done) throw new AppError("conflict", "The subscription changed meanwhile; try again.");
   if (!atPeriodEnd) await subscriptionChanged(deps, orgId);
-  if (done.invoiceId) await collectInvoice(deps, done.invoiceId);
+  if (done.invoiceId) await collectAfterCommit(deps, done.invoiceId);
 }
 
 /** Undoes a cancellation (or a scheduled downgrade) that has not taken effect yet. */

@@ -10,7 +10,8 @@ import type { Caller } from "../auth/caller.js";
 import type { Interval } from "../catalog/schema.js";
 import { applyChange, quoteChange, quoteOut } from "./changes.js";
 import { Money } from "./money.js";
-import { collectInvoice, paymentMethodOf, savePaymentMethod, testCard } from "./payments.js";
+import { collectAfterCommit, paymentMethodOf, savePaymentMethod, testCard } from "./payments.js";
+import { providerOf } from "./provider.js";
 
 /**
  * Changing plans as a customer: `POST /v1/orgs/:org/subscription`. A change that costs money now and
@@ -24,8 +25,6 @@ export type ChangeOutcome =
   | { status: "applied"; invoiceId: string | null; payment: string | null }
   | { status: "checkout"; checkoutId: string; checkoutUrl: string };
 
-const checkoutUrl = (deps: Deps, id: string) => `${deps.env.publicUrl.replace(/\/$/, "")}/checkout/${id}`;
-
 /** Quotes and applies a change; a subscription changed meanwhile is quoted again. */
 async function applyFresh(
   deps: Deps,
@@ -38,7 +37,7 @@ async function applyFresh(
     const quote = await quoteChange(deps, orgId, input);
     const applied = await applyChange(deps, caller, quote, inTransaction);
     if (!applied) continue;
-    const payment = applied.invoiceId ? await collectInvoice(deps, applied.invoiceId) : null;
+    const payment = applied.invoiceId ? await collectAfterCommit(deps, applied.invoiceId) : null;
     return { invoiceId: applied.invoiceId, payment: payment?.status ?? null };
   }
   throw new AppError("conflict", "The subscription kept changing meanwhile; try again.");
@@ -55,6 +54,9 @@ export async function requestChange(
   const method = await paymentMethodOf(deps, orgId);
   // The card on file is tried before anything changes: a declined upgrade leaves the plan as it was
   // (Stripe's pending_if_incomplete), rather than moving the org to a plan it cannot pay for.
+  // The local test card says in advance that it will be declined: it is tried before anything changes,
+  // and a declined upgrade leaves the plan as it was (Stripe's pending_if_incomplete) rather than
+  // moving the org to a plan it cannot pay for. A Stripe card is only known to decline when charged.
   if (quote.timing === "now" && due.greaterThan(0) && method?.reference === "decline")
     throw new AppError("payment_required", "The card on file was declined; update it and try again.", {
       decline_code: "card_declined",
@@ -62,6 +64,7 @@ export async function requestChange(
   if (quote.timing === "now" && due.greaterThan(0) && !method) {
     const id = newId("checkout");
     const now = deps.clock.now();
+    const expiresAt = new Date(now.getTime() + CHECKOUT_TTL_MS);
     await deps.database.db.insert(checkoutSessions).values({
       id,
       orgId,
@@ -69,17 +72,31 @@ export async function requestChange(
       planKey: quote.to.plan.key,
       planVersion: quote.to.version,
       interval: quote.to.interval,
-      expiresAt: new Date(now.getTime() + CHECKOUT_TTL_MS),
+      expiresAt,
       createdAt: now,
     });
-    return { status: "checkout", checkoutId: id, checkoutUrl: checkoutUrl(deps, id) };
+    const started = await providerOf(deps)
+      .startCheckout(deps, { checkoutId: id, orgId, currency: deps.catalog.currency, expiresAt })
+      .catch(async (error: unknown) => {
+        await deps.database.db
+          .update(checkoutSessions)
+          .set({ status: "expired" })
+          .where(eq(checkoutSessions.id, id));
+        throw error;
+      });
+    if (started.reference)
+      await deps.database.db
+        .update(checkoutSessions)
+        .set({ providerReference: started.reference })
+        .where(eq(checkoutSessions.id, id));
+    return { status: "checkout", checkoutId: id, checkoutUrl: started.url };
   }
   const applied = await applyFresh(deps, caller, orgId, input);
   return { status: "applied", ...applied };
 }
 
 /** An open, unexpired checkout session; 404 otherwise (an id names nothing else). */
-async function openSession(deps: Deps, id: string) {
+export async function openSession(deps: Deps, id: string) {
   const [session] = await deps.database.db.select().from(checkoutSessions).where(eq(checkoutSessions.id, id));
   if (!session) throw new AppError("not_found", "No such checkout.");
   if (session.status === "completed") throw new AppError("conflict", "This checkout is already paid.");
@@ -91,6 +108,8 @@ async function openSession(deps: Deps, id: string) {
 /** What the checkout page shows: the change and what it costs now, priced afresh. */
 export async function checkoutSummary(deps: Deps, id: string) {
   const session = await openSession(deps, id);
+  // A Stripe checkout is paid on Stripe's page, never on this one.
+  if (session.providerReference) throw new AppError("not_found", "No such checkout.");
   const [org] = await deps.database.db
     .select({ name: orgs.name })
     .from(orgs)
@@ -105,14 +124,24 @@ export async function checkoutSummary(deps: Deps, id: string) {
  */
 export async function completeCheckout(deps: Deps, id: string, cardNumber: string) {
   const session = await openSession(deps, id);
+  if (session.providerReference)
+    throw new AppError("not_found", "This checkout is paid on the payment provider's page.");
   const card = testCard(cardNumber);
   if (card.outcome === "decline")
     throw new AppError("payment_required", "Your card was declined. Try another card.", {
       decline_code: "card_declined",
     });
   await savePaymentMethod(deps, session.orgId, cardNumber);
-  // The session is claimed in the change's own transaction: paid once, and never marked paid without
-  // the change (a crash in between leaves both undone).
+  return fulfilCheckout(deps, id);
+}
+
+/**
+ * Applies a checkout's change once its card is saved, and charges the change's invoice to it. The
+ * session is claimed in the change's own transaction: fulfilled once, and never marked completed
+ * without the change (a crash in between leaves both undone).
+ */
+export async function fulfilCheckout(deps: Deps, id: string) {
+  const session = await openSession(deps, id);
   const claim = async (tx: Database) => {
     const claimed = await tx
       .update(checkoutSessions)

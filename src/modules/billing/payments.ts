@@ -6,6 +6,7 @@ import { newId } from "../../lib/ids.js";
 import { subscriptionChanged } from "../plans/subscriptions.js";
 import { paymentFailedEmail } from "./emails.js";
 import { Money } from "./money.js";
+import { type ChargeOutcome, providerOf } from "./provider.js";
 
 /**
  * Collecting invoices. The `local` provider is Tollgate's built-in test mode: it keeps a test card per
@@ -39,30 +40,35 @@ export function testCard(cardNumber: string) {
   return { ...card, last4: digits.slice(-4) };
 }
 
-/** Saves (or replaces) the org's card. */
+/** Saves (or replaces) the org's card: a test card with the local provider. */
 export async function savePaymentMethod(deps: Deps, orgId: string, cardNumber: string) {
   const card = testCard(cardNumber);
-  const row = {
-    orgId,
-    provider: "local" as const,
+  await saveCard(deps, orgId, {
+    provider: "local",
     brand: card.brand,
     last4: card.last4,
     reference: card.outcome,
-    createdAt: deps.clock.now(),
-  };
-  await deps.database.db
-    .insert(paymentMethods)
-    .values(row)
-    .onConflictDoUpdate({
-      target: paymentMethods.orgId,
-      set: { brand: row.brand, last4: row.last4, reference: row.reference, createdAt: row.createdAt },
-    });
+  });
   return card;
 }
 
+/** Saves (or replaces) the org's card as the provider knows it (Stripe: a `pm_…`). */
+export async function saveCard(
+  deps: Deps,
+  orgId: string,
+  card: { provider: "local" | "stripe"; brand: string; last4: string; reference: string },
+) {
+  const createdAt = deps.clock.now();
+  await deps.database.db
+    .insert(paymentMethods)
+    .values({ orgId, ...card, createdAt })
+    .onConflictDoUpdate({ target: paymentMethods.orgId, set: { ...card, createdAt } });
+}
+
+/** The org's card, if it has one the active provider can charge. */
 export async function paymentMethodOf(deps: Deps, orgId: string) {
   const [row] = await deps.database.db.select().from(paymentMethods).where(eq(paymentMethods.orgId, orgId));
-  return row;
+  return row?.provider === providerOf(deps).name ? row : undefined;
 }
 
 export type CollectResult =
@@ -78,9 +84,13 @@ export type CollectResult =
   | { status: "no_payment_method" }
   | { status: "not_due" };
 
+const attemptKey = (invoiceId: string, attempt: number) => `invoice:${invoiceId}:attempt:${attempt}`;
+
 /**
  * Charges an invoice's amount due to the org's card. A finalized invoice only; a paid, void or
- * zero invoice is not due. A failed payment makes the subscription past_due.
+ * zero invoice is not due. A failed payment makes the subscription past_due. The attempt's
+ * idempotency key goes to the provider too: a process that dies after the charge and before writing
+ * it down charges the same attempt again, which the provider answers with the first result.
  */
 export async function collectInvoice(deps: Deps, invoiceId: string): Promise<CollectResult> {
   const db = deps.database.db;
@@ -89,45 +99,90 @@ export async function collectInvoice(deps: Deps, invoiceId: string): Promise<Col
     return { status: "not_due" };
   const method = await paymentMethodOf(deps, invoice.orgId);
   if (!method) return { status: "no_payment_method" };
-  const previous = await db
-    .select({ status: payments.status, createdAt: payments.createdAt })
-    .from(payments)
-    .where(eq(payments.invoiceId, invoice.id))
-    .orderBy(payments.createdAt);
-  const attempt = previous.length + 1;
-  const succeeded = method.reference === "succeed";
-  const paymentId = newId("payment");
+  const [attempts] = await db.select({ n: count() }).from(payments).where(eq(payments.invoiceId, invoice.id));
+  const idempotencyKey = attemptKey(invoice.id, (attempts?.n ?? 0) + 1);
+  const provider = providerOf(deps);
+  const outcome = await provider.charge(deps, {
+    orgId: invoice.orgId,
+    invoiceId: invoice.id,
+    invoiceNumber: invoice.number,
+    amount: invoice.amountDue,
+    currency: invoice.currency,
+    idempotencyKey,
+    method,
+  });
+  return recordPayment(deps, invoice.id, { idempotencyKey, provider: provider.name, outcome });
+}
+
+/**
+ * Collects an invoice where the caller has already committed its own work (a period closed, a change
+ * applied): a provider that cannot be reached leaves the invoice finalized and uncollected — the next
+ * billing run charges it, under the same attempt's idempotency key — rather than failing what is done.
+ */
+export async function collectAfterCommit(
+  deps: Deps,
+  invoiceId: string,
+): Promise<CollectResult | { status: "deferred" }> {
+  try {
+    return await collectInvoice(deps, invoiceId);
+  } catch (error) {
+    deps.logger.warn(
+      { err: (error as Error).message, invoice: invoiceId },
+      "collecting an invoice failed; the billing run retries it",
+    );
+    return { status: "deferred" };
+  }
+}
+
+/**
+ * Writes down an attempt's outcome, once per idempotency key: the charge above, or the provider
+ * telling us later (a webhook re-read from Stripe). A success marks the invoice paid and, with the
+ * last unpaid invoice paid, the subscription active again; a failure makes it past_due and sets the
+ * invoice's next attempt on the catalog's dunning schedule, counted from the first failure. An
+ * attempt first written as failed that the provider later reports succeeded is corrected.
+ */
+export async function recordPayment(
+  deps: Deps,
+  invoiceId: string,
+  attempt: { idempotencyKey: string; provider: "local" | "stripe"; outcome: ChargeOutcome },
+): Promise<CollectResult> {
+  const { outcome, idempotencyKey } = attempt;
+  const succeeded = outcome.status === "succeeded";
   const now = deps.clock.now();
-  // Dunning: retries are counted from the first failure, on the catalog's schedule.
-  const failures = previous.filter((p) => p.status === "failed");
-  const firstFailureMs = failures[0]?.createdAt.getTime() ?? now.getTime();
-  const retryDays = deps.catalog.dunning.retry_days;
-  const nextRetryDays = retryDays[failures.length];
-  const nextAttemptAt =
-    nextRetryDays === undefined ? null : new Date(firstFailureMs + nextRetryDays * 86_400_000);
-  const outcome = await db.transaction(async (tx) => {
+  const result = await deps.database.db.transaction(async (tx) => {
     // The invoice row is the lock: two collections of one invoice serialise here.
-    const [locked] = await tx.select().from(invoices).where(eq(invoices.id, invoice.id)).for("update");
-    if (locked?.status !== "finalized") return null;
-    const inserted = await tx
-      .insert(payments)
-      .values({
+    const [locked] = await tx.select().from(invoices).where(eq(invoices.id, invoiceId)).for("update");
+    if (!locked) return null;
+    const previous = await tx
+      .select()
+      .from(payments)
+      .where(eq(payments.invoiceId, invoiceId))
+      .orderBy(payments.createdAt, payments.id);
+    const same = previous.find((p) => p.idempotencyKey === idempotencyKey);
+    const correcting = same?.status === "failed" && succeeded;
+    if (locked.status !== "finalized" || (same && !correcting)) return null;
+    const paymentId = same?.id ?? newId("payment");
+    if (correcting) {
+      await tx
+        .update(payments)
+        .set({ status: "succeeded", failureCode: null, reference: outcome.reference ?? same.reference })
+        .where(eq(payments.id, paymentId));
+    } else {
+      await tx.insert(payments).values({
         id: paymentId,
-        orgId: invoice.orgId,
-        invoiceId: invoice.id,
-        provider: "local",
+        orgId: locked.orgId,
+        invoiceId,
+        provider: attempt.provider,
         amount: locked.amountDue,
         currency: locked.currency,
-        status: succeeded ? "succeeded" : "failed",
-        failureCode: succeeded ? null : "card_declined",
-        reference: `local_${method.last4}`,
-        idempotencyKey: `invoice:${invoice.id}:attempt:${attempt}`,
+        status: outcome.status,
+        failureCode: outcome.status === "failed" ? outcome.failureCode : null,
+        reference: outcome.reference,
+        idempotencyKey,
         createdAt: now,
-      })
-      .onConflictDoNothing({ target: payments.idempotencyKey })
-      .returning({ id: payments.id });
-    if (inserted.length === 0) return null;
-    if (succeeded) {
+      });
+    }
+    if (outcome.status === "succeeded") {
       await tx
         .update(invoices)
         .set({
@@ -137,42 +192,54 @@ export async function collectInvoice(deps: Deps, invoiceId: string): Promise<Col
           nextAttemptAt: null,
           updatedAt: now,
         })
-        .where(eq(invoices.id, invoice.id));
+        .where(eq(invoices.id, invoiceId));
       // The last unpaid invoice paid: a past_due subscription is in good standing again.
-      if (invoice.subscriptionId) {
+      if (locked.subscriptionId) {
         const [unpaid] = await tx
           .select({ n: count() })
           .from(invoices)
-          .where(and(eq(invoices.subscriptionId, invoice.subscriptionId), eq(invoices.status, "finalized")));
+          .where(and(eq(invoices.subscriptionId, locked.subscriptionId), eq(invoices.status, "finalized")));
         if ((unpaid?.n ?? 0) === 0)
           await tx
             .update(subscriptions)
             .set({ status: "active", pastDueSince: null, updatedAt: now })
-            .where(and(eq(subscriptions.id, invoice.subscriptionId), eq(subscriptions.status, "past_due")));
+            .where(and(eq(subscriptions.id, locked.subscriptionId), eq(subscriptions.status, "past_due")));
       }
-    } else {
-      await tx.update(invoices).set({ nextAttemptAt, updatedAt: now }).where(eq(invoices.id, invoice.id));
+      return { status: "paid" as const, paymentId, orgId: locked.orgId };
     }
-    if (!succeeded && invoice.subscriptionId) {
+    // Dunning: retries are counted from the first failure, on the catalog's schedule.
+    const failures = previous.filter((p) => p.status === "failed");
+    const firstFailureMs = failures[0]?.createdAt.getTime() ?? now.getTime();
+    const nextRetryDays = deps.catalog.dunning.retry_days[failures.length];
+    const nextAttemptAt =
+      nextRetryDays === undefined ? null : new Date(firstFailureMs + nextRetryDays * 86_400_000);
+    await tx.update(invoices).set({ nextAttemptAt, updatedAt: now }).where(eq(invoices.id, invoiceId));
+    if (locked.subscriptionId)
       await tx
         .update(subscriptions)
         .set({ status: "past_due", pastDueSince: now, updatedAt: now })
         .where(
           and(
-            eq(subscriptions.id, invoice.subscriptionId),
+            eq(subscriptions.id, locked.subscriptionId),
             inArray(subscriptions.status, ["active", "trialing"]),
           ),
         );
-    }
-    return succeeded;
+    return {
+      status: "failed" as const,
+      paymentId,
+      orgId: locked.orgId,
+      failureCode: outcome.failureCode,
+      nextAttemptAt,
+      attempt: failures.length + 1,
+    };
   });
-  if (outcome === null) return { status: "not_due" };
+  if (result === null) return { status: "not_due" };
   // The subscription's standing may have changed: every process's plan cache hears of it.
-  await subscriptionChanged(deps, invoice.orgId);
-  if (!outcome) await paymentFailedEmail(deps, invoice.id, nextAttemptAt);
-  return outcome
-    ? { status: "paid", paymentId }
-    : { status: "failed", paymentId, failureCode: "card_declined", nextAttemptAt, attempt };
+  await subscriptionChanged(deps, result.orgId);
+  if (result.status === "paid") return { status: "paid", paymentId: result.paymentId };
+  await paymentFailedEmail(deps, invoiceId, result.nextAttemptAt);
+  const { orgId: _orgId, ...failed } = result;
+  return failed;
 }
 
 /**

@@ -1,4 +1,8 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import { eq } from "drizzle-orm";
+import type { Context } from "hono";
+import { checkoutSessions } from "../../db/schema.js";
+import type { AppEnv } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { createRouter, errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { createApiRouter, operatorOnly } from "../auth/caller.js";
@@ -21,8 +25,10 @@ import {
 } from "./coupons.js";
 import { EstimateRequest, estimate } from "./estimate.js";
 import { getInvoice, listInvoices } from "./invoices.js";
-import { collectInvoice, savePaymentMethod } from "./payments.js";
+import { collectInvoice, savePaymentMethod, testCard } from "./payments.js";
+import { openPortal, portalPage, portalSession, portalView } from "./portal.js";
 import { runBilling, upcomingInvoice } from "./run.js";
+import { handleStripeWebhook, syncStripeCheckout } from "./stripe-webhooks.js";
 
 /** Public estimates per client address: ample for a pricing page's sliders, not for a script. */
 const ESTIMATE_LIMIT = { perMinute: 300 };
@@ -476,6 +482,113 @@ export function checkoutRoutes() {
       return c.body(checkoutPage(summary, { error: error.message }), error.status as 402, htmlHeaders);
     }
   });
+  // Where Stripe Checkout sends the customer back: the session is read from Stripe at once, so the
+  // page can say "paid" even before the webhook arrives (both paths fulfil the checkout once).
+  router.get("/checkout/:session/return", async (c) => {
+    const deps = c.get("deps");
+    const id = sessionId(c.req.param("session"));
+    if (c.req.query("canceled"))
+      return c.body(
+        checkoutDonePage("Checkout canceled", "Nothing was charged and your plan is unchanged."),
+        200,
+        htmlHeaders,
+      );
+    try {
+      const [session] = await deps.database.db
+        .select()
+        .from(checkoutSessions)
+        .where(eq(checkoutSessions.id, id));
+      if (!session?.providerReference) throw new AppError("not_found", "No such checkout.");
+      const synced = await syncStripeCheckout(deps, session.providerReference);
+      return synced.status === "complete"
+        ? c.body(
+            checkoutDonePage("Payment received", "Your subscription is active. You can close this page."),
+            200,
+            htmlHeaders,
+          )
+        : c.body(
+            checkoutDonePage("Checkout not finished", "The card was not saved yet; nothing has changed."),
+            200,
+            htmlHeaders,
+          );
+    } catch (error) {
+      if (!(error instanceof AppError)) throw error;
+      return c.body(
+        checkoutDonePage("Checkout unavailable", error.message),
+        error.status as 404,
+        htmlHeaders,
+      );
+    }
+  });
+  return router;
+}
+
+/**
+ * The local provider's customer portal pages (`POST /v1/orgs/:org/portal` hands out their link): the
+ * plan, the card and a form to replace it, the invoices with PDFs and "Pay now" for open ones. Forms
+ * post back and the page is shown again with what happened.
+ */
+export function portalRoutes() {
+  const router = createRouter();
+  const show = async (
+    c: Context<AppEnv>,
+    id: string,
+    notice?: { error?: string; ok?: string },
+    status = 200,
+  ) => {
+    const deps = c.get("deps");
+    const session = await portalSession(deps, id);
+    return c.body(portalPage(await portalView(deps, session), notice), status as 200, htmlHeaders);
+  };
+  const guard = async (c: Context<AppEnv>, run: () => Promise<Response>) => {
+    try {
+      return await run();
+    } catch (error) {
+      if (!(error instanceof AppError)) throw error;
+      return c.body(
+        checkoutDonePage("Billing portal unavailable", error.message),
+        error.status as 404,
+        htmlHeaders,
+      );
+    }
+  };
+  router.get("/portal/:session", (c) => guard(c, () => show(c, c.req.param("session"))));
+  router.post("/portal/:session/card", (c) =>
+    guard(c, async () => {
+      const deps = c.get("deps");
+      const id = c.req.param("session");
+      const session = await portalSession(deps, id);
+      const card = String((await c.req.parseBody()).card_number ?? "");
+      try {
+        // As on Stripe, a card that declines is not saved.
+        if (testCard(card).outcome === "decline")
+          throw new AppError("payment_required", "Your card was declined. Try another card.");
+        const saved = await savePaymentMethod(deps, session.orgId, card);
+        return show(c, id, { ok: `Saved: ${saved.brand} ending in ${saved.last4}.` });
+      } catch (error) {
+        if (!(error instanceof AppError)) throw error;
+        return show(c, id, { error: error.message }, error.status);
+      }
+    }),
+  );
+  router.post("/portal/:session/invoices/:invoice/pay", (c) =>
+    guard(c, async () => {
+      const deps = c.get("deps");
+      const id = c.req.param("session");
+      const session = await portalSession(deps, id);
+      const invoice = await getInvoice(deps, session.orgId, c.req.param("invoice"));
+      const result = await collectInvoice(deps, invoice.id);
+      const notice =
+        result.status === "paid"
+          ? { ok: `Invoice ${invoice.number} is paid.` }
+          : result.status === "failed"
+            ? { error: "The card was declined. Replace it and try again." }
+            : result.status === "no_payment_method"
+              ? { error: "Add a card first." }
+              : { ok: `Invoice ${invoice.number} has nothing to pay.` };
+      return show(c, id, notice, "error" in notice ? 402 : 200);
+    }),
+  );
   return router;
 }
 
@@ -506,8 +619,75 @@ export function paymentRoutes() {
       },
     }),
     async (c) => {
-      const card = await savePaymentMethod(c.get("deps"), accessOf(c).orgId, c.req.valid("json").card_number);
+      const deps = c.get("deps");
+      if (deps.env.billingProvider !== "local")
+        throw new AppError(
+          "conflict",
+          "Cards are saved on the payment provider's own pages: open the billing portal (POST /v1/orgs/{org}/portal).",
+        );
+      const card = await savePaymentMethod(deps, accessOf(c).orgId, c.req.valid("json").card_number);
       return c.json({ provider: "local" as const, brand: card.brand, last4: card.last4 }, 200);
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/portal",
+      tags: ["Billing"],
+      summary: "Open the customer portal: change the card, see and pay invoices",
+      description:
+        "Returns a short-lived link: Stripe's customer portal with the stripe provider, Tollgate's test-mode portal with the local one (valid for an hour).",
+      security: orgSecurity,
+      middleware: orgAccess("billing:manage"),
+      request: {
+        params: OrgParam,
+        body: jsonBody(
+          z
+            .strictObject({
+              return_url: z
+                .url({ protocol: /^https?$/, error: "must be an http(s) URL" })
+                .max(2048)
+                .optional()
+                .openapi({ description: "Where the portal's Back link leads." }),
+            })
+            .openapi("OpenPortal"),
+        ),
+      },
+      responses: {
+        200: jsonResponse(z.object({ url: z.string() }).openapi("PortalSession"), "The portal's link"),
+        ...errorResponses(400, 401, 403, 404, 503),
+      },
+    }),
+    async (c) => {
+      const { return_url } = c.req.valid("json");
+      return c.json(await openPortal(c.get("deps"), accessOf(c).orgId, return_url ?? null), 200);
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/billing/stripe/webhook",
+      tags: ["Billing"],
+      summary: "Stripe's events (stripe provider only)",
+      description:
+        "Authenticated by the `Stripe-Signature` header (STRIPE_WEBHOOK_SECRET, 300 s tolerance), not by a token. Each event is processed once, in any order: the object it names is re-read from Stripe. The body is Stripe's event, unparsed.",
+      security: [],
+      responses: {
+        200: jsonResponse(
+          z
+            .object({ received: z.literal(true), duplicate: z.boolean(), handled: z.boolean() })
+            .openapi("StripeWebhookResult"),
+          "Acknowledged",
+        ),
+        ...errorResponses(400, 404, 503),
+      },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const result = await handleStripeWebhook(deps, await c.req.text(), c.req.header("stripe-signature"));
+      return c.json(result, 200);
     },
   );
 

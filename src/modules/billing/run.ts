@@ -18,7 +18,7 @@ import {
   writeInvoice,
 } from "./invoices.js";
 import { Money } from "./money.js";
-import { collectInvoice, paymentMethodOf, uncollectedInvoices } from "./payments.js";
+import { collectAfterCommit, paymentMethodOf, uncollectedInvoices } from "./payments.js";
 
 /**
  * The billing run: closes every subscription period that has ended. Closing a period writes one
@@ -121,7 +121,7 @@ export async function runBilling(deps: Deps, nowMs = deps.clock.nowMs()): Promis
     after = due[due.length - 1]?.id ?? after;
   }
   // Invoices written by a run (or a change) whose process died before charging them.
-  for (const id of await uncollectedInvoices(deps)) await collectInvoice(deps, id);
+  for (const id of await uncollectedInvoices(deps)) await collectAfterCommit(deps, id);
   if (result.closed > 0)
     deps.logger.info({ closed: result.closed, invoices: result.invoices.length }, "billing run");
   return result;
@@ -193,7 +193,7 @@ async function endTrials(deps: Deps, nowMs: number, onlyId?: string): Promise<st
       await subscriptionChanged(deps, sub.orgId);
       if (invoiceId) {
         written.push(invoiceId);
-        await collectInvoice(deps, invoiceId);
+        await collectAfterCommit(deps, invoiceId);
       }
     } catch (error) {
       deps.logger.error(
@@ -302,7 +302,7 @@ export async function closeDuePeriods(
     if (written.changed) await subscriptionChanged(deps, sub.orgId);
     if (written.invoiceId) {
       out.invoices.push(written.invoiceId);
-      await collectInvoice(deps, written.invoiceId);
+      await collectAfterCommit(deps, written.invoiceId);
     }
   }
 }
@@ -320,7 +320,7 @@ async function runDunning(deps: Deps, nowMs: number): Promise<void> {
     .where(and(eq(invoices.status, "finalized"), lte(invoices.nextAttemptAt, now)))
     .limit(1000);
   for (const { id } of due) {
-    const result = await collectInvoice(deps, id);
+    const result = await collectAfterCommit(deps, id);
     // A card that was removed meanwhile: no attempt was made, so nothing reschedules it.
     if (result.status === "no_payment_method")
       await deps.database.db.update(invoices).set({ nextAttemptAt: null }).where(eq(invoices.id, id));

@@ -173,7 +173,10 @@ export function subscriptionRoutes() {
                 .string()
                 .nullable()
                 .optional()
-                .openapi({ description: "paid, failed or no_payment_method" }),
+                .openapi({
+                  description:
+                    "paid, failed, no_payment_method, not_due, or deferred (the payment provider did not answer; the billing run charges it)",
+                }),
             }),
             z.object({ checkout_url: z.string(), checkout_id: z.string() }).openapi("CheckoutNeeded"),
           ]),
