@@ -1,4 +1,3 @@
-import { Decimal } from "decimal.js";
 import type { Meter } from "../catalog/schema.js";
 import { weightedAverage } from "../metering/usage.js";
 import type { Period } from "../plans/periods.js";
@@ -53,13 +52,14 @@ export function aggregateEvents(
       return String(seen.size);
     }
     case "weighted_sum": {
-      let sum = new Decimal(0);
-      let svt = new Decimal(0);
+      // Money, not Decimal: Decimal's default 20 significant digits would round value × epoch-seconds.
+      let sum = new Money(0);
+      let svt = new Money(0);
       for (const e of events) {
         sum = sum.plus(e.value);
         svt = svt.plus(new Money(e.value).times(new Money(e.timestampMs).div(1000)));
       }
-      const start = meter.recurring ? new Decimal(carried) : new Decimal(0);
+      const start = new Money(meter.recurring ? carried : 0);
       return text(weightedAverage(start, sum, svt, period));
     }
   }
