@@ -23,6 +23,7 @@ import {
 import { mountDocs } from "./modules/docs/routes.js";
 import { healthRoutes } from "./modules/health/routes.js";
 import { meteringRoutes } from "./modules/metering/routes.js";
+import { brandingRoutes } from "./modules/orgs/branding.js";
 import { orgRoutes } from "./modules/orgs/routes.js";
 import { planRoutes, subscriptionRoutes } from "./modules/plans/routes.js";
 import { testClockRoutes } from "./modules/test-clock/routes.js";
@@ -121,6 +122,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", oidcRoutes());
   app.route("/", twoFactorRoutes());
   app.route("/", orgRoutes());
+  app.route("/", brandingRoutes());
   app.route("/", planRoutes());
   app.route("/", pricingRoutes());
   app.route("/", invoiceRoutes());

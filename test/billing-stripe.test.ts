@@ -318,6 +318,22 @@ describe.each(modes)("the stripe provider ($name)", (mode) => {
     expect(history.map((i) => i.status)).toEqual(["paid", "paid", "paid"]);
     await deliverNew("after the billing run");
     expect(chargesFor(org)).toHaveLength(3);
+
+    // A credit note refunds through Stripe, once, against the invoice's own PaymentIntent.
+    const last = history.at(-1) as Record<string, string>;
+    const note = await operator("POST", `/v1/orgs/${org}/invoices/${last.id}/credit-notes`, {
+      amount: "4.00",
+    });
+    expect(note.status, note.text).toBe(201);
+    expect(note.body).toMatchObject({ refund_amount: "4.00", refund_status: "succeeded" });
+    const refunds = [...stripe.refunds.values()];
+    expect(refunds).toHaveLength(1);
+    const paidBy = stripe
+      .succeededCharges()
+      .find((pi) => (pi.metadata as Record<string, string>).tollgate_invoice === last.id);
+    expect(refunds[0]).toMatchObject({ amount: 400, payment_intent: paidBy?.id });
+    const refundRequest = stripe.requests.find((r) => r.path === "/v1/refunds");
+    expect(refundRequest?.idempotencyKey).toBe(`tollgate:refund:${note.body.id}`);
   });
 
   it("refuses card numbers on Tollgate with the stripe provider, and the webhook is 404 with the local one", async () => {

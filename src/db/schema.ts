@@ -574,6 +574,100 @@ export const thresholdEvents = pgTable(
   ],
 );
 
+/**
+ * Credit notes: corrections and refunds of a finalized or paid invoice, which itself never changes.
+ * Numbered gaplessly (`CN-000001`) and append-only, as the invoices they correct. What a note credits
+ * is settled as a refund to the card (`refund_amount`), credit for later invoices (`credit_amount`),
+ * or, on an open invoice, by lowering what is left to pay.
+ */
+export const creditNotes = pgTable(
+  "credit_notes",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id").notNull(),
+    invoiceId: text("invoice_id")
+      .notNull()
+      .references(() => invoices.id),
+    number: text("number").notNull(),
+    reason: text("reason", {
+      enum: ["duplicate", "fraudulent", "order_change", "product_unsatisfactory", "other"],
+    }).notNull(),
+    memo: text("memo"),
+    currency: text("currency").notNull(),
+    amount: numeric("amount").notNull(),
+    refundAmount: numeric("refund_amount").notNull(),
+    creditAmount: numeric("credit_amount").notNull(),
+    /** The part that lowers an open invoice's amount left to pay. */
+    outstandingAmount: numeric("outstanding_amount").notNull(),
+    ...timestamps,
+  },
+  (t) => [
+    uniqueIndex("credit_notes_number_idx").on(t.number),
+    index("credit_notes_invoice_idx").on(t.invoiceId),
+  ],
+);
+
+export const creditNoteLines = pgTable(
+  "credit_note_lines",
+  {
+    id: text("id").primaryKey(),
+    creditNoteId: text("credit_note_id")
+      .notNull()
+      .references(() => creditNotes.id),
+    /** The invoice line credited (its position); null for an amount against the invoice as a whole. */
+    invoiceLine: integer("invoice_line"),
+    description: text("description").notNull(),
+    amount: numeric("amount").notNull(),
+    position: integer("position").notNull(),
+  },
+  (t) => [index("credit_note_lines_note_idx").on(t.creditNoteId)],
+);
+
+/** Money sent back to the card for a credit note; retried by the billing run until the provider answers. */
+export const refunds = pgTable(
+  "refunds",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id").notNull(),
+    creditNoteId: text("credit_note_id")
+      .notNull()
+      .references(() => creditNotes.id),
+    paymentId: text("payment_id")
+      .notNull()
+      .references(() => payments.id),
+    provider: text("provider", { enum: ["local", "stripe"] }).notNull(),
+    amount: numeric("amount").notNull(),
+    currency: text("currency").notNull(),
+    status: text("status", { enum: ["pending", "succeeded", "failed"] }).notNull(),
+    failureCode: text("failure_code"),
+    reference: text("reference"),
+    idempotencyKey: text("idempotency_key").notNull(),
+    ...timestamps,
+    updatedAt: at("updated_at"),
+  },
+  (t) => [
+    uniqueIndex("refunds_idempotency_idx").on(t.idempotencyKey),
+    index("refunds_status_idx").on(t.status),
+  ],
+);
+
+/**
+ * An org's white-label branding: the name, colour and logo its invoices, e-mails and dashboard carry
+ * instead of the defaults. One row per org, absent until set.
+ */
+export const orgBranding = pgTable("org_branding", {
+  orgId: text("org_id")
+    .primaryKey()
+    .references(() => orgs.id),
+  displayName: text("display_name"),
+  primaryColor: text("primary_color"),
+  /** A data: URI of a PNG or JPEG (never fetched from elsewhere). */
+  logo: text("logo"),
+  supportEmail: text("support_email"),
+  footer: text("footer"),
+  updatedAt: at("updated_at").notNull(),
+});
+
 /** The org's customer at the payment provider (Stripe: `cus_…`), created once and kept. */
 export const providerCustomers = pgTable(
   "provider_customers",
@@ -751,7 +845,9 @@ export const creditGrants = pgTable(
       .references(() => orgs.id),
     amount: numeric("amount").notNull(),
     currency: text("currency").notNull(),
-    source: text("source", { enum: ["manual", "proration", "referral", "purchase"] }).notNull(),
+    source: text("source", {
+      enum: ["manual", "proration", "referral", "purchase", "credit_note"],
+    }).notNull(),
     reason: text("reason"),
     expiresAt: at("expires_at"),
     ...timestamps,
@@ -772,7 +868,8 @@ export const creditLedger = pgTable(
       .notNull()
       .references(() => creditGrants.id),
     invoiceId: text("invoice_id"),
-    kind: text("kind", { enum: ["grant", "apply", "expire"] }).notNull(),
+    /** `restore`: credits given back when the invoice they were applied to is voided. */
+    kind: text("kind", { enum: ["grant", "apply", "expire", "restore"] }).notNull(),
     amount: numeric("amount").notNull(),
     ...timestamps,
   },

@@ -32,6 +32,9 @@ export const ID_PREFIXES = {
   redemption: "rdm",
   ledger: "cle",
   portal: "bps",
+  creditNote: "crn",
+  creditNoteLine: "cnl",
+  refund: "rfd",
 } as const;
 
 export type IdKind = keyof typeof ID_PREFIXES;

@@ -76,6 +76,7 @@ export class StripeStandIn {
   checkoutSessions = new Map<string, Obj>();
   paymentIntents = new Map<string, Obj>();
   portalSessions = new Map<string, Obj>();
+  refunds = new Map<string, Obj>();
   events: StandInEvent[] = [];
   /** Every API request, for assertions: method, path, idempotency key. */
   requests: { method: string; path: string; idempotencyKey: string | undefined }[] = [];
@@ -340,6 +341,32 @@ export class StripeStandIn {
     if (resource === "payment_intents") {
       if (method === "GET") return this.find(this.paymentIntents, objectId as string, "payment_intent");
       return this.createPaymentIntent(p, nowS);
+    }
+    if (resource === "refunds" && method === "POST") {
+      const intent = this.find(this.paymentIntents, p.payment_intent as string, "payment_intent");
+      const already = [...this.refunds.values()]
+        .filter((r) => r.payment_intent === intent.id)
+        .reduce((sum, r) => sum + Number(r.amount), 0);
+      const amount = p.amount === undefined ? Number(intent.amount) - already : Number(p.amount);
+      if (intent.status !== "succeeded" || amount < 1 || already + amount > Number(intent.amount))
+        throw new StripeError(400, {
+          type: "invalid_request_error",
+          code: "charge_already_refunded",
+          message: `Refund amount (${amount}) is greater than the unrefunded amount on the charge.`,
+        });
+      const refund = {
+        id: id("re"),
+        object: "refund",
+        amount,
+        currency: intent.currency,
+        payment_intent: intent.id,
+        status: "succeeded",
+        metadata: p.metadata ?? {},
+        created: nowS,
+      };
+      this.refunds.set(refund.id, refund);
+      this.emit("refund.created", refund);
+      return refund;
     }
     if (resource === "billing_portal" && parts[2] === "sessions" && method === "POST") {
       this.find(this.customers, p.customer as string, "customer");

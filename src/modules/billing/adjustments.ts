@@ -214,7 +214,7 @@ export async function grantCredit(
   orgId: string,
   input: {
     amount: Money;
-    source: "manual" | "proration" | "referral" | "purchase";
+    source: "manual" | "proration" | "referral" | "purchase" | "credit_note";
     reason: string | null;
     expiresAt: Date | null;
   },

@@ -76,3 +76,20 @@ export async function dunningEndedEmail(deps: Deps, orgId: string, outcome: "can
     outro: ["Paying the open invoice and choosing a plan again restores everything."],
   }));
 }
+
+/** A receipt: the invoice was paid (by card, or settled by a credit note's full amount). */
+export async function receiptEmail(deps: Deps, invoiceId: string) {
+  const [invoice] = await deps.database.db.select().from(invoices).where(eq(invoices.id, invoiceId));
+  if (invoice?.status !== "paid") return;
+  const number = invoice.number ?? invoice.id;
+  await sendToContacts(deps, invoice.orgId, "invoice_paid", (orgName, name) => ({
+    subject: `Receipt from ${orgName}: invoice ${number} is paid`,
+    greeting: `Hi ${name},`,
+    intro: [
+      `Thank you: ${invoice.currency} ${invoice.amountPaid} was charged for invoice ${number} on ${day(invoice.paidAt ?? deps.clock.now())}.`,
+      `It covers ${day(invoice.periodStart)} to ${day(invoice.periodEnd)}. The invoice and its PDF are on the billing page.`,
+    ],
+    action: { label: "View invoices", url: `${deps.env.publicUrl}/billing` },
+    outro: ["Keep this e-mail for your records."],
+  }));
+}

@@ -222,15 +222,18 @@ export function totalsOf(lines: readonly DraftLine[], currency: string) {
   return { subtotal: formatMoney(subtotal, currency), total: formatMoney(Money.max(subtotal, 0), currency) };
 }
 
-/** The next invoice number, under the sequence row's lock: gapless, because a rollback returns it. */
-async function nextNumber(tx: Database): Promise<string> {
+/**
+ * The next number of a document sequence (`INV-000001`, `CN-000001`), under the sequence row's lock:
+ * gapless, because a rollback returns it.
+ */
+export async function nextNumber(tx: Database, name = "invoices", prefix = "INV"): Promise<string> {
   const [row] = await tx
     .insert(invoiceSequences)
-    .values({ name: "invoices", next: 2 })
+    .values({ name, next: 2 })
     .onConflictDoUpdate({ target: invoiceSequences.name, set: { next: sql`${invoiceSequences.next} + 1` } })
     .returning({ next: invoiceSequences.next });
-  if (!row) throw new Error("invoice sequence missing");
-  return `INV-${String(row.next - 1).padStart(6, "0")}`;
+  if (!row) throw new Error(`${name} sequence missing`);
+  return `${prefix}-${String(row.next - 1).padStart(6, "0")}`;
 }
 
 export interface NewInvoice {

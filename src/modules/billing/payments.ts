@@ -1,10 +1,11 @@
 import { and, count, eq, gt, inArray, isNull, notExists, sql } from "drizzle-orm";
-import { invoices, paymentMethods, payments, subscriptions } from "../../db/schema.js";
+import type { Database } from "../../db/client.js";
+import { creditNotes, invoices, paymentMethods, payments, subscriptions } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { subscriptionChanged } from "../plans/subscriptions.js";
-import { paymentFailedEmail } from "./emails.js";
+import { paymentFailedEmail, receiptEmail } from "./emails.js";
 import { Money } from "./money.js";
 import { type ChargeOutcome, providerOf } from "./provider.js";
 
@@ -95,8 +96,9 @@ const attemptKey = (invoiceId: string, attempt: number) => `invoice:${invoiceId}
 export async function collectInvoice(deps: Deps, invoiceId: string): Promise<CollectResult> {
   const db = deps.database.db;
   const [invoice] = await db.select().from(invoices).where(eq(invoices.id, invoiceId));
-  if (invoice?.status !== "finalized" || !new Money(invoice.amountDue).greaterThan(0))
-    return { status: "not_due" };
+  if (invoice?.status !== "finalized") return { status: "not_due" };
+  const remaining = await amountRemaining(db, invoice);
+  if (!remaining.greaterThan(0)) return { status: "not_due" };
   const method = await paymentMethodOf(deps, invoice.orgId);
   if (!method) return { status: "no_payment_method" };
   const [attempts] = await db.select({ n: count() }).from(payments).where(eq(payments.invoiceId, invoice.id));
@@ -106,7 +108,7 @@ export async function collectInvoice(deps: Deps, invoiceId: string): Promise<Col
     orgId: invoice.orgId,
     invoiceId: invoice.id,
     invoiceNumber: invoice.number,
-    amount: invoice.amountDue,
+    amount: remaining.toFixed(),
     currency: invoice.currency,
     idempotencyKey,
     method,
@@ -134,6 +136,31 @@ export async function collectAfterCommit(
   }
 }
 
+/** The last unpaid invoice settled (paid, voided, credited): a past_due subscription is in good standing again. */
+export async function clearPastDue(tx: Database, subscriptionId: string, now: Date) {
+  const [unpaid] = await tx
+    .select({ n: count() })
+    .from(invoices)
+    .where(and(eq(invoices.subscriptionId, subscriptionId), eq(invoices.status, "finalized")));
+  if ((unpaid?.n ?? 0) === 0)
+    await tx
+      .update(subscriptions)
+      .set({ status: "active", pastDueSince: null, updatedAt: now })
+      .where(and(eq(subscriptions.id, subscriptionId), eq(subscriptions.status, "past_due")));
+}
+
+/**
+ * What is left to pay on an invoice: its amount due, less what credit notes took off it while it was
+ * open (the invoice itself never changes once finalized).
+ */
+export async function amountRemaining(db: Database, invoice: { id: string; amountDue: string }) {
+  const [row] = await db
+    .select({ credited: sql<string | null>`sum(${creditNotes.outstandingAmount})` })
+    .from(creditNotes)
+    .where(eq(creditNotes.invoiceId, invoice.id));
+  return new Money(invoice.amountDue).minus(row?.credited ?? 0);
+}
+
 /**
  * Writes down an attempt's outcome, once per idempotency key: the charge above, or the provider
  * telling us later (a webhook re-read from Stripe). A success marks the invoice paid and, with the
@@ -159,6 +186,7 @@ export async function recordPayment(
       .where(eq(payments.invoiceId, invoiceId))
       .orderBy(payments.createdAt, payments.id);
     const same = previous.find((p) => p.idempotencyKey === idempotencyKey);
+    const remaining = (await amountRemaining(tx, locked)).toFixed();
     const correcting = same?.status === "failed" && succeeded;
     if (locked.status !== "finalized" || (same && !correcting)) return null;
     const paymentId = same?.id ?? newId("payment");
@@ -173,7 +201,7 @@ export async function recordPayment(
         orgId: locked.orgId,
         invoiceId,
         provider: attempt.provider,
-        amount: locked.amountDue,
+        amount: remaining,
         currency: locked.currency,
         status: outcome.status,
         failureCode: outcome.status === "failed" ? outcome.failureCode : null,
@@ -187,24 +215,13 @@ export async function recordPayment(
         .update(invoices)
         .set({
           status: "paid",
-          amountPaid: locked.amountDue,
+          amountPaid: remaining,
           paidAt: now,
           nextAttemptAt: null,
           updatedAt: now,
         })
         .where(eq(invoices.id, invoiceId));
-      // The last unpaid invoice paid: a past_due subscription is in good standing again.
-      if (locked.subscriptionId) {
-        const [unpaid] = await tx
-          .select({ n: count() })
-          .from(invoices)
-          .where(and(eq(invoices.subscriptionId, locked.subscriptionId), eq(invoices.status, "finalized")));
-        if ((unpaid?.n ?? 0) === 0)
-          await tx
-            .update(subscriptions)
-            .set({ status: "active", pastDueSince: null, updatedAt: now })
-            .where(and(eq(subscriptions.id, locked.subscriptionId), eq(subscriptions.status, "past_due")));
-      }
+      if (locked.subscriptionId) await clearPastDue(tx, locked.subscriptionId, now);
       return { status: "paid" as const, paymentId, orgId: locked.orgId };
     }
     // Dunning: retries are counted from the first failure, on the catalog's schedule.
@@ -236,7 +253,10 @@ export async function recordPayment(
   if (result === null) return { status: "not_due" };
   // The subscription's standing may have changed: every process's plan cache hears of it.
   await subscriptionChanged(deps, result.orgId);
-  if (result.status === "paid") return { status: "paid", paymentId: result.paymentId };
+  if (result.status === "paid") {
+    await receiptEmail(deps, invoiceId);
+    return { status: "paid", paymentId: result.paymentId };
+  }
   await paymentFailedEmail(deps, invoiceId, result.nextAttemptAt);
   const { orgId: _orgId, ...failed } = result;
   return failed;

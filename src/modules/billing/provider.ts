@@ -29,6 +29,19 @@ export type ChargeOutcome =
   | { status: "succeeded"; reference: string | null }
   | { status: "failed"; reference: string | null; failureCode: string };
 
+export interface RefundRequest {
+  /** The provider's reference of the payment refunded (Stripe: the PaymentIntent). */
+  paymentReference: string | null;
+  amount: string;
+  currency: string;
+  /** `refund:<credit note>`: a refund asked for twice is made once. */
+  idempotencyKey: string;
+}
+
+export type RefundOutcome =
+  | { status: "succeeded"; reference: string | null }
+  | { status: "failed"; reference: string | null; failureCode: string };
+
 export interface CheckoutRequest {
   checkoutId: string;
   orgId: string;
@@ -40,6 +53,8 @@ export interface PaymentProvider {
   readonly name: "local" | "stripe";
   /** Charges the card on file. Throws (`unavailable`) when the provider cannot be reached. */
   charge(deps: Deps, request: ChargeRequest): Promise<ChargeOutcome>;
+  /** Sends money back for a payment. Throws (`unavailable`) when the provider cannot be reached. */
+  refund(deps: Deps, request: RefundRequest): Promise<RefundOutcome>;
   /** Where the customer enters a card for a checkout, and the provider's id for that page. */
   startCheckout(deps: Deps, request: CheckoutRequest): Promise<{ url: string; reference: string | null }>;
   /** Where the customer changes the card and sees the invoices. */
@@ -55,6 +70,9 @@ export const localProvider: PaymentProvider = {
     return request.method.reference === "succeed"
       ? { status: "succeeded", reference: `local_${request.method.last4}` }
       : { status: "failed", reference: `local_${request.method.last4}`, failureCode: "card_declined" };
+  },
+  async refund(_deps, request) {
+    return { status: "succeeded", reference: `local_refund_${request.idempotencyKey}` };
   },
   async startCheckout(deps, request) {
     return { url: `${publicBase(deps)}/checkout/${request.checkoutId}`, reference: null };

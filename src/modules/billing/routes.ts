@@ -5,7 +5,7 @@ import { checkoutSessions } from "../../db/schema.js";
 import type { AppEnv } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { createRouter, errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
-import { createApiRouter, operatorOnly } from "../auth/caller.js";
+import { createApiRouter, operatorOnly, requireCaller } from "../auth/caller.js";
 import { clientIp } from "../auth/client-ip.js";
 import { bearerToken, isOperatorKey } from "../operator/auth.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
@@ -23,6 +23,8 @@ import {
   orgCouponList,
   redeemCoupon,
 } from "./coupons.js";
+import { CreateCreditNote, createCreditNote, listCreditNotes, voidInvoice } from "./credit-notes.js";
+import { creditNotePdf, invoicePdf, pdfHeaders } from "./documents.js";
 import { EstimateRequest, estimate } from "./estimate.js";
 import { getInvoice, listInvoices } from "./invoices.js";
 import { collectInvoice, savePaymentMethod, testCard } from "./payments.js";
@@ -197,6 +199,29 @@ const UpcomingInvoice = z
   })
   .openapi("UpcomingInvoice");
 
+const CreditNote = z
+  .object({
+    id: z.string(),
+    number: z.string(),
+    org_id: z.string(),
+    invoice_id: z.string(),
+    reason: z.enum(["duplicate", "fraudulent", "order_change", "product_unsatisfactory", "other"]),
+    memo: z.string().nullable(),
+    currency: z.string(),
+    amount: z.string(),
+    refund_amount: z.string(),
+    credit_amount: z.string(),
+    outstanding_amount: z
+      .string()
+      .openapi({ description: "Taken off what was left to pay on the open invoice." }),
+    refund_status: z.enum(["pending", "succeeded", "failed"]).nullable(),
+    lines: z.array(
+      z.object({ invoice_line: z.number().int().nullable(), description: z.string(), amount: z.string() }),
+    ),
+    created_at: z.string(),
+  })
+  .openapi("CreditNote");
+
 const InvoiceParams = OrgParam.extend({
   id: z
     .string()
@@ -207,6 +232,108 @@ const InvoiceParams = OrgParam.extend({
 /** An org's invoices, and the operator's billing run. */
 export function invoiceRoutes() {
   const router = createApiRouter();
+  // PDFs first: "inv_….pdf" would otherwise reach /invoices/{id} and fail its id check.
+  router.get("/v1/orgs/:org/invoices/:file{inv_[0-9a-z]{26}\\.pdf}", orgAccess("billing:read"), async (c) => {
+    const { pdf, filename } = await invoicePdf(
+      c.get("deps"),
+      accessOf(c).orgId,
+      c.req.param("file").slice(0, -4),
+    );
+    return c.body(new Uint8Array(pdf), 200, pdfHeaders(filename));
+  });
+  router.get(
+    "/v1/orgs/:org/credit-notes/:file{crn_[0-9a-z]{26}\\.pdf}",
+    orgAccess("billing:read"),
+    async (c) => {
+      const { pdf, filename } = await creditNotePdf(
+        c.get("deps"),
+        accessOf(c).orgId,
+        c.req.param("file").slice(0, -4),
+      );
+      return c.body(new Uint8Array(pdf), 200, pdfHeaders(filename));
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/invoices/{id}/void",
+      tags: ["Billing"],
+      summary:
+        "Void an open invoice (operator): nothing is owed on it, dunning stops, applied credits come back",
+      security: [{ operator: [] }],
+      middleware: [orgAccess("billing:manage"), operatorOnly],
+      request: { params: InvoiceParams },
+      responses: {
+        200: jsonResponse(Invoice, "The voided invoice"),
+        ...errorResponses(401, 403, 404, 409),
+      },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const { org, id } = c.req.valid("param");
+      await voidInvoice(deps, await requireCaller(c), org, id);
+      return c.json(await getInvoice(deps, org, id), 200);
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/orgs/{org}/invoices/{id}/credit-notes",
+      tags: ["Billing"],
+      summary: "Issue a credit note (operator): a correction or refund of a finalized or paid invoice",
+      description:
+        "On an open invoice the credit lowers what is left to pay (fully credited, it is paid). On a paid one it is refunded to the card (`settle: refund`, the default) or granted as credit for later invoices (`settle: credit`). Amounts are capped by what is left to credit, per line and in all.",
+      security: [{ operator: [] }],
+      middleware: [orgAccess("billing:manage"), operatorOnly],
+      request: { params: InvoiceParams, body: jsonBody(CreateCreditNote) },
+      responses: {
+        201: jsonResponse(CreditNote, "The credit note"),
+        ...errorResponses(400, 401, 403, 404, 409),
+      },
+    }),
+    async (c) => {
+      const { org, id } = c.req.valid("param");
+      const note = await createCreditNote(
+        c.get("deps"),
+        await requireCaller(c),
+        org,
+        id,
+        c.req.valid("json"),
+      );
+      return c.json(note, 201);
+    },
+  );
+
+  router.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/orgs/{org}/credit-notes",
+      tags: ["Billing"],
+      summary: "The org's credit notes, newest first (PDF at /v1/orgs/{org}/credit-notes/{id}.pdf)",
+      security: orgSecurity,
+      middleware: orgAccess("billing:read"),
+      request: {
+        params: OrgParam,
+        query: z.object({
+          invoice: z
+            .string()
+            .regex(/^inv_[0-9a-z]{26}$/, "must be an invoice id (inv_…)")
+            .optional()
+            .openapi({ description: "Only this invoice's credit notes." }),
+        }),
+      },
+      responses: {
+        200: jsonResponse(z.object({ data: z.array(CreditNote) }).openapi("CreditNoteList"), "Credit notes"),
+        ...errorResponses(400, 401, 403, 404),
+      },
+    }),
+    async (c) => {
+      const data = await listCreditNotes(c.get("deps"), accessOf(c).orgId, c.req.valid("query").invoice);
+      return c.json({ data }, 200);
+    },
+  );
   router.openapi(
     createRoute({
       method: "get",
@@ -553,6 +680,17 @@ export function portalRoutes() {
     }
   };
   router.get("/portal/:session", (c) => guard(c, () => show(c, c.req.param("session"))));
+  router.get("/portal/:session/invoices/:file{inv_[0-9a-z]{26}\\.pdf}", (c) =>
+    guard(c, async () => {
+      const session = await portalSession(c.get("deps"), c.req.param("session"));
+      const { pdf, filename } = await invoicePdf(
+        c.get("deps"),
+        session.orgId,
+        c.req.param("file").slice(0, -4),
+      );
+      return c.body(new Uint8Array(pdf), 200, pdfHeaders(filename));
+    }),
+  );
   router.post("/portal/:session/card", (c) =>
     guard(c, async () => {
       const deps = c.get("deps");
@@ -768,7 +906,7 @@ const Credits = z
         id: z.string(),
         amount: z.string(),
         balance: z.string(),
-        source: z.enum(["manual", "proration", "referral", "purchase"]),
+        source: z.enum(["manual", "proration", "referral", "purchase", "credit_note"]),
         reason: z.string().nullable(),
         expires_at: z.string().nullable(),
         created_at: z.string(),
@@ -779,7 +917,7 @@ const Credits = z
         id: z.string(),
         grant_id: z.string(),
         invoice_id: z.string().nullable(),
-        kind: z.enum(["grant", "apply", "expire"]),
+        kind: z.enum(["grant", "apply", "expire", "restore"]),
         amount: z.string(),
         created_at: z.string(),
       }),

@@ -7,6 +7,7 @@ import type { Plan } from "../catalog/schema.js";
 import { type Period, periodAt } from "../plans/periods.js";
 import { getSubscription, lockAtRevision, subscriptionChanged } from "../plans/subscriptions.js";
 import { expireCredits, previewTotals } from "./adjustments.js";
+import { sendPendingRefunds } from "./credit-notes.js";
 import { dunningEndedEmail } from "./emails.js";
 import {
   baseFeeLine,
@@ -122,6 +123,8 @@ export async function runBilling(deps: Deps, nowMs = deps.clock.nowMs()): Promis
   }
   // Invoices written by a run (or a change) whose process died before charging them.
   for (const id of await uncollectedInvoices(deps)) await collectAfterCommit(deps, id);
+  // Refunds of credit notes the payment provider has not answered yet.
+  await sendPendingRefunds(deps);
   if (result.closed > 0)
     deps.logger.info({ closed: result.closed, invoices: result.invoices.length }, "billing run");
   return result;

@@ -154,6 +154,32 @@ export function stripeProvider(deps: Deps): PaymentProvider {
         unavailable(error);
       }
     },
+    async refund(deps, request) {
+      if (!request.paymentReference?.startsWith("pi_"))
+        return { status: "failed", reference: null, failureCode: "not_a_stripe_payment" };
+      try {
+        const refund = await stripeClient(deps).refunds.create(
+          {
+            payment_intent: request.paymentReference,
+            amount: toMinorUnits(request.amount, request.currency),
+            metadata: { tollgate_refund: request.idempotencyKey },
+          },
+          { idempotencyKey: `tollgate:${request.idempotencyKey}` },
+        );
+        // A card refund is `pending` until the bank has it; it is on its way, and Tollgate is done.
+        if (refund.status === "failed" || refund.status === "canceled")
+          return {
+            status: "failed",
+            reference: refund.id,
+            failureCode: refund.failure_reason ?? refund.status,
+          };
+        return { status: "succeeded", reference: refund.id };
+      } catch (error) {
+        if (error instanceof Stripe.errors.StripeInvalidRequestError)
+          return { status: "failed", reference: null, failureCode: error.code ?? "invalid_request" };
+        unavailable(error);
+      }
+    },
     async startCheckout(deps, request) {
       const customer = await stripeCustomerOf(deps, request.orgId);
       // Stripe keeps a Checkout Session open for 30 minutes to 24 hours.

@@ -169,14 +169,10 @@ export function subscriptionRoutes() {
           z.union([
             Subscription.extend({
               invoice_id: z.string().nullable().optional(),
-              payment: z
-                .string()
-                .nullable()
-                .optional()
-                .openapi({
-                  description:
-                    "paid, failed, no_payment_method, not_due, or deferred (the payment provider did not answer; the billing run charges it)",
-                }),
+              payment: z.string().nullable().optional().openapi({
+                description:
+                  "paid, failed, no_payment_method, not_due, or deferred (the payment provider did not answer; the billing run charges it)",
+              }),
             }),
             z.object({ checkout_url: z.string(), checkout_id: z.string() }).openapi("CheckoutNeeded"),
           ]),
