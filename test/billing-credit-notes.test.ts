@@ -1,7 +1,8 @@
 import { eq, sql } from "drizzle-orm";
 import { PDFParse } from "pdf-parse";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { creditNotes, emails } from "../src/db/schema.js";
+import { creditNotes, emails, payments } from "../src/db/schema.js";
+import { recordPayment } from "../src/modules/billing/payments.js";
 import { appModes, createTestApp, type TestApp } from "./support/app.js";
 import { writeCatalog } from "./support/tollgate-process.js";
 
@@ -235,6 +236,79 @@ describe.each(modes)("credit notes, voiding, receipts and PDFs ($name)", (mode) 
     return { ...paid, open };
   }
 
+  it("returns the first note for a repeated idempotency key, and waits for a payment in flight", async () => {
+    const { org, invoice } = await paidOrg("cn-keys@example.com");
+    const url = `/v1/orgs/${org}/invoices/${invoice.id}/credit-notes`;
+    const body = { amount: "1.00", settle: "credit", idempotency_key: "ticket-4711" };
+    const [first, second] = await Promise.all([op("POST", url, body), op("POST", url, body)]);
+    expect(first.status, first.text).toBe(201);
+    expect(second.status, second.text).toBe(201);
+    expect(second.body.id).toBe(first.body.id);
+    expect((await op("POST", url, body)).body.id).toBe(first.body.id);
+    expect((await op("GET", `/v1/orgs/${org}/credits`)).body.balance).toBe("1.00");
+
+    // A charge under way (its pending attempt written, the provider not answered yet) holds off
+    // credit notes and voids, so what is charged is what is recorded.
+    const { open } = await pastDueOrg("cn-inflight@example.com");
+    await t.database.db.insert(payments).values({
+      id: "pay_00000000000000000000000001",
+      orgId: open.org_id,
+      invoiceId: open.id,
+      provider: "local",
+      amount: open.amount_due,
+      currency: "USD",
+      status: "pending",
+      idempotencyKey: `invoice:${open.id}:attempt:99`,
+      createdAt: t.deps.clock.now(),
+    });
+    const blocked = await op("POST", `/v1/orgs/${open.org_id}/invoices/${open.id}/credit-notes`, {
+      amount: "1",
+    });
+    expect(blocked.status).toBe(409);
+    expect(blocked.body.detail).toContain("being processed");
+    expect((await op("POST", `/v1/orgs/${open.org_id}/invoices/${open.id}/void`)).status).toBe(409);
+    // The attempt settles (here: the provider says it succeeded): the invoice is paid with its amount.
+    const settled = await recordPayment(t.deps, open.id, {
+      idempotencyKey: `invoice:${open.id}:attempt:99`,
+      outcome: { status: "succeeded", reference: "local_4242" },
+    });
+    expect(settled.status).toBe("paid");
+    expect((await op("GET", `/v1/orgs/${open.org_id}/invoices/${open.id}`)).body).toMatchObject({
+      status: "paid",
+      amount_paid: open.amount_due,
+    });
+    // Told again, or told of an attempt it never made, it changes nothing.
+    expect(
+      (
+        await recordPayment(t.deps, open.id, {
+          idempotencyKey: `invoice:${open.id}:attempt:99`,
+          outcome: { status: "succeeded", reference: "local_4242" },
+        })
+      ).status,
+    ).toBe("not_due");
+  });
+
+  it("credits a payment that succeeds late, after the invoice was settled another way", async () => {
+    const { org, open } = await pastDueOrg("late-success@example.com");
+    // The declined attempt…
+    const [declined] = (
+      await t.database.db.select().from(payments).where(eq(payments.invoiceId, open.id))
+    ).filter((p) => p.status === "failed");
+    expect(declined).toBeDefined();
+    // …is forgiven with a full credit note, then the bank says it went through after all.
+    expect(
+      (await op("POST", `/v1/orgs/${org}/invoices/${open.id}/credit-notes`, { amount: open.amount_due }))
+        .status,
+    ).toBe(201);
+    const late = await recordPayment(t.deps, open.id, {
+      idempotencyKey: declined?.idempotencyKey as string,
+      outcome: { status: "succeeded", reference: "late" },
+    });
+    expect(late.status).toBe("paid");
+    const credits = await op("GET", `/v1/orgs/${org}/credits`);
+    expect(credits.body.grants[0]).toMatchObject({ source: "overpayment", amount: open.amount_due });
+  });
+
   it("keeps credit notes and voiding to the operator", async () => {
     const { org, token, invoice } = await paidOrg("cn-owner@example.com");
     const asOwner = await t.call("POST", `/v1/orgs/${org}/invoices/${invoice.id}/credit-notes`, {
@@ -246,13 +320,12 @@ describe.each(modes)("credit notes, voiding, receipts and PDFs ($name)", (mode) 
     expect(voidAsOwner.status).toBe(403);
   });
 
-  it("serves invoice and credit-note PDFs in the org's branding, to its own members only", async () => {
-    const a = await paidOrg("pdf-a@example.com");
-    const b = await paidOrg("pdf-b@example.com");
+  it("keeps each org's branding to its own members, and the seller's to the operator", async () => {
+    const a = await paidOrg("brand-a@example.com");
+    const b = await paidOrg("brand-b@example.com");
     const defaults = await t.call("GET", `/v1/orgs/${a.org}/branding`, { auth: a.token });
     expect(defaults.status, defaults.text).toBe(200);
     expect(defaults.body).toMatchObject({ display_name: "Ada's organization", custom: false });
-
     const bad = await t.call("PUT", `/v1/orgs/${a.org}/branding`, {
       auth: a.token,
       body: { primary_color: "red", logo: "https://evil.example/logo.png" },
@@ -261,24 +334,44 @@ describe.each(modes)("credit notes, voiding, receipts and PDFs ($name)", (mode) 
     expect(bad.body.errors.map((e: { field: string }) => e.field).sort()).toEqual(["logo", "primary_color"]);
     const set = await t.call("PUT", `/v1/orgs/${a.org}/branding`, {
       auth: a.token,
-      body: {
-        display_name: "Acme Analytics GmbH",
-        primary_color: "#0E7490",
-        footer: "Acme Analytics GmbH · Hauptstraße 1 · 10115 Berlin · VAT DE123456789",
-        support_email: "billing@acme.example",
-      },
+      body: { display_name: "Team A", primary_color: "#0E7490" },
     });
     expect(set.status, set.text).toBe(200);
-    expect(set.body).toMatchObject({
-      display_name: "Acme Analytics GmbH",
-      primary_color: "#0e7490",
-      custom: true,
+    expect(set.body).toMatchObject({ display_name: "Team A", primary_color: "#0e7490", custom: true });
+    // Leaving a field out keeps it; null resets it.
+    const reset = await t.call("PUT", `/v1/orgs/${a.org}/branding`, {
+      auth: a.token,
+      body: { display_name: null },
     });
-    const foreignBranding = await t.call("PUT", `/v1/orgs/${a.org}/branding`, {
+    expect(reset.body).toMatchObject({ display_name: "Ada's organization", primary_color: "#0e7490" });
+    const foreign = await t.call("PUT", `/v1/orgs/${a.org}/branding`, {
       auth: b.token,
       body: { display_name: "Hijacked" },
     });
-    expect([403, 404]).toContain(foreignBranding.status);
+    expect([403, 404]).toContain(foreign.status);
+    const sellerByCustomer = await t.call("PUT", "/v1/admin/branding", {
+      auth: a.token,
+      body: { display_name: "Hijacked" },
+    });
+    expect(sellerByCustomer.status).toBe(403);
+  });
+
+  it("serves invoice and credit-note PDFs issued by the seller, to the org's own members only", async () => {
+    const a = await paidOrg("pdf-a@example.com");
+    const b = await paidOrg("pdf-b@example.com");
+    const seller = await op("PUT", "/v1/admin/branding", {
+      display_name: "Acme Analytics GmbH",
+      primary_color: "#0E7490",
+      footer: "Acme Analytics GmbH · Hauptstraße 1 · 10115 Berlin · VAT DE123456789",
+      support_email: "billing@acme.example",
+    });
+    expect(seller.status, seller.text).toBe(200);
+    expect(seller.body).toMatchObject({ display_name: "Acme Analytics GmbH", custom: true });
+    // An org's own branding does not change who issued its invoices.
+    await t.call("PUT", `/v1/orgs/${a.org}/branding`, {
+      auth: a.token,
+      body: { display_name: "Not the seller" },
+    });
 
     const res = await fetchRaw(`/v1/orgs/${a.org}/invoices/${a.invoice.id}.pdf`, a.token);
     expect(res.status).toBe(200);
@@ -291,6 +384,7 @@ describe.each(modes)("credit notes, voiding, receipts and PDFs ($name)", (mode) 
     expect(text).toContain(a.invoice.number);
     expect(text).toContain("VAT DE123456789");
     expect(text).toContain("pdf-a@example.com");
+    expect(text).not.toContain("Not the seller");
 
     const note = await op("POST", `/v1/orgs/${a.org}/invoices/${a.invoice.id}/credit-notes`, {
       amount: "2.50",

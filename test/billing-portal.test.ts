@@ -66,7 +66,7 @@ describe.each(appModes)("the local customer portal ($name)", (mode) => {
       return_url: "https://app.example.com/settings/billing",
     });
     expect(opened.status, opened.text).toBe(200);
-    expect(opened.body.url).toMatch(/\/portal\/bps_[0-9a-z]{26}$/);
+    expect(opened.body.url).toMatch(/\/portal\/bps_[0-9a-z]{32}$/);
     const path = new URL(opened.body.url).pathname;
 
     const page = await t.call("GET", path, { headers: { accept: "text/html" } });
@@ -139,7 +139,7 @@ describe.each(appModes)("the local customer portal ($name)", (mode) => {
       invoiceOfA.id,
     );
 
-    for (const bad of ["/portal/bps_00000000000000000000000000", "/portal/nonsense", "/portal/chk_x"]) {
+    for (const bad of ["/portal/bps_00000000000000000000000000000000", "/portal/nonsense", "/portal/chk_x"]) {
       const res = await t.call("GET", bad, { headers: { accept: "text/html" } });
       expect(res.status, bad).toBe(404);
     }

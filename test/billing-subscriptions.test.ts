@@ -108,7 +108,7 @@ describe.each(appModes)("subscription changes and payments ($name)", (mode) => {
 
     const change = await me.post(`/v1/orgs/${org}/subscription`, { plan: "basic" });
     expect(change.status, change.text).toBe(200);
-    expect(change.body.checkout_url).toMatch(/\/checkout\/chk_[0-9a-z]{26}$/);
+    expect(change.body.checkout_url).toMatch(/\/checkout\/chk_[0-9a-z]{32}$/);
     const checkoutPath = new URL(change.body.checkout_url).pathname;
 
     const page = await t.call("GET", checkoutPath, { headers: { accept: "text/html" } });

@@ -455,6 +455,11 @@ export const usageEvents = pgTable(
     properties: jsonb("properties").$type<Record<string, unknown>>().notNull(),
     periodStart: at("period_start").notNull(),
     receivedAt: at("received_at").notNull().defaultNow(),
+    /**
+     * The event's place in the batch it came in: events of one batch share `received_at`, and at one
+     * timestamp the one given last counts as the later (latest, the percentage walk).
+     */
+    batchPosition: integer("batch_position").notNull().default(0),
   },
   (t) => [
     primaryKey({ columns: [t.orgId, t.eventId] }),
@@ -599,11 +604,14 @@ export const creditNotes = pgTable(
     creditAmount: numeric("credit_amount").notNull(),
     /** The part that lowers an open invoice's amount left to pay. */
     outstandingAmount: numeric("outstanding_amount").notNull(),
+    /** The caller's key: the same request sent again returns this note instead of issuing another. */
+    idempotencyKey: text("idempotency_key"),
     ...timestamps,
   },
   (t) => [
     uniqueIndex("credit_notes_number_idx").on(t.number),
     index("credit_notes_invoice_idx").on(t.invoiceId),
+    uniqueIndex("credit_notes_idempotency_idx").on(t.orgId, t.idempotencyKey),
   ],
 );
 
@@ -760,7 +768,7 @@ export const payments = pgTable(
     provider: text("provider", { enum: ["local", "stripe"] }).notNull(),
     amount: numeric("amount").notNull(),
     currency: text("currency").notNull(),
-    status: text("status", { enum: ["succeeded", "failed"] }).notNull(),
+    status: text("status", { enum: ["pending", "succeeded", "failed"] }).notNull(),
     failureCode: text("failure_code"),
     reference: text("reference"),
     idempotencyKey: text("idempotency_key").notNull(),
@@ -846,7 +854,7 @@ export const creditGrants = pgTable(
     amount: numeric("amount").notNull(),
     currency: text("currency").notNull(),
     source: text("source", {
-      enum: ["manual", "proration", "referral", "purchase", "credit_note"],
+      enum: ["manual", "proration", "referral", "purchase", "credit_note", "overpayment"],
     }).notNull(),
     reason: text("reason"),
     expiresAt: at("expires_at"),

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { isId, newId } from "./ids.js";
+import { isId, newId, secretId } from "./ids.js";
 
 describe("ids", () => {
   it("are prefixed by kind", () => {
@@ -51,5 +51,16 @@ describe("ids", () => {
       randoms.add(newId("key").slice(14));
     }
     expect(randoms.size).toBe(500);
+  });
+});
+
+describe("secretId", () => {
+  it("is the prefix and 32 random base32 characters, with nothing in common between consecutive ids", () => {
+    const ids = Array.from({ length: 1000 }, () => secretId("portal"));
+    for (const id of ids) expect(id).toMatch(/^bps_[0-9abcdefghjkmnpqrstvwxyz]{32}$/);
+    expect(new Set(ids).size).toBe(ids.length);
+    // No shared time prefix (as a ULID's) and no counter: consecutive ids differ early.
+    const samePrefix = ids.slice(1).filter((id, i) => id.slice(0, 10) === ids[i]?.slice(0, 10));
+    expect(samePrefix.length).toBeLessThan(3);
   });
 });

@@ -1,4 +1,4 @@
-import { randomFillSync } from "node:crypto";
+import { randomBytes, randomFillSync } from "node:crypto";
 
 /**
  * Prefixed, time-sortable ids (`org_01jd…`): a ULID (48-bit millisecond time + 80 random bits,
@@ -94,4 +94,25 @@ const ID_BODY = /^[0-9a-hjkmnp-tv-z]{26}$/;
 export function isId(kind: IdKind, value: string): boolean {
   const prefix = `${ID_PREFIXES[kind]}_`;
   return value.startsWith(prefix) && ID_BODY.test(value.slice(prefix.length));
+}
+
+/**
+ * An id that is also a bearer capability (a checkout page, a portal link): the prefix and 32
+ * characters of fresh randomness (160 bits), with no time part and nothing shared with other ids, so
+ * seeing any number of ids tells nothing about the next.
+ */
+export function secretId(kind: IdKind): string {
+  const bytes = randomBytes(20);
+  let out = "";
+  let buffer = 0;
+  let bits = 0;
+  for (const byte of bytes) {
+    buffer = (buffer << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      out += ALPHABET[(buffer >> bits) & 31];
+    }
+  }
+  return `${ID_PREFIXES[kind]}_${out}`;
 }

@@ -214,7 +214,7 @@ export async function grantCredit(
   orgId: string,
   input: {
     amount: Money;
-    source: "manual" | "proration" | "referral" | "purchase" | "credit_note";
+    source: "manual" | "proration" | "referral" | "purchase" | "credit_note" | "overpayment";
     reason: string | null;
     expiresAt: Date | null;
   },

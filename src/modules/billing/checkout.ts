@@ -4,7 +4,7 @@ import { checkoutSessions, orgs } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { escapeHtml } from "../../lib/email-templates.js";
 import { AppError } from "../../lib/errors.js";
-import { newId } from "../../lib/ids.js";
+import { secretId } from "../../lib/ids.js";
 import type { AuditEntry } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
 import type { Interval } from "../catalog/schema.js";
@@ -62,7 +62,7 @@ export async function requestChange(
       decline_code: "card_declined",
     });
   if (quote.timing === "now" && due.greaterThan(0) && !method) {
-    const id = newId("checkout");
+    const id = secretId("checkout");
     const now = deps.clock.now();
     const expiresAt = new Date(now.getTime() + CHECKOUT_TTL_MS);
     await deps.database.db.insert(checkoutSessions).values({
@@ -96,11 +96,15 @@ export async function requestChange(
 }
 
 /** An open, unexpired checkout session; 404 otherwise (an id names nothing else). */
-export async function openSession(deps: Deps, id: string) {
+export async function openSession(deps: Deps, id: string, options: { allowLate?: boolean } = {}) {
   const [session] = await deps.database.db.select().from(checkoutSessions).where(eq(checkoutSessions.id, id));
   if (!session) throw new AppError("not_found", "No such checkout.");
   if (session.status === "completed") throw new AppError("conflict", "This checkout is already paid.");
-  if (session.status === "expired" || session.expiresAt.getTime() <= deps.clock.nowMs())
+  // A provider's session completed on its side is honoured even after our own expiry time.
+  if (
+    session.status === "expired" ||
+    (!options.allowLate && session.expiresAt.getTime() <= deps.clock.nowMs())
+  )
     throw new AppError("not_found", "This checkout has expired; start again from the billing page.");
   return session;
 }
@@ -109,7 +113,8 @@ export async function openSession(deps: Deps, id: string) {
 export async function checkoutSummary(deps: Deps, id: string) {
   const session = await openSession(deps, id);
   // A Stripe checkout is paid on Stripe's page, never on this one.
-  if (session.providerReference) throw new AppError("not_found", "No such checkout.");
+  if (session.providerReference || providerOf(deps).name !== "local")
+    throw new AppError("not_found", "No such checkout.");
   const [org] = await deps.database.db
     .select({ name: orgs.name })
     .from(orgs)
@@ -124,7 +129,7 @@ export async function checkoutSummary(deps: Deps, id: string) {
  */
 export async function completeCheckout(deps: Deps, id: string, cardNumber: string) {
   const session = await openSession(deps, id);
-  if (session.providerReference)
+  if (session.providerReference || providerOf(deps).name !== "local")
     throw new AppError("not_found", "This checkout is paid on the payment provider's page.");
   const card = testCard(cardNumber);
   if (card.outcome === "decline")
@@ -140,8 +145,8 @@ export async function completeCheckout(deps: Deps, id: string, cardNumber: strin
  * session is claimed in the change's own transaction: fulfilled once, and never marked completed
  * without the change (a crash in between leaves both undone).
  */
-export async function fulfilCheckout(deps: Deps, id: string) {
-  const session = await openSession(deps, id);
+export async function fulfilCheckout(deps: Deps, id: string, options: { allowLate?: boolean } = {}) {
+  const session = await openSession(deps, id, options);
   const claim = async (tx: Database) => {
     const claimed = await tx
       .update(checkoutSessions)

@@ -20,7 +20,7 @@ import { subscriptionChanged } from "../plans/subscriptions.js";
 import { grantCredit } from "./adjustments.js";
 import { nextNumber } from "./invoices.js";
 import { formatMoney, Money, minorUnitDigits } from "./money.js";
-import { amountRemaining, clearPastDue } from "./payments.js";
+import { amountRemaining, assertNoPaymentInFlight, clearPastDue } from "./payments.js";
 import { providerOf } from "./provider.js";
 
 /**
@@ -64,6 +64,12 @@ export const CreateCreditNote = z
       type: "string",
       description: "A sum credited against the invoice as a whole (or the lines' total, checked).",
     }),
+    idempotency_key: z
+      .string()
+      .min(1)
+      .max(255)
+      .optional()
+      .openapi({ description: "Sent again with the same key, the request returns the first note." }),
     settle: z.enum(["refund", "credit"]).default("refund").openapi({
       description:
         "For a paid invoice: `refund` to the card, or `credit` for later invoices. An open invoice is always settled by lowering what is left to pay.",
@@ -162,6 +168,23 @@ export async function createCreditNote(
 ) {
   if (!input.lines && input.amount === undefined)
     throw invalid("amount", "give amount or lines", "A credit note needs an amount or lines.");
+  const key = input.idempotency_key;
+  const replay = async () => {
+    if (!key) return undefined;
+    const [first] = await deps.database.db
+      .select({ id: creditNotes.id, invoiceId: creditNotes.invoiceId })
+      .from(creditNotes)
+      .where(and(eq(creditNotes.orgId, orgId), eq(creditNotes.idempotencyKey, key)));
+    if (!first) return undefined;
+    if (first.invoiceId !== invoiceId)
+      throw new AppError(
+        "conflict",
+        `The idempotency key ${key} was used for another invoice's credit note.`,
+      );
+    return getCreditNote(deps, orgId, first.id);
+  };
+  const earlier = await replay();
+  if (earlier) return earlier;
   const now = deps.clock.now();
   const written = await deps.database.db.transaction(async (tx) => {
     // The invoice row is the lock: two credit notes (or a note and a payment) serialise here.
@@ -171,11 +194,20 @@ export async function createCreditNote(
       .where(and(eq(invoices.id, invoiceId), eq(invoices.orgId, orgId)))
       .for("update");
     if (!invoice) throw new AppError("not_found", `No invoice ${invoiceId}.`);
+    // The same key sent twice at once: the second waited on the first's lock, and finds its note.
+    if (key) {
+      const [first] = await tx
+        .select({ id: creditNotes.id })
+        .from(creditNotes)
+        .where(and(eq(creditNotes.orgId, orgId), eq(creditNotes.idempotencyKey, key)));
+      if (first) return { id: first.id, refundId: null, settled: false };
+    }
     if (invoice.status !== "finalized" && invoice.status !== "paid")
       throw new AppError(
         "conflict",
         `Invoice ${invoice.number ?? invoiceId} is ${invoice.status}: nothing to credit.`,
       );
+    await assertNoPaymentInFlight(tx, invoice.id);
     const c = invoice.currency;
     const existing = await tx.select().from(creditNotes).where(eq(creditNotes.invoiceId, invoice.id));
     const creditedLines = existing.length
@@ -240,8 +272,28 @@ export async function createCreditNote(
         "The amount and the lines disagree.",
       );
 
-    // How much of the invoice may still be credited: all of it, less earlier notes.
-    const creditedSoFar = existing.reduce((sum, n) => sum.plus(n.amount), new Money(0));
+    // How much of the invoice may still be credited: all of it, less earlier notes — except notes
+    // whose refund failed, which gave nothing back (the operator settles them again as credit).
+    const failedRefunds = new Set(
+      existing.length
+        ? (
+            await tx
+              .select({ note: refunds.creditNoteId })
+              .from(refunds)
+              .where(
+                and(
+                  inArray(
+                    refunds.creditNoteId,
+                    existing.map((n) => n.id),
+                  ),
+                  eq(refunds.status, "failed"),
+                ),
+              )
+          ).map((r) => r.note)
+        : [],
+    );
+    const counted = existing.filter((n) => !failedRefunds.has(n.id));
+    const creditedSoFar = counted.reduce((sum, n) => sum.plus(n.amount), new Money(0));
     const creditable = new Money(invoice.total).minus(creditedSoFar);
     if (total.greaterThan(creditable))
       throw invalid(
@@ -265,7 +317,7 @@ export async function createCreditNote(
         .select()
         .from(payments)
         .where(and(eq(payments.invoiceId, invoice.id), eq(payments.status, "succeeded")));
-      const refundedSoFar = existing.reduce((sum, n) => sum.plus(n.refundAmount), new Money(0));
+      const refundedSoFar = counted.reduce((sum, n) => sum.plus(n.refundAmount), new Money(0));
       const refundable = new Money(invoice.amountPaid).minus(refundedSoFar);
       if (!payment || total.greaterThan(refundable))
         throw new AppError(
@@ -289,6 +341,7 @@ export async function createCreditNote(
       refundAmount: refund.toFixed(),
       creditAmount: credit.toFixed(),
       outstandingAmount: outstanding.toFixed(),
+      idempotencyKey: key ?? null,
       createdAt: now,
     });
     await tx.insert(creditNoteLines).values(
@@ -357,8 +410,18 @@ export async function sendRefund(deps: Deps, refundId: string): Promise<void> {
   if (refund?.status !== "pending") return;
   const [payment] = await db.select().from(payments).where(eq(payments.id, refund.paymentId));
   if (!payment) return;
+  // Refunded by the provider that took the payment; a payment of a provider no longer configured
+  // cannot be refunded here.
+  const provider = providerOf(deps);
+  if (provider.name !== refund.provider) {
+    await db
+      .update(refunds)
+      .set({ status: "failed", failureCode: "provider_not_configured", updatedAt: deps.clock.now() })
+      .where(and(eq(refunds.id, refundId), eq(refunds.status, "pending")));
+    return;
+  }
   try {
-    const outcome = await providerOf(deps).refund(deps, {
+    const outcome = await provider.refund(deps, {
       paymentReference: payment.reference,
       amount: refund.amount,
       currency: refund.currency,
@@ -412,6 +475,7 @@ export async function voidInvoice(deps: Deps, caller: Caller, orgId: string, inv
           ? `Invoice ${invoice.number} is paid: correct it with a credit note.`
           : `Invoice ${invoice.number ?? invoiceId} is ${invoice.status}: only an open invoice can be voided.`,
       );
+    await assertNoPaymentInFlight(tx, invoice.id);
     await tx
       .update(invoices)
       .set({ status: "void", voidedAt: now, nextAttemptAt: null, updatedAt: now })

@@ -1,14 +1,14 @@
 import { and, asc, eq, inArray } from "drizzle-orm";
 import { memberships, orgs, users } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
-import { brandingOf } from "../orgs/branding.js";
+import { instanceBranding } from "../orgs/branding.js";
 import { getCreditNote } from "./credit-notes.js";
 import { getInvoice } from "./invoices.js";
 import { type PdfParty, renderInvoicePdf } from "./pdf.js";
 
 /**
- * The documents a customer keeps: invoice and credit-note PDFs, in the org's white-label branding,
- * addressed to the org and its first billing contact.
+ * The documents a customer keeps: invoice and credit-note PDFs, issued in the seller's (the
+ * instance's) white-label branding, addressed to the org and its first billing contact.
  */
 
 async function customerOf(deps: Deps, orgId: string): Promise<PdfParty> {
@@ -28,7 +28,7 @@ export async function invoicePdf(deps: Deps, orgId: string, invoiceId: string) {
   const [invoice, customer, branding] = await Promise.all([
     getInvoice(deps, orgId, invoiceId),
     customerOf(deps, orgId),
-    brandingOf(deps, orgId),
+    instanceBranding(deps),
   ]);
   const pdf = await renderInvoicePdf({ kind: "invoice", invoice, customer, branding });
   return { pdf, filename: `${invoice.number ?? invoice.id}.pdf` };
@@ -39,7 +39,7 @@ export async function creditNotePdf(deps: Deps, orgId: string, creditNoteId: str
   const [invoice, customer, branding] = await Promise.all([
     getInvoice(deps, orgId, note.invoice_id),
     customerOf(deps, orgId),
-    brandingOf(deps, orgId),
+    instanceBranding(deps),
   ]);
   const pdf = await renderInvoicePdf({
     kind: "credit_note",

@@ -77,13 +77,13 @@ export async function dunningEndedEmail(deps: Deps, orgId: string, outcome: "can
   }));
 }
 
-/** A receipt: the invoice was paid (by card, or settled by a credit note's full amount). */
+/** A receipt: a payment settled the invoice. */
 export async function receiptEmail(deps: Deps, invoiceId: string) {
   const [invoice] = await deps.database.db.select().from(invoices).where(eq(invoices.id, invoiceId));
   if (invoice?.status !== "paid") return;
   const number = invoice.number ?? invoice.id;
   await sendToContacts(deps, invoice.orgId, "invoice_paid", (orgName, name) => ({
-    subject: `Receipt from ${orgName}: invoice ${number} is paid`,
+    subject: `Receipt for ${orgName}: invoice ${number} is paid`,
     greeting: `Hi ${name},`,
     intro: [
       `Thank you: ${invoice.currency} ${invoice.amountPaid} was charged for invoice ${number} on ${day(invoice.paidAt ?? deps.clock.now())}.`,

@@ -53,7 +53,7 @@ async function transactionsOf(deps: Deps, orgId: string, meter: string, period: 
     select value::text as value from usage_events
     where org_id = ${orgId} and meter = ${meter}
       and period_start >= ${iso(period.startMs)} and period_start < ${iso(period.endMs)}
-    order by timestamp, received_at, event_id`);
+    order by timestamp, received_at, batch_position, event_id`);
   return rows.map((row) => ({ value: row.value }));
 }
 

@@ -1,10 +1,11 @@
-import { and, count, eq, gt, inArray, isNull, notExists, sql } from "drizzle-orm";
+import { and, count, eq, gt, inArray, lte, notExists, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import { creditNotes, invoices, paymentMethods, payments, subscriptions } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { subscriptionChanged } from "../plans/subscriptions.js";
+import { grantCredit } from "./adjustments.js";
 import { paymentFailedEmail, receiptEmail } from "./emails.js";
 import { Money } from "./money.js";
 import { type ChargeOutcome, providerOf } from "./provider.js";
@@ -88,32 +89,56 @@ export type CollectResult =
 const attemptKey = (invoiceId: string, attempt: number) => `invoice:${invoiceId}:attempt:${attempt}`;
 
 /**
- * Charges an invoice's amount due to the org's card. A finalized invoice only; a paid, void or
- * zero invoice is not due. A failed payment makes the subscription past_due. The attempt's
- * idempotency key goes to the provider too: a process that dies after the charge and before writing
- * it down charges the same attempt again, which the provider answers with the first result.
+ * Charges what is left to pay on an invoice to the org's card. A finalized invoice only; a paid, void
+ * or fully credited invoice is not due. The attempt is written down first, as a `pending` payment
+ * with its amount and idempotency key, under the invoice's lock: while it is pending, credit notes and
+ * voids wait (409), so the amount charged is the amount recorded. Then the provider is asked, under
+ * the same key, and the answer written down. A process that dies in between leaves the attempt
+ * pending; the billing run sends it again, and the provider answers with the first result.
  */
 export async function collectInvoice(deps: Deps, invoiceId: string): Promise<CollectResult> {
   const db = deps.database.db;
   const [invoice] = await db.select().from(invoices).where(eq(invoices.id, invoiceId));
   if (invoice?.status !== "finalized") return { status: "not_due" };
-  const remaining = await amountRemaining(db, invoice);
-  if (!remaining.greaterThan(0)) return { status: "not_due" };
   const method = await paymentMethodOf(deps, invoice.orgId);
   if (!method) return { status: "no_payment_method" };
-  const [attempts] = await db.select({ n: count() }).from(payments).where(eq(payments.invoiceId, invoice.id));
-  const idempotencyKey = attemptKey(invoice.id, (attempts?.n ?? 0) + 1);
   const provider = providerOf(deps);
+  const attempt = await db.transaction(async (tx) => {
+    const [locked] = await tx.select().from(invoices).where(eq(invoices.id, invoiceId)).for("update");
+    if (locked?.status !== "finalized") return null;
+    const previous = await tx.select().from(payments).where(eq(payments.invoiceId, invoiceId));
+    // An attempt already under way (or cut off by a crash) is sent again as it was.
+    const pending = previous.find((p) => p.status === "pending");
+    if (pending) return pending;
+    const remaining = await amountRemaining(tx, locked);
+    if (!remaining.greaterThan(0)) return null;
+    const [row] = await tx
+      .insert(payments)
+      .values({
+        id: newId("payment"),
+        orgId: locked.orgId,
+        invoiceId,
+        provider: provider.name,
+        amount: remaining.toFixed(),
+        currency: locked.currency,
+        status: "pending",
+        idempotencyKey: attemptKey(invoiceId, previous.length + 1),
+        createdAt: deps.clock.now(),
+      })
+      .returning();
+    return row ?? null;
+  });
+  if (!attempt) return { status: "not_due" };
   const outcome = await provider.charge(deps, {
     orgId: invoice.orgId,
     invoiceId: invoice.id,
     invoiceNumber: invoice.number,
-    amount: remaining.toFixed(),
-    currency: invoice.currency,
-    idempotencyKey,
+    amount: attempt.amount,
+    currency: attempt.currency,
+    idempotencyKey: attempt.idempotencyKey,
     method,
   });
-  return recordPayment(deps, invoice.id, { idempotencyKey, provider: provider.name, outcome });
+  return recordPayment(deps, invoice.id, { idempotencyKey: attempt.idempotencyKey, outcome });
 }
 
 /**
@@ -162,19 +187,20 @@ export async function amountRemaining(db: Database, invoice: { id: string; amoun
 }
 
 /**
- * Writes down an attempt's outcome, once per idempotency key: the charge above, or the provider
- * telling us later (a webhook re-read from Stripe). A success marks the invoice paid and, with the
- * last unpaid invoice paid, the subscription active again; a failure makes it past_due and sets the
- * invoice's next attempt on the catalog's dunning schedule, counted from the first failure. An
- * attempt first written as failed that the provider later reports succeeded is corrected.
+ * Writes down an attempt's outcome, once: the charge above, or the provider telling us later (a
+ * webhook re-read from Stripe). A success marks the invoice paid with the attempt's amount and, with
+ * the last unpaid invoice paid, the subscription active again; a failure makes it past_due and sets
+ * the invoice's next attempt on the catalog's dunning schedule, counted from the first failure. An
+ * attempt written as failed that the provider later reports succeeded (a customer who finished 3-D
+ * Secure late) is corrected; if the invoice was settled meanwhile, that money becomes credit rather
+ * than being lost.
  */
 export async function recordPayment(
   deps: Deps,
   invoiceId: string,
-  attempt: { idempotencyKey: string; provider: "local" | "stripe"; outcome: ChargeOutcome },
+  attempt: { idempotencyKey: string; outcome: ChargeOutcome },
 ): Promise<CollectResult> {
   const { outcome, idempotencyKey } = attempt;
-  const succeeded = outcome.status === "succeeded";
   const now = deps.clock.now();
   const result = await deps.database.db.transaction(async (tx) => {
     // The invoice row is the lock: two collections of one invoice serialise here.
@@ -186,46 +212,43 @@ export async function recordPayment(
       .where(eq(payments.invoiceId, invoiceId))
       .orderBy(payments.createdAt, payments.id);
     const same = previous.find((p) => p.idempotencyKey === idempotencyKey);
-    const remaining = (await amountRemaining(tx, locked)).toFixed();
-    const correcting = same?.status === "failed" && succeeded;
-    if (locked.status !== "finalized" || (same && !correcting)) return null;
-    const paymentId = same?.id ?? newId("payment");
-    if (correcting) {
-      await tx
-        .update(payments)
-        .set({ status: "succeeded", failureCode: null, reference: outcome.reference ?? same.reference })
-        .where(eq(payments.id, paymentId));
-    } else {
-      await tx.insert(payments).values({
-        id: paymentId,
-        orgId: locked.orgId,
-        invoiceId,
-        provider: attempt.provider,
-        amount: remaining,
-        currency: locked.currency,
+    if (!same) return null;
+    const correcting = same.status === "failed" && outcome.status === "succeeded";
+    if (same.status !== "pending" && !correcting) return null;
+    await tx
+      .update(payments)
+      .set({
         status: outcome.status,
         failureCode: outcome.status === "failed" ? outcome.failureCode : null,
-        reference: outcome.reference,
-        idempotencyKey,
-        createdAt: now,
-      });
-    }
+        reference: outcome.reference ?? same.reference,
+      })
+      .where(eq(payments.id, same.id));
     if (outcome.status === "succeeded") {
+      if (locked.status !== "finalized") {
+        // Paid for twice (a late success after another attempt, or a credit note, settled it): the
+        // money is the org's, as credit for later invoices, and the operator can refund it.
+        await grantCredit(tx, deps, locked.orgId, {
+          amount: new Money(same.amount),
+          source: "overpayment",
+          reason: `Payment ${same.id} on ${locked.number} after it was settled`,
+          expiresAt: null,
+        });
+        deps.logger.warn(
+          { invoice: invoiceId, payment: same.id },
+          "a payment arrived for a settled invoice: credited",
+        );
+        return { status: "paid" as const, paymentId: same.id, orgId: locked.orgId };
+      }
       await tx
         .update(invoices)
-        .set({
-          status: "paid",
-          amountPaid: remaining,
-          paidAt: now,
-          nextAttemptAt: null,
-          updatedAt: now,
-        })
+        .set({ status: "paid", amountPaid: same.amount, paidAt: now, nextAttemptAt: null, updatedAt: now })
         .where(eq(invoices.id, invoiceId));
       if (locked.subscriptionId) await clearPastDue(tx, locked.subscriptionId, now);
-      return { status: "paid" as const, paymentId, orgId: locked.orgId };
+      return { status: "paid" as const, paymentId: same.id, orgId: locked.orgId };
     }
+    if (locked.status !== "finalized") return null;
     // Dunning: retries are counted from the first failure, on the catalog's schedule.
-    const failures = previous.filter((p) => p.status === "failed");
+    const failures = previous.filter((p) => p.status === "failed" && p.id !== same.id);
     const firstFailureMs = failures[0]?.createdAt.getTime() ?? now.getTime();
     const nextRetryDays = deps.catalog.dunning.retry_days[failures.length];
     const nextAttemptAt =
@@ -243,7 +266,7 @@ export async function recordPayment(
         );
     return {
       status: "failed" as const,
-      paymentId,
+      paymentId: same.id,
       orgId: locked.orgId,
       failureCode: outcome.failureCode,
       nextAttemptAt,
@@ -262,24 +285,41 @@ export async function recordPayment(
   return failed;
 }
 
+/** A payment attempt under way blocks changes to what the invoice asks for (credit notes, voids). */
+export async function assertNoPaymentInFlight(tx: Database, invoiceId: string) {
+  const [pending] = await tx
+    .select({ id: payments.id })
+    .from(payments)
+    .where(and(eq(payments.invoiceId, invoiceId), eq(payments.status, "pending")));
+  if (pending)
+    throw new AppError(
+      "conflict",
+      "A payment of this invoice is being processed; try again once it has succeeded or failed.",
+    );
+}
+
 /**
- * Finalized invoices with something due that were never attempted (the process died between writing
- * an invoice and charging it): the billing run collects them.
+ * Invoices the billing run collects without a dunning date: finalized ones that were never attempted
+ * (the process died between writing an invoice and charging it), and attempts left pending (it died
+ * while charging) since `olderThan`.
  */
-export async function uncollectedInvoices(deps: Deps): Promise<string[]> {
-  const rows = await deps.database.db
+export async function uncollectedInvoices(deps: Deps, olderThan: Date): Promise<string[]> {
+  const db = deps.database.db;
+  const never = await db
     .select({ id: invoices.id })
     .from(invoices)
     .where(
       and(
         eq(invoices.status, "finalized"),
         gt(invoices.amountDue, "0"),
-        isNull(invoices.voidedAt),
-        notExists(
-          deps.database.db.select({ one: sql`1` }).from(payments).where(eq(payments.invoiceId, invoices.id)),
-        ),
+        notExists(db.select({ one: sql`1` }).from(payments).where(eq(payments.invoiceId, invoices.id))),
       ),
     )
     .limit(1000);
-  return rows.map((r) => r.id);
+  const stuck = await db
+    .selectDistinct({ id: payments.invoiceId })
+    .from(payments)
+    .where(and(eq(payments.status, "pending"), lte(payments.createdAt, olderThan)))
+    .limit(1000);
+  return [...new Set([...never, ...stuck].map((r) => r.id))];
 }

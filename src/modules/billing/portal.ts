@@ -21,7 +21,8 @@ export async function openPortal(deps: Deps, orgId: string, returnUrl: string | 
 
 /** A live local portal session; 404 for an unknown or expired one (an id names nothing else). */
 export async function portalSession(deps: Deps, id: string) {
-  if (!/^bps_[0-9a-z]{26}$/.test(id)) throw new AppError("not_found", "No such portal session.");
+  if (!/^bps_[0-9a-z]{32}$/.test(id) || providerOf(deps).name !== "local")
+    throw new AppError("not_found", "No such portal session.");
   const [session] = await deps.database.db.select().from(portalSessions).where(eq(portalSessions.id, id));
   if (!session) throw new AppError("not_found", "No such portal session.");
   if (session.expiresAt.getTime() <= deps.clock.nowMs())

@@ -1,6 +1,6 @@
 import { type paymentMethods, portalSessions } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
-import { newId } from "../../lib/ids.js";
+import { secretId } from "../../lib/ids.js";
 import { stripeProvider } from "./stripe-provider.js";
 
 /**
@@ -79,7 +79,7 @@ export const localProvider: PaymentProvider = {
   },
   async portalUrl(deps, orgId, returnUrl) {
     // The local portal is a Tollgate page (portal.ts) behind a short-lived session id.
-    const id = newId("portal");
+    const id = secretId("portal");
     const now = deps.clock.now();
     await deps.database.db
       .insert(portalSessions)

@@ -4,7 +4,7 @@ import type { Context } from "hono";
 import { checkoutSessions } from "../../db/schema.js";
 import type { AppEnv } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
-import { createRouter, errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
+import { createRouter, errorResponses, jsonBody, jsonResponse, requestLogger } from "../../lib/http.js";
 import { createApiRouter, operatorOnly, requireCaller } from "../auth/caller.js";
 import { clientIp } from "../auth/client-ip.js";
 import { bearerToken, isOperatorKey } from "../operator/auth.js";
@@ -545,7 +545,7 @@ const htmlHeaders = {
 export function checkoutRoutes() {
   const router = createRouter();
   const sessionId = (id: string) => {
-    if (!/^chk_[0-9a-z]{26}$/.test(id)) throw new AppError("not_found", "No such checkout.");
+    if (!/^chk_[0-9a-z]{26}([0-9a-z]{6})?$/.test(id)) throw new AppError("not_found", "No such checkout.");
     return id;
   };
   const wantsHtml = (accept: string | undefined, form: boolean) =>
@@ -639,7 +639,18 @@ export function checkoutRoutes() {
             htmlHeaders,
           );
     } catch (error) {
-      if (!(error instanceof AppError)) throw error;
+      if (!(error instanceof AppError)) {
+        // A person is looking at this page: Stripe not answering is a page that says so, not a 500.
+        requestLogger(c).warn({ err: (error as Error).message }, "checkout return: Stripe did not answer");
+        return c.body(
+          checkoutDonePage(
+            "Checkout pending",
+            "We could not confirm the payment yet; refresh this page in a moment.",
+          ),
+          503,
+          htmlHeaders,
+        );
+      }
       return c.body(
         checkoutDonePage("Checkout unavailable", error.message),
         error.status as 404,
@@ -906,7 +917,7 @@ const Credits = z
         id: z.string(),
         amount: z.string(),
         balance: z.string(),
-        source: z.enum(["manual", "proration", "referral", "purchase", "credit_note"]),
+        source: z.enum(["manual", "proration", "referral", "purchase", "credit_note", "overpayment"]),
         reason: z.string().nullable(),
         expires_at: z.string().nullable(),
         created_at: z.string(),

@@ -122,7 +122,8 @@ export async function runBilling(deps: Deps, nowMs = deps.clock.nowMs()): Promis
     after = due[due.length - 1]?.id ?? after;
   }
   // Invoices written by a run (or a change) whose process died before charging them.
-  for (const id of await uncollectedInvoices(deps)) await collectAfterCommit(deps, id);
+  for (const id of await uncollectedInvoices(deps, new Date(nowMs - settleMs(deps))))
+    await collectAfterCommit(deps, id);
   // Refunds of credit notes the payment provider has not answered yet.
   await sendPendingRefunds(deps);
   if (result.closed > 0)

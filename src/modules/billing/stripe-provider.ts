@@ -151,6 +151,10 @@ export function stripeProvider(deps: Deps): PaymentProvider {
             failureCode: error.decline_code ?? error.code ?? "card_declined",
           };
         }
+        // Refused for good (an amount below Stripe's minimum, a card detached meanwhile): a failed
+        // attempt, so dunning goes on, rather than a retry that can never succeed.
+        if (error instanceof Stripe.errors.StripeInvalidRequestError)
+          return { status: "failed", reference: null, failureCode: error.code ?? "invalid_request" };
         unavailable(error);
       }
     },
@@ -183,11 +187,10 @@ export function stripeProvider(deps: Deps): PaymentProvider {
     async startCheckout(deps, request) {
       const customer = await stripeCustomerOf(deps, request.orgId);
       // Stripe keeps a Checkout Session open for 30 minutes to 24 hours.
-      const nowS = Math.floor(deps.clock.nowMs() / 1000);
-      const expiresS = Math.min(
-        Math.max(Math.floor(request.expiresAt.getTime() / 1000), nowS + 1800),
-        nowS + 86_400,
-      );
+      // In real time: Stripe checks it against its own clock, not the test clock.
+      const nowS = Math.floor(Date.now() / 1000);
+      const ttlS = Math.floor((request.expiresAt.getTime() - deps.clock.nowMs()) / 1000);
+      const expiresS = nowS + Math.min(Math.max(ttlS, 1800), 86_400);
       const session = await stripeClient(deps)
         .checkout.sessions.create(
           {

@@ -1,5 +1,5 @@
 import { and, eq, isNotNull } from "drizzle-orm";
-import type Stripe from "stripe";
+import Stripe from "stripe";
 import { checkoutSessions, invoices, providerEvents } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
@@ -60,7 +60,21 @@ export async function handleStripeWebhook(
       createdAt: deps.clock.now(),
     })
     .onConflictDoNothing();
-  const handled = await dispatch(deps, event);
+  let handled: boolean;
+  try {
+    handled = await dispatch(deps, event);
+  } catch (error) {
+    // An object that is not (or no longer) on Stripe's side is nothing for us to do: acknowledged.
+    if (error instanceof Stripe.errors.StripeInvalidRequestError && error.code === "resource_missing")
+      handled = false;
+    else if (error instanceof Stripe.errors.StripeError)
+      // Stripe could not be asked: not processed, so Stripe delivers it again.
+      throw new AppError(
+        "unavailable",
+        `Stripe did not answer while processing ${event.id}: ${error.message}`,
+      );
+    else throw error;
+  }
   await db
     .update(providerEvents)
     .set({ processedAt: deps.clock.now() })
@@ -145,7 +159,7 @@ export async function syncStripeCheckout(deps: Deps, stripeSessionId: string) {
       },
     });
   try {
-    const done = await fulfilCheckout(deps, checkoutId);
+    const done = await fulfilCheckout(deps, checkoutId, { allowLate: true });
     return { status: "complete" as const, invoiceId: done.invoiceId };
   } catch (error) {
     // Fulfilled meanwhile by the other path (the return page or another delivery).
@@ -169,7 +183,7 @@ export async function syncPaymentIntent(deps: Deps, paymentIntentId: string) {
     .from(invoices)
     .where(eq(invoices.id, invoiceId));
   if (!invoice) return;
-  await recordPayment(deps, invoiceId, { idempotencyKey, provider: "stripe", outcome });
+  await recordPayment(deps, invoiceId, { idempotencyKey, outcome });
 }
 
 /** The customer's default card changed (in the portal): it becomes the org's card. */

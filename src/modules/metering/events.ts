@@ -307,11 +307,12 @@ async function commitEvents(deps: Deps, events: ValidEvent[]): Promise<ValidEven
         ${textArray(events.map((e) => e.properties))}::jsonb[],
         ${textArray(events.map((e) => periodOf(e.periodStartMs)))}::timestamptz[],
         ${textArray(events.map((e) => e.unique))}::text[],
-        ${textArray(events.map(quantityOf))}::numeric[]
-      ) as t(org_id, event_id, meter, ts, value, properties, period_start, uniq, qty)
+        ${textArray(events.map(quantityOf))}::numeric[],
+        ${textArray(events.map((e) => String(e.index)))}::int[]
+      ) as t(org_id, event_id, meter, ts, value, properties, period_start, uniq, qty, pos)
     ), inserted as (
-      insert into usage_events (org_id, event_id, meter, "timestamp", value, properties, period_start)
-      select org_id, event_id, meter, ts, value, properties, period_start from input
+      insert into usage_events (org_id, event_id, meter, "timestamp", value, properties, period_start, batch_position)
+      select org_id, event_id, meter, ts, value, properties, period_start, pos from input
       on conflict (org_id, event_id) do nothing
       returning org_id, event_id
     ), accepted as (
@@ -319,7 +320,7 @@ async function commitEvents(deps: Deps, events: ValidEvent[]): Promise<ValidEven
     ), rollups as (
       insert into usage_rollups (org_id, meter, period_start, bucket, count, sum, min, max, latest_at, latest_value, sum_value_time)
       select org_id, meter, period_start, date_trunc('hour', ts, 'UTC'), count(*), sum(value), min(value), max(value),
-        max(ts), (array_agg(value order by ts desc))[1], sum(value * extract(epoch from ts))
+        max(ts), (array_agg(value order by ts desc, pos desc))[1], sum(value * extract(epoch from ts))
       from accepted
       group by 1, 2, 3, 4
       order by 1, 2, 3, 4

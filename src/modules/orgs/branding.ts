@@ -1,19 +1,25 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
-import { orgBranding, orgs } from "../../db/schema.js";
+import { instanceSettings, orgBranding, orgs } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { recordAudit } from "../audit/service.js";
-import { createApiRouter } from "../auth/caller.js";
+import { createApiRouter, operatorOnly, requireCaller } from "../auth/caller.js";
 import { Email } from "../auth/schemas.js";
 import { accessOf, OrgParam, orgAccess } from "./access.js";
 
 /**
- * White-label branding: `GET|PUT /v1/orgs/:org/branding`. The name, colour, logo, support address and
- * footer an org's invoices (and, later, its e-mails and dashboard) carry. Unset fields fall back to
- * the org's name and Tollgate's defaults. The logo is a data: URI (PNG or JPEG, at most 256 KiB):
- * Tollgate never fetches images from elsewhere, so a branding update cannot make it call out.
+ * White-label branding, at two levels, with the same fields (name, colour, logo, support address,
+ * footer):
+ * - **the instance's** (`GET|PUT /v1/admin/branding`, operator): the seller — the SaaS running
+ *   Tollgate. Invoices, credit notes and receipts are issued in its name; Tollgate's own name never
+ *   shows. Unset, the name is TOLLGATE_PUBLIC_URL's host.
+ * - **an org's** (`GET|PUT /v1/orgs/:org/branding`): how the org's own surfaces look to its members
+ *   (the dashboard, e-mails to them). It never changes who issued an invoice: a customer cannot
+ *   rewrite the seller's name or legal footer on the invoices addressed to it.
+ * The logo is a data: URI (PNG or JPEG, at most 256 KiB): Tollgate never fetches images from
+ * elsewhere, so a branding update cannot make it call out.
  */
 
 export const DEFAULT_COLOR = "#1a56db";
@@ -71,6 +77,43 @@ export async function brandingOf(deps: Deps, orgId: string): Promise<BrandingOut
 
 const security: Record<string, string[]>[] = [{ bearer: [] }, { operator: [] }];
 
+type Stored = {
+  display_name?: string | null;
+  primary_color?: string | null;
+  logo?: string | null;
+  support_email?: string | null;
+  footer?: string | null;
+};
+
+/** Applies an update to stored fields: fields left out are kept, null resets one. */
+function merged(stored: Stored, input: z.output<typeof BrandingInput>): Stored {
+  const out: Stored = { ...stored };
+  for (const [field, value] of Object.entries(input) as [keyof Stored, string | null | undefined][]) {
+    if (value === undefined) continue;
+    out[field] = field === "primary_color" && value ? value.toLowerCase() : value;
+  }
+  return out;
+}
+
+const INSTANCE_KEY = "branding";
+
+/** The seller's branding: what invoices, credit notes and receipts carry. */
+export async function instanceBranding(deps: Deps): Promise<BrandingOut> {
+  const [row] = await deps.database.db
+    .select({ value: instanceSettings.value })
+    .from(instanceSettings)
+    .where(eq(instanceSettings.key, INSTANCE_KEY));
+  const stored = (row ? JSON.parse(row.value) : {}) as Stored;
+  return {
+    display_name: stored.display_name ?? new URL(deps.env.publicUrl).hostname,
+    primary_color: stored.primary_color ?? DEFAULT_COLOR,
+    logo: stored.logo ?? null,
+    support_email: stored.support_email ?? null,
+    footer: stored.footer ?? "",
+    custom: Boolean(row),
+  };
+}
+
 export function brandingRoutes() {
   const router = createApiRouter();
   router.openapi(
@@ -125,6 +168,54 @@ export function brandingRoutes() {
         });
       });
       return c.json(await brandingOf(deps, access.orgId), 200);
+    },
+  );
+  router.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/admin/branding",
+      tags: ["Admin"],
+      summary: "The instance's branding: the seller named on every invoice",
+      security: [{ operator: [] }],
+      middleware: operatorOnly,
+      responses: { 200: jsonResponse(Branding, "The branding in force"), ...errorResponses(401, 403) },
+    }),
+    async (c) => c.json(await instanceBranding(c.get("deps")), 200),
+  );
+  router.openapi(
+    createRoute({
+      method: "put",
+      path: "/v1/admin/branding",
+      tags: ["Admin"],
+      summary: "Set the instance's branding (the seller: name, colour, logo, legal footer)",
+      security: [{ operator: [] }],
+      middleware: operatorOnly,
+      request: { body: jsonBody(BrandingInput) },
+      responses: { 200: jsonResponse(Branding, "The branding in force"), ...errorResponses(400, 401, 403) },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const input = c.req.valid("json");
+      await deps.database.db.transaction(async (tx) => {
+        const [row] = await tx
+          .select({ value: instanceSettings.value })
+          .from(instanceSettings)
+          .where(eq(instanceSettings.key, INSTANCE_KEY))
+          .for("update");
+        const value = JSON.stringify(merged(row ? (JSON.parse(row.value) as Stored) : {}, input));
+        const now = deps.clock.now();
+        await tx
+          .insert(instanceSettings)
+          .values({ key: INSTANCE_KEY, value, createdAt: now, updatedAt: now })
+          .onConflictDoUpdate({ target: instanceSettings.key, set: { value, updatedAt: now } });
+        await recordAudit(tx, {
+          orgId: null,
+          actor: await requireCaller(c),
+          action: "instance.branding_updated",
+          metadata: { fields: Object.keys(input) },
+        });
+      });
+      return c.json(await instanceBranding(deps), 200);
     },
   );
   return router;
