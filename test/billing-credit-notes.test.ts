@@ -147,8 +147,9 @@ describe.each(modes)("credit notes, voiding, receipts and PDFs ($name)", (mode) 
       credit.body.number,
       refund.body.number,
     ]);
-    // The invoice itself never changed.
-    expect((await op("GET", `/v1/orgs/${org}/invoices/${invoice.id}`)).body).toEqual(invoice);
+    // The invoice itself never changed; it says what was credited.
+    const after = (await op("GET", `/v1/orgs/${org}/invoices/${invoice.id}`)).body;
+    expect(after).toEqual({ ...invoice, amount_credited: invoice.total, amount_remaining: "0.00" });
     // Credit notes are append-only, in the database too.
     await expect(
       t.database.db.update(creditNotes).set({ amount: "0" }).where(eq(creditNotes.id, credit.body.id)),
@@ -165,7 +166,12 @@ describe.each(modes)("credit notes, voiding, receipts and PDFs ($name)", (mode) 
       refund_amount: "0.00",
       credit_amount: "0.00",
     });
-    expect((await op("GET", `/v1/orgs/${org}/invoices/${open.id}`)).body.status).toBe("finalized");
+    expect((await op("GET", `/v1/orgs/${org}/invoices/${open.id}`)).body).toMatchObject({
+      status: "finalized",
+      amount_due: open.amount_due,
+      amount_credited: "5.00",
+      amount_remaining: (due - 5).toFixed(2),
+    });
 
     // A good card: the retry charges what is left, not the original amount.
     expect(

@@ -2,6 +2,8 @@ import { and, eq, inArray } from "drizzle-orm";
 import { invoices, memberships, orgs, users } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { renderActionEmail } from "../../lib/email-templates.js";
+import { formatMoney } from "./money.js";
+import { amountRemaining } from "./payments.js";
 
 /**
  * Billing e-mails: a failed payment (with when the next attempt is, or that it was the last) and the
@@ -46,11 +48,12 @@ export async function paymentFailedEmail(deps: Deps, invoiceId: string, nextAtte
   const [invoice] = await deps.database.db.select().from(invoices).where(eq(invoices.id, invoiceId));
   if (!invoice) return;
   const action = deps.catalog.dunning.final_action === "cancel" ? "canceled" : "moved to the free plan";
+  const remaining = formatMoney(await amountRemaining(deps.database.db, invoice), invoice.currency);
   await sendToContacts(deps, invoice.orgId, "payment_failed", (orgName, name) => ({
     subject: `Payment failed for ${orgName}: invoice ${invoice.number ?? invoice.id}`,
     greeting: `Hi ${name},`,
     intro: [
-      `We could not charge ${invoice.currency} ${invoice.amountDue} for invoice ${invoice.number ?? invoice.id}: the card was declined.`,
+      `We could not charge ${invoice.currency} ${remaining} for invoice ${invoice.number ?? invoice.id}: the card was declined.`,
       nextAttemptAt
         ? `We will try again on ${day(nextAttemptAt)}. Update the card before then to keep your plan.`
         : `That was the last attempt: unless the invoice is paid, the subscription will be ${action}.`,

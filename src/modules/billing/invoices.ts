@@ -1,6 +1,7 @@
 import { and, desc, eq, gt, gte, inArray, lt, lte, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
+  creditNotes,
   type InvoiceLineKind,
   type InvoiceReason,
   invoiceDiscounts,
@@ -367,7 +368,14 @@ function lineOut(line: LineRow) {
 /** Numeric columns come back as Postgres writes them ("5.00"); shown in the currency's format. */
 const money = (value: string, currency: string) => formatMoney(new Money(value), currency);
 
-export function invoiceOut(row: InvoiceRow, lines: LineRow[], discounts: DiscountRow[] = []) {
+export type Credited = { total: string; outstanding: string };
+
+export function invoiceOut(
+  row: InvoiceRow,
+  lines: LineRow[],
+  discounts: DiscountRow[] = [],
+  credited: Credited = { total: "0", outstanding: "0" },
+) {
   const c = row.currency;
   return {
     id: row.id,
@@ -390,12 +398,32 @@ export function invoiceOut(row: InvoiceRow, lines: LineRow[], discounts: Discoun
     total: money(row.total, c),
     amount_due: money(row.amountDue, c),
     amount_paid: money(row.amountPaid, c),
+    amount_credited: money(credited.total, c),
+    amount_remaining:
+      row.status === "finalized"
+        ? money(new Money(row.amountDue).minus(credited.outstanding).toFixed(), c)
+        : money("0", c),
     created_at: row.createdAt.toISOString(),
     finalized_at: row.finalizedAt?.toISOString() ?? null,
     due_at: row.dueAt?.toISOString() ?? null,
     paid_at: row.paidAt?.toISOString() ?? null,
     voided_at: row.voidedAt?.toISOString() ?? null,
   };
+}
+
+/** What credit notes took off each invoice: in all, and off what was left to pay while it was open. */
+async function creditedOf(db: Database, ids: string[]): Promise<Map<string, Credited>> {
+  if (ids.length === 0) return new Map();
+  const rows = await db
+    .select({
+      invoiceId: creditNotes.invoiceId,
+      total: sql<string>`sum(${creditNotes.amount})::text`,
+      outstanding: sql<string>`sum(${creditNotes.outstandingAmount})::text`,
+    })
+    .from(creditNotes)
+    .where(inArray(creditNotes.invoiceId, ids))
+    .groupBy(creditNotes.invoiceId);
+  return new Map(rows.map((r) => [r.invoiceId, { total: r.total, outstanding: r.outstanding }]));
 }
 
 /** Rows of an invoice child table for several invoices at once, grouped per invoice in position order. */
@@ -428,8 +456,14 @@ export async function listInvoices(deps: Deps, orgId: string, limit: number, bef
     .orderBy(desc(invoices.id))
     .limit(limit);
   const ids = rows.map((r) => r.id);
-  const [lines, discounts] = await Promise.all([linesOf(db, ids), discountsOf(db, ids)]);
-  return rows.map((row) => invoiceOut(row, lines.get(row.id) ?? [], discounts.get(row.id) ?? []));
+  const [lines, discounts, credited] = await Promise.all([
+    linesOf(db, ids),
+    discountsOf(db, ids),
+    creditedOf(db, ids),
+  ]);
+  return rows.map((row) =>
+    invoiceOut(row, lines.get(row.id) ?? [], discounts.get(row.id) ?? [], credited.get(row.id)),
+  );
 }
 
 /** One of the org's invoices; 404 for another org's. */
@@ -440,6 +474,10 @@ export async function getInvoice(deps: Deps, orgId: string, id: string) {
     .from(invoices)
     .where(and(eq(invoices.orgId, orgId), eq(invoices.id, id)));
   if (!row) throw new AppError("not_found", `No invoice ${id}.`);
-  const [lines, discounts] = await Promise.all([linesOf(db, [row.id]), discountsOf(db, [row.id])]);
-  return invoiceOut(row, lines.get(row.id) ?? [], discounts.get(row.id) ?? []);
+  const [lines, discounts, credited] = await Promise.all([
+    linesOf(db, [row.id]),
+    discountsOf(db, [row.id]),
+    creditedOf(db, [row.id]),
+  ]);
+  return invoiceOut(row, lines.get(row.id) ?? [], discounts.get(row.id) ?? [], credited.get(row.id));
 }

@@ -97,6 +97,8 @@ function invoice(overrides: Partial<InvoiceOutput> = {}): InvoiceOutput {
     total: "987.60",
     amount_due: "887.60",
     amount_paid: "0.00",
+    amount_credited: "0.00",
+    amount_remaining: "887.60",
     created_at: "2025-03-01T00:00:05.000Z",
     finalized_at: "2025-03-01T01:00:00.000Z",
     due_at: "2025-03-15T01:00:00.000Z",

@@ -571,7 +571,13 @@ function buildView(input: PdfDocumentInput): DocumentView {
     totals.push({ label: "Credits applied", value: money.amount(invoice.credits_applied, true) });
   }
   totals.push({ label: "Amount due", value: money.amount(invoice.amount_due), strong: true });
+  if (!(decimal(invoice.amount_credited)?.isZero() ?? true)) {
+    totals.push({ label: "Credit notes", value: money.amount(invoice.amount_credited, true) });
+  }
   totals.push({ label: "Amount paid", value: money.amount(invoice.amount_paid) });
+  if (invoice.status === "finalized") {
+    totals.push({ label: "Left to pay", value: money.amount(invoice.amount_remaining), strong: true });
+  }
 
   const closing = [`All amounts in ${winAnsi(invoice.currency, 8)}. Dates are in UTC.`];
   if (invoice.status === "void") closing.unshift("This invoice has been voided and is not payable.");

@@ -56,7 +56,7 @@ export function portalPage(
         i.status === "finalized"
           ? `<form method="post" action="${base}/invoices/${escapeHtml(i.id)}/pay"><button type="submit">Pay now</button></form>`
           : "";
-      return `<tr><td>${escapeHtml(i.number ?? i.id)}</td><td>${escapeHtml((i.finalized_at ?? i.created_at).slice(0, 10))}</td><td class="num">${escapeHtml(i.currency)} ${escapeHtml(i.total)}</td><td>${escapeHtml(i.status === "finalized" ? "open" : i.status)}</td><td><a href="${base}/invoices/${escapeHtml(i.id)}.pdf">PDF</a></td><td>${pay}</td></tr>`;
+      return `<tr><td>${escapeHtml(i.number ?? i.id)}</td><td>${escapeHtml((i.finalized_at ?? i.created_at).slice(0, 10))}</td><td class="num">${escapeHtml(i.currency)} ${escapeHtml(i.status === "finalized" ? i.amount_remaining : i.total)}</td><td>${escapeHtml(i.status === "finalized" ? "open" : i.status)}</td><td><a href="${base}/invoices/${escapeHtml(i.id)}.pdf">PDF</a></td><td>${pay}</td></tr>`;
     })
     .join("");
   const back = session.returnUrl ? `<p><a href="${escapeHtml(session.returnUrl)}">← Back</a></p>` : "";

@@ -180,6 +180,11 @@ const Invoice = z
     reason: z.enum(["subscription_cycle", "subscription_create", "subscription_update", "manual"]),
     ...invoiceFields,
     amount_paid: z.string(),
+    amount_credited: z.string().openapi({ description: "What credit notes took off this invoice, in all." }),
+    amount_remaining: z.string().openapi({
+      description:
+        "What is left to pay: the amount due less what credit notes took off it while open; 0 once paid or void.",
+    }),
     created_at: z.string(),
     finalized_at: z.string().nullable(),
     due_at: z.string().nullable(),
