@@ -334,6 +334,18 @@ describe.each(modes)("the stripe provider ($name)", (mode) => {
     expect(refunds[0]).toMatchObject({ amount: 400, payment_intent: paidBy?.id });
     const refundRequest = stripe.requests.find((r) => r.path === "/v1/refunds");
     expect(refundRequest?.idempotencyKey).toBe(`tollgate:refund:${note.body.id}`);
+
+    // The bank returns the refund later: the note says so, and what it failed to give back can be
+    // settled again, as credit.
+    stripe.failRefund(refunds[0]?.id as string);
+    await deliverNew("refund failed");
+    const failed = await operator("GET", `/v1/orgs/${org}/credit-notes?invoice=${last.id}`);
+    expect(failed.body.data[0]).toMatchObject({ id: note.body.id, refund_status: "failed" });
+    const again = await operator("POST", `/v1/orgs/${org}/invoices/${last.id}/credit-notes`, {
+      amount: last.total,
+      settle: "credit",
+    });
+    expect(again.status, again.text).toBe(201);
   });
 
   it("refuses card numbers on Tollgate with the stripe provider, and the webhook is 404 with the local one", async () => {

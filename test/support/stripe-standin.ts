@@ -194,6 +194,14 @@ export class StripeStandIn {
     return { saved: true };
   }
 
+  /** The bank returns a refund Stripe had accepted (a closed card account, say). */
+  failRefund(refundId: string) {
+    const refund = this.refunds.get(refundId);
+    if (!refund) throw new Error(`no refund ${refundId}`);
+    Object.assign(refund, { status: "failed", failure_reason: "expired_or_canceled_card" });
+    this.emit("refund.updated", refund, { status: "succeeded" });
+  }
+
   // --- The API -------------------------------------------------------------------------------------
 
   private async handle(req: IncomingMessage, res: ServerResponse) {
@@ -340,8 +348,22 @@ export class StripeStandIn {
     }
     if (resource === "payment_intents") {
       if (method === "GET") return this.find(this.paymentIntents, objectId as string, "payment_intent");
+      if (parts[3] === "cancel") {
+        const intent = this.find(this.paymentIntents, objectId as string, "payment_intent");
+        if (intent.status === "succeeded")
+          throw new StripeError(400, {
+            type: "invalid_request_error",
+            code: "payment_intent_unexpected_state",
+            message: "This PaymentIntent has already succeeded.",
+          });
+        Object.assign(intent, { status: "canceled", cancellation_reason: "requested_by_customer" });
+        this.emit("payment_intent.canceled", intent);
+        return intent;
+      }
       return this.createPaymentIntent(p, nowS);
     }
+    if (resource === "refunds" && method === "GET")
+      return this.find(this.refunds, objectId as string, "refund");
     if (resource === "refunds" && method === "POST") {
       const intent = this.find(this.paymentIntents, p.payment_intent as string, "payment_intent");
       const already = [...this.refunds.values()]

@@ -141,6 +141,17 @@ export function stripeProvider(deps: Deps): PaymentProvider {
         );
         const outcome = outcomeOfPaymentIntent(intent);
         if (!outcome) unavailable(new Error(`payment ${intent.id} is ${intent.status}`));
+        // Off-session, an intent that wants the customer (3-D Secure) is a failed attempt: it is
+        // canceled, so it cannot succeed later behind dunning's back.
+        if (intent.status === "requires_action")
+          await stripe.paymentIntents
+            .cancel(intent.id, {}, { idempotencyKey: `tollgate:cancel:${request.idempotencyKey}` })
+            .catch((error: Error) =>
+              deps.logger.warn(
+                { err: error.message, payment_intent: intent.id },
+                "could not cancel a payment intent",
+              ),
+            );
         return outcome;
       } catch (error) {
         if (error instanceof Stripe.errors.StripeCardError) {

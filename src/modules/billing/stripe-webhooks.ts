@@ -1,6 +1,6 @@
 import { and, eq, isNotNull } from "drizzle-orm";
 import Stripe from "stripe";
-import { checkoutSessions, invoices, providerEvents } from "../../db/schema.js";
+import { checkoutSessions, invoices, providerEvents, refunds } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { fulfilCheckout } from "./checkout.js";
@@ -93,6 +93,13 @@ async function dispatch(deps: Deps, event: Stripe.Event): Promise<boolean> {
     case "payment_intent.canceled":
     case "payment_intent.requires_action":
       await syncPaymentIntent(deps, event.data.object.id);
+      return true;
+    case "refund.updated":
+    case "refund.failed":
+      await syncRefund(deps, event.data.object.id);
+      return true;
+    case "charge.refund.updated":
+      await syncRefund(deps, (event.data.object as { id: string }).id);
       return true;
     case "customer.updated":
       await syncCustomerCard(deps, event.data.object.id);
@@ -196,4 +203,18 @@ export async function syncCustomerCard(deps: Deps, customerId: string) {
   if (customer.deleted) return;
   const method = customer.invoice_settings?.default_payment_method;
   if (method) await saveStripeCard(deps, orgId, method);
+}
+
+/** A refund failed or was canceled at the bank after Stripe accepted it: Tollgate's refund says so. */
+export async function syncRefund(deps: Deps, refundId: string) {
+  const refund = await stripeClient(deps).refunds.retrieve(refundId);
+  if (refund.status !== "failed" && refund.status !== "canceled") return;
+  await deps.database.db
+    .update(refunds)
+    .set({
+      status: "failed",
+      failureCode: refund.failure_reason ?? refund.status,
+      updatedAt: deps.clock.now(),
+    })
+    .where(and(eq(refunds.reference, refund.id), eq(refunds.provider, "stripe")));
 }
