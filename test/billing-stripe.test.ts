@@ -348,6 +348,42 @@ describe.each(modes)("the stripe provider ($name)", (mode) => {
     expect(again.status, again.text).toBe(201);
   });
 
+  it("answers 503 while Stripe cannot be read, and processes the event when Stripe delivers it again", async () => {
+    const signup = await t.call("POST", "/v1/auth/register", {
+      body: { email: "stripe-down@example.com", password: "correct horse battery staple", name: "Di" },
+    });
+    const org = signup.body.org.id as string;
+    const change = await operator("POST", `/v1/orgs/${org}/subscription`, { plan: "basic" });
+    expect(stripe.completeCheckout(change.body.checkout_url, "4242424242424242")).toEqual({
+      completed: true,
+    });
+    const completed = stripe.events
+      .filter((e) => e.type === "checkout.session.completed")
+      .at(-1) as StandInEvent;
+    const checkoutId = completed.data.object.client_reference_id as string;
+
+    stripe.failNext = 100;
+    const down = await post(completed);
+    expect(down.status).toBe(503);
+    expect(down.headers.get("content-type")).toContain("application/problem+json");
+    const page = await t.call("GET", `/checkout/${checkoutId}/return`, { headers: { accept: "text/html" } });
+    expect(page.status).toBe(503);
+    expect(page.text).toContain("refresh this page");
+    expect((await operator("GET", `/v1/orgs/${org}/subscription`)).body.plan).toBe("free");
+
+    stripe.failNext = 0;
+    const again = await post(completed);
+    expect(again.status, again.text).toBe(200);
+    expect(again.body).toMatchObject({ duplicate: false, handled: true });
+    expect((await operator("GET", `/v1/orgs/${org}/subscription`)).body).toMatchObject({
+      plan: "basic",
+      status: "active",
+    });
+    expect((await post(completed)).body.duplicate).toBe(true);
+    await deliverNew("after the outage");
+    expect(chargesFor(org)).toHaveLength(1);
+  });
+
   it("refuses card numbers on Tollgate with the stripe provider, and the webhook is 404 with the local one", async () => {
     const signup = await t.call("POST", "/v1/auth/register", {
       body: { email: "stripe-card@example.com", password: "correct horse battery staple", name: "Cy" },
