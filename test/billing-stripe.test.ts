@@ -348,6 +348,48 @@ describe.each(modes)("the stripe provider ($name)", (mode) => {
     expect(again.status, again.text).toBe(201);
   });
 
+  it("sends an interrupted attempt again with the card it named first, even after the card changed", async () => {
+    const signup = await t.call("POST", "/v1/auth/register", {
+      body: { email: "stripe-resend@example.com", password: "correct horse battery staple", name: "Ed" },
+    });
+    const org = signup.body.org.id as string;
+    const change = await operator("POST", `/v1/orgs/${org}/subscription`, { plan: "basic" });
+    expect(stripe.completeCheckout(change.body.checkout_url, "4242424242424242")).toEqual({
+      completed: true,
+    });
+    await deliverNew("resend: checkout");
+    expect(chargesFor(org)).toHaveLength(1);
+
+    // The renewal's charge goes through at Stripe, but no answer comes back: the attempt stays pending.
+    const now = new Date(t.deps.clock.nowMs());
+    stripe.loseNext = 1000;
+    await advanceTo(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1, 1));
+    stripe.loseNext = 0;
+    expect(chargesFor(org)).toHaveLength(2);
+    const [pending] = await t.database.db.query.payments.findMany({
+      where: (p, { and, eq }) => and(eq(p.orgId, org), eq(p.status, "pending")),
+    });
+    expect(pending?.paymentMethod).toMatch(/^pm_/);
+
+    // Meanwhile the customer replaces the card in the portal, and Tollgate hears of it.
+    const portal = await operator("POST", `/v1/orgs/${org}/portal`, {});
+    const before = stripe.events.length;
+    expect(stripe.portalChangeCard(portal.body.url, "4242424242424242")).toEqual({ saved: true });
+    for (const event of stripe.events.slice(before)) expect((await post(event)).status).toBe(200);
+    const card = await t.database.db.query.paymentMethods.findFirst({
+      where: (m, { eq }) => eq(m.orgId, org),
+    });
+    expect(card?.reference).not.toBe(pending?.paymentMethod);
+
+    // The billing run sends the attempt again as it was: Stripe answers with the first charge.
+    expect((await operator("POST", "/v1/admin/billing/run", {})).status).toBe(200);
+    expect(chargesFor(org)).toHaveLength(2);
+    const [latest] = (await operator("GET", `/v1/orgs/${org}/invoices`)).body.data;
+    expect(latest.status).toBe("paid");
+    await deliverNew("resend: after");
+    expect(chargesFor(org)).toHaveLength(2);
+  });
+
   it("answers 503 while Stripe cannot be read, and processes the event when Stripe delivers it again", async () => {
     const signup = await t.call("POST", "/v1/auth/register", {
       body: { email: "stripe-down@example.com", password: "correct horse battery staple", name: "Di" },

@@ -769,6 +769,8 @@ export const payments = pgTable(
     amount: numeric("amount").notNull(),
     currency: text("currency").notNull(),
     status: text("status", { enum: ["pending", "succeeded", "failed"] }).notNull(),
+    /** The card charged (the provider's reference): a pending attempt sent again uses the same one. */
+    paymentMethod: text("payment_method"),
     failureCode: text("failure_code"),
     reference: text("reference"),
     idempotencyKey: text("idempotency_key").notNull(),

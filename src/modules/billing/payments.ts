@@ -122,6 +122,7 @@ export async function collectInvoice(deps: Deps, invoiceId: string): Promise<Col
         amount: remaining.toFixed(),
         currency: locked.currency,
         status: "pending",
+        paymentMethod: method.reference,
         idempotencyKey: attemptKey(invoiceId, previous.length + 1),
         createdAt: deps.clock.now(),
       })
@@ -136,7 +137,9 @@ export async function collectInvoice(deps: Deps, invoiceId: string): Promise<Col
     amount: attempt.amount,
     currency: attempt.currency,
     idempotencyKey: attempt.idempotencyKey,
-    method,
+    // Sent again, an attempt charges the card it named first: the same key with another card is
+    // a different request, which Stripe refuses.
+    method: { ...method, reference: attempt.paymentMethod ?? method.reference },
   });
   return recordPayment(deps, invoice.id, { idempotencyKey: attempt.idempotencyKey, outcome });
 }
