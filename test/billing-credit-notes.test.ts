@@ -256,6 +256,14 @@ describe.each(modes)("credit notes, voiding, receipts and PDFs ($name)", (mode) 
     // A charge under way (its pending attempt written, the provider not answered yet) holds off
     // credit notes and voids, so what is charged is what is recorded.
     const { open } = await pastDueOrg("cn-inflight@example.com");
+    // A key already used for another invoice of the org is a conflict, not a second note.
+    const paidOne = `/v1/orgs/${open.org_id}/invoices`;
+    const [, firstInvoice] = (await op("GET", paidOne)).body.data;
+    const keyed = { amount: "1.00", settle: "credit", idempotency_key: "ticket-9" };
+    expect((await op("POST", `${paidOne}/${firstInvoice.id}/credit-notes`, keyed)).status).toBe(201);
+    const reused = await op("POST", `${paidOne}/${open.id}/credit-notes`, keyed);
+    expect(reused.status).toBe(409);
+    expect(reused.body.detail).toContain("another invoice");
     await t.database.db.insert(payments).values({
       id: "pay_00000000000000000000000001",
       orgId: open.org_id,

@@ -104,3 +104,11 @@ export function codeForStatus(status: number): ErrorCode {
       return status >= 500 ? "internal" : "validation_failed";
   }
 }
+
+/** Postgres's unique_violation, wherever the driver or Drizzle put it in the cause chain. */
+export function isUniqueViolation(error: unknown): boolean {
+  for (let e = error; typeof e === "object" && e !== null; e = (e as { cause?: unknown }).cause) {
+    if ((e as { code?: string }).code === "23505") return true;
+  }
+  return false;
+}

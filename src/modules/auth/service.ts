@@ -2,7 +2,7 @@ import { eq } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import { memberships, orgs, users } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
-import { AppError } from "../../lib/errors.js";
+import { AppError, isUniqueViolation } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit, recordUserAudit } from "../audit/service.js";
 import { insertDefaultSubscription } from "../plans/subscriptions.js";
@@ -13,14 +13,6 @@ import { type SessionUser, startSession } from "./sessions.js";
 import { checkSecondFactor } from "./two-factor.js";
 
 type User = typeof users.$inferSelect;
-
-/** Postgres's unique_violation, wherever the driver or Drizzle put it in the cause chain. */
-function isUniqueViolation(error: unknown): boolean {
-  for (let e = error; typeof e === "object" && e !== null; e = (e as { cause?: unknown }).cause) {
-    if ((e as { code?: string }).code === "23505") return true;
-  }
-  return false;
-}
 
 /**
  * What every new account gets, in one transaction: the user, their personal org (they own it) and

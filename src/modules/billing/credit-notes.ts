@@ -11,7 +11,7 @@ import {
   refunds,
 } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
-import { AppError } from "../../lib/errors.js";
+import { AppError, isUniqueViolation } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
@@ -159,6 +159,9 @@ function money(value: string, currency: string, field: string): Money {
   return m;
 }
 
+const keyConflict = (key: string) =>
+  new AppError("conflict", `The idempotency key ${key} was used for another invoice's credit note.`);
+
 export async function createCreditNote(
   deps: Deps,
   caller: Caller,
@@ -169,232 +172,224 @@ export async function createCreditNote(
   if (!input.lines && input.amount === undefined)
     throw invalid("amount", "give amount or lines", "A credit note needs an amount or lines.");
   const key = input.idempotency_key;
-  const replay = async () => {
-    if (!key) return undefined;
-    const [first] = await deps.database.db
-      .select({ id: creditNotes.id, invoiceId: creditNotes.invoiceId })
-      .from(creditNotes)
-      .where(and(eq(creditNotes.orgId, orgId), eq(creditNotes.idempotencyKey, key)));
-    if (!first) return undefined;
-    if (first.invoiceId !== invoiceId)
-      throw new AppError(
-        "conflict",
-        `The idempotency key ${key} was used for another invoice's credit note.`,
-      );
-    return getCreditNote(deps, orgId, first.id);
-  };
-  const earlier = await replay();
-  if (earlier) return earlier;
   const now = deps.clock.now();
-  const written = await deps.database.db.transaction(async (tx) => {
-    // The invoice row is the lock: two credit notes (or a note and a payment) serialise here.
-    const [invoice] = await tx
-      .select()
-      .from(invoices)
-      .where(and(eq(invoices.id, invoiceId), eq(invoices.orgId, orgId)))
-      .for("update");
-    if (!invoice) throw new AppError("not_found", `No invoice ${invoiceId}.`);
-    // The same key sent twice at once: the second waited on the first's lock, and finds its note.
-    if (key) {
-      const [first] = await tx
-        .select({ id: creditNotes.id })
-        .from(creditNotes)
-        .where(and(eq(creditNotes.orgId, orgId), eq(creditNotes.idempotencyKey, key)));
-      if (first) return { id: first.id, refundId: null, settled: false };
-    }
-    if (invoice.status !== "finalized" && invoice.status !== "paid")
-      throw new AppError(
-        "conflict",
-        `Invoice ${invoice.number ?? invoiceId} is ${invoice.status}: nothing to credit.`,
-      );
-    await assertNoPaymentInFlight(tx, invoice.id);
-    const c = invoice.currency;
-    const existing = await tx.select().from(creditNotes).where(eq(creditNotes.invoiceId, invoice.id));
-    const creditedLines = existing.length
-      ? await tx
-          .select()
-          .from(creditNoteLines)
-          .where(
-            inArray(
-              creditNoteLines.creditNoteId,
-              existing.map((n) => n.id),
-            ),
-          )
-      : [];
-    const invoiceLineRows = await tx
-      .select()
-      .from(invoiceLines)
-      .where(eq(invoiceLines.invoiceId, invoice.id));
-
-    const lines = (
-      input.lines ?? [
-        { description: input.memo ?? `Credit on ${invoice.number}`, amount: input.amount as string },
-      ]
-    ).map((line, index) => {
-      const value = money(line.amount, c, `lines[${index}].amount`);
-      if (line.invoice_line === undefined) {
-        if (!line.description)
-          throw invalid(
-            `lines[${index}].description`,
-            "is required without invoice_line",
-            "Say what is credited.",
-          );
-        return { invoiceLine: null, description: line.description, amount: value };
-      }
-      const target = invoiceLineRows.find((l) => l.position === line.invoice_line);
-      if (!target)
-        throw invalid(
-          `lines[${index}].invoice_line`,
-          "is not a line of this invoice",
-          "No such invoice line.",
-        );
-      const already = creditedLines
-        .filter((l) => l.invoiceLine === target.position)
-        .reduce((sum, l) => sum.plus(l.amount), new Money(0));
-      const left = new Money(target.amount).minus(already);
-      if (value.greaterThan(left))
-        throw invalid(
-          `lines[${index}].amount`,
-          `at most ${formatMoney(left, c)}`,
-          `Only ${c} ${formatMoney(left, c)} of "${target.description}" is left to credit.`,
-        );
-      return {
-        invoiceLine: target.position,
-        description: line.description ?? target.description,
-        amount: value,
-      };
-    });
-    const total = lines.reduce((sum, l) => sum.plus(l.amount), new Money(0));
-    if (input.lines && input.amount !== undefined && !money(input.amount, c, "amount").equals(total))
-      throw invalid(
-        "amount",
-        `must equal the lines' total, ${formatMoney(total, c)}`,
-        "The amount and the lines disagree.",
-      );
-
-    // How much of the invoice may still be credited: all of it, less earlier notes — except notes
-    // whose refund failed, which gave nothing back (the operator settles them again as credit).
-    const failedRefunds = new Set(
-      existing.length
-        ? (
-            await tx
-              .select({ note: refunds.creditNoteId })
-              .from(refunds)
-              .where(
-                and(
-                  inArray(
-                    refunds.creditNoteId,
-                    existing.map((n) => n.id),
-                  ),
-                  eq(refunds.status, "failed"),
-                ),
-              )
-          ).map((r) => r.note)
-        : [],
-    );
-    const counted = existing.filter((n) => !failedRefunds.has(n.id));
-    const creditedSoFar = counted.reduce((sum, n) => sum.plus(n.amount), new Money(0));
-    const creditable = new Money(invoice.total).minus(creditedSoFar);
-    if (total.greaterThan(creditable))
-      throw invalid(
-        "amount",
-        `at most ${formatMoney(creditable, c)}`,
-        `Only ${c} ${formatMoney(creditable, c)} of ${invoice.number} is left to credit.`,
-      );
-
-    let outstanding = new Money(0);
-    let refund = new Money(0);
-    let credit = new Money(0);
-    let payment: typeof payments.$inferSelect | undefined;
-    if (invoice.status === "finalized") {
-      // Open: what is left to pay goes down first; anything beyond it (the part paid with credits)
-      // becomes credit again.
-      const remaining = await amountRemaining(tx, invoice);
-      outstanding = Money.min(total, remaining);
-      credit = total.minus(outstanding);
-    } else if (input.settle === "refund") {
-      [payment] = await tx
+  const written = await deps.database.db
+    .transaction(async (tx) => {
+      // The invoice row is the lock: two credit notes (or a note and a payment) serialise here.
+      const [invoice] = await tx
         .select()
-        .from(payments)
-        .where(and(eq(payments.invoiceId, invoice.id), eq(payments.status, "succeeded")));
-      const refundedSoFar = counted.reduce((sum, n) => sum.plus(n.refundAmount), new Money(0));
-      const refundable = new Money(invoice.amountPaid).minus(refundedSoFar);
-      if (!payment || total.greaterThan(refundable))
+        .from(invoices)
+        .where(and(eq(invoices.id, invoiceId), eq(invoices.orgId, orgId)))
+        .for("update");
+      if (!invoice) throw new AppError("not_found", `No invoice ${invoiceId}.`);
+      // A key seen before answers with its note (sent twice at once, the second waited on the first's
+      // lock); a key used for another invoice is a conflict.
+      if (key) {
+        const [first] = await tx
+          .select({ id: creditNotes.id, invoiceId: creditNotes.invoiceId })
+          .from(creditNotes)
+          .where(and(eq(creditNotes.orgId, orgId), eq(creditNotes.idempotencyKey, key)));
+        if (first?.invoiceId === invoiceId) return { id: first.id, refundId: null, settled: false };
+        if (first) throw keyConflict(key);
+      }
+      if (invoice.status !== "finalized" && invoice.status !== "paid")
         throw new AppError(
           "conflict",
-          `Only ${c} ${formatMoney(Money.max(refundable, 0), c)} of ${invoice.number} was paid by card and can be refunded; settle the rest as credit.`,
+          `Invoice ${invoice.number ?? invoiceId} is ${invoice.status}: nothing to credit.`,
         );
-      refund = total;
-    } else credit = total;
+      await assertNoPaymentInFlight(tx, invoice.id);
+      const c = invoice.currency;
+      const existing = await tx.select().from(creditNotes).where(eq(creditNotes.invoiceId, invoice.id));
+      const creditedLines = existing.length
+        ? await tx
+            .select()
+            .from(creditNoteLines)
+            .where(
+              inArray(
+                creditNoteLines.creditNoteId,
+                existing.map((n) => n.id),
+              ),
+            )
+        : [];
+      const invoiceLineRows = await tx
+        .select()
+        .from(invoiceLines)
+        .where(eq(invoiceLines.invoiceId, invoice.id));
 
-    const id = newId("creditNote");
-    const number = await nextNumber(tx, "credit_notes", "CN");
-    await tx.insert(creditNotes).values({
-      id,
-      orgId,
-      invoiceId: invoice.id,
-      number,
-      reason: input.reason,
-      memo: input.memo ?? null,
-      currency: c,
-      amount: total.toFixed(),
-      refundAmount: refund.toFixed(),
-      creditAmount: credit.toFixed(),
-      outstandingAmount: outstanding.toFixed(),
-      idempotencyKey: key ?? null,
-      createdAt: now,
-    });
-    await tx.insert(creditNoteLines).values(
-      lines.map((l, position) => ({
-        id: newId("creditNoteLine"),
-        creditNoteId: id,
-        invoiceLine: l.invoiceLine,
-        description: l.description,
-        amount: l.amount.toFixed(),
-        position,
-      })),
-    );
-    let refundId: string | null = null;
-    if (refund.greaterThan(0) && payment) {
-      refundId = newId("refund");
-      await tx.insert(refunds).values({
-        id: refundId,
+      const lines = (
+        input.lines ?? [
+          { description: input.memo ?? `Credit on ${invoice.number}`, amount: input.amount as string },
+        ]
+      ).map((line, index) => {
+        const value = money(line.amount, c, `lines[${index}].amount`);
+        if (line.invoice_line === undefined) {
+          if (!line.description)
+            throw invalid(
+              `lines[${index}].description`,
+              "is required without invoice_line",
+              "Say what is credited.",
+            );
+          return { invoiceLine: null, description: line.description, amount: value };
+        }
+        const target = invoiceLineRows.find((l) => l.position === line.invoice_line);
+        if (!target)
+          throw invalid(
+            `lines[${index}].invoice_line`,
+            "is not a line of this invoice",
+            "No such invoice line.",
+          );
+        const already = creditedLines
+          .filter((l) => l.invoiceLine === target.position)
+          .reduce((sum, l) => sum.plus(l.amount), new Money(0));
+        const left = new Money(target.amount).minus(already);
+        if (value.greaterThan(left))
+          throw invalid(
+            `lines[${index}].amount`,
+            `at most ${formatMoney(left, c)}`,
+            `Only ${c} ${formatMoney(left, c)} of "${target.description}" is left to credit.`,
+          );
+        return {
+          invoiceLine: target.position,
+          description: line.description ?? target.description,
+          amount: value,
+        };
+      });
+      const total = lines.reduce((sum, l) => sum.plus(l.amount), new Money(0));
+      if (input.lines && input.amount !== undefined && !money(input.amount, c, "amount").equals(total))
+        throw invalid(
+          "amount",
+          `must equal the lines' total, ${formatMoney(total, c)}`,
+          "The amount and the lines disagree.",
+        );
+
+      // How much of the invoice may still be credited: all of it, less earlier notes — except notes
+      // whose refund failed, which gave nothing back (the operator settles them again as credit).
+      const failedRefunds = new Set(
+        existing.length
+          ? (
+              await tx
+                .select({ note: refunds.creditNoteId })
+                .from(refunds)
+                .where(
+                  and(
+                    inArray(
+                      refunds.creditNoteId,
+                      existing.map((n) => n.id),
+                    ),
+                    eq(refunds.status, "failed"),
+                  ),
+                )
+            ).map((r) => r.note)
+          : [],
+      );
+      const counted = existing.filter((n) => !failedRefunds.has(n.id));
+      const creditedSoFar = counted.reduce((sum, n) => sum.plus(n.amount), new Money(0));
+      const creditable = new Money(invoice.total).minus(creditedSoFar);
+      if (total.greaterThan(creditable))
+        throw invalid(
+          "amount",
+          `at most ${formatMoney(creditable, c)}`,
+          `Only ${c} ${formatMoney(creditable, c)} of ${invoice.number} is left to credit.`,
+        );
+
+      let outstanding = new Money(0);
+      let refund = new Money(0);
+      let credit = new Money(0);
+      let payment: typeof payments.$inferSelect | undefined;
+      if (invoice.status === "finalized") {
+        // Open: what is left to pay goes down first; anything beyond it (the part paid with credits)
+        // becomes credit again.
+        const remaining = await amountRemaining(tx, invoice);
+        outstanding = Money.min(total, remaining);
+        credit = total.minus(outstanding);
+      } else if (input.settle === "refund") {
+        [payment] = await tx
+          .select()
+          .from(payments)
+          .where(and(eq(payments.invoiceId, invoice.id), eq(payments.status, "succeeded")));
+        const refundedSoFar = counted.reduce((sum, n) => sum.plus(n.refundAmount), new Money(0));
+        const refundable = new Money(invoice.amountPaid).minus(refundedSoFar);
+        if (!payment || total.greaterThan(refundable))
+          throw new AppError(
+            "conflict",
+            `Only ${c} ${formatMoney(Money.max(refundable, 0), c)} of ${invoice.number} was paid by card and can be refunded; settle the rest as credit.`,
+          );
+        refund = total;
+      } else credit = total;
+
+      const id = newId("creditNote");
+      const number = await nextNumber(tx, "credit_notes", "CN");
+      await tx.insert(creditNotes).values({
+        id,
         orgId,
-        creditNoteId: id,
-        paymentId: payment.id,
-        provider: payment.provider,
-        amount: refund.toFixed(),
+        invoiceId: invoice.id,
+        number,
+        reason: input.reason,
+        memo: input.memo ?? null,
         currency: c,
-        status: "pending",
-        idempotencyKey: `refund:${id}`,
+        amount: total.toFixed(),
+        refundAmount: refund.toFixed(),
+        creditAmount: credit.toFixed(),
+        outstandingAmount: outstanding.toFixed(),
+        idempotencyKey: key ?? null,
         createdAt: now,
       });
-    }
-    if (credit.greaterThan(0))
-      await grantCredit(tx, deps, orgId, {
-        amount: credit,
-        source: "credit_note",
-        reason: `Credit note ${number} on ${invoice.number}`,
-        expiresAt: null,
+      await tx.insert(creditNoteLines).values(
+        lines.map((l, position) => ({
+          id: newId("creditNoteLine"),
+          creditNoteId: id,
+          invoiceLine: l.invoiceLine,
+          description: l.description,
+          amount: l.amount.toFixed(),
+          position,
+        })),
+      );
+      let refundId: string | null = null;
+      if (refund.greaterThan(0) && payment) {
+        refundId = newId("refund");
+        await tx.insert(refunds).values({
+          id: refundId,
+          orgId,
+          creditNoteId: id,
+          paymentId: payment.id,
+          provider: payment.provider,
+          amount: refund.toFixed(),
+          currency: c,
+          status: "pending",
+          idempotencyKey: `refund:${id}`,
+          createdAt: now,
+        });
+      }
+      if (credit.greaterThan(0))
+        await grantCredit(tx, deps, orgId, {
+          amount: credit,
+          source: "credit_note",
+          reason: `Credit note ${number} on ${invoice.number}`,
+          expiresAt: null,
+        });
+      // Fully credited while open: nothing is left to pay, and dunning stops.
+      const settled = invoice.status === "finalized" && !(await amountRemaining(tx, invoice)).greaterThan(0);
+      if (settled) {
+        await tx
+          .update(invoices)
+          .set({ status: "paid", paidAt: now, nextAttemptAt: null, updatedAt: now })
+          .where(eq(invoices.id, invoice.id));
+        if (invoice.subscriptionId) await clearPastDue(tx, invoice.subscriptionId, now);
+      }
+      await recordAudit(tx, {
+        orgId,
+        actor: caller,
+        action: "credit_note.created",
+        target: { type: "credit_note", id },
+        metadata: { invoice: invoice.id, number, amount: total.toFixed(), settle: input.settle },
       });
-    // Fully credited while open: nothing is left to pay, and dunning stops.
-    const settled = invoice.status === "finalized" && !(await amountRemaining(tx, invoice)).greaterThan(0);
-    if (settled) {
-      await tx
-        .update(invoices)
-        .set({ status: "paid", paidAt: now, nextAttemptAt: null, updatedAt: now })
-        .where(eq(invoices.id, invoice.id));
-      if (invoice.subscriptionId) await clearPastDue(tx, invoice.subscriptionId, now);
-    }
-    await recordAudit(tx, {
-      orgId,
-      actor: caller,
-      action: "credit_note.created",
-      target: { type: "credit_note", id },
-      metadata: { invoice: invoice.id, number, amount: total.toFixed(), settle: input.settle },
+      return { id, refundId, settled };
+    })
+    .catch((error: unknown) => {
+      // The same key for two invoices at once: the index lets one through.
+      if (key && isUniqueViolation(error)) throw keyConflict(key);
+      throw error;
     });
-    return { id, refundId, settled };
-  });
   if (written.settled) await subscriptionChanged(deps, orgId);
   if (written.refundId) await sendRefund(deps, written.refundId).catch(() => {});
   return getCreditNote(deps, orgId, written.id);
