@@ -22,11 +22,14 @@ import {
 } from "./modules/billing/routes.js";
 import { mountDocs } from "./modules/docs/routes.js";
 import { healthRoutes } from "./modules/health/routes.js";
+import { jobAdminRoutes } from "./modules/jobs/routes.js";
 import { meteringRoutes } from "./modules/metering/routes.js";
+import { broadcastRoutes } from "./modules/notifications/broadcast.js";
 import { brandingRoutes } from "./modules/orgs/branding.js";
 import { orgRoutes } from "./modules/orgs/routes.js";
 import { planRoutes, subscriptionRoutes } from "./modules/plans/routes.js";
 import { testClockRoutes } from "./modules/test-clock/routes.js";
+import { webhookRoutes } from "./modules/webhooks/routes.js";
 
 export const VERSION = "0.1.0";
 
@@ -133,6 +136,9 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", couponRoutes());
   app.route("/", subscriptionRoutes());
   app.route("/", meteringRoutes());
+  app.route("/", webhookRoutes());
+  app.route("/", jobAdminRoutes());
+  app.route("/", broadcastRoutes());
   if (deps.testClock) app.route("/", testClockRoutes());
   mountDocs(app, VERSION);
 

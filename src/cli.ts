@@ -7,7 +7,7 @@ import { openDatabase } from "./db/client.js";
 import { runMigrations } from "./db/migrate.js";
 import { type Env, EnvError, parseEnv } from "./lib/env.js";
 import { createLogger } from "./lib/logger.js";
-import { banner, startServer } from "./main.js";
+import { banner, startServer, startWorker } from "./main.js";
 import { validateCatalogFile } from "./modules/catalog/validate.js";
 import { rotateStoredAdminKey } from "./modules/operator/secrets.js";
 
@@ -34,6 +34,44 @@ function fail(error: unknown): never {
   process.exit(1);
 }
 
+/**
+ * Starts something stoppable and stops it on SIGTERM or SIGINT, then exits (0, or 1 if stopping
+ * failed). The handlers are installed before starting and act once: a signal during boot stops it as
+ * soon as it is up (and this resolves undefined), and a cluster worker that gets a terminal's Ctrl-C
+ * and then the primary's forwarded signal drains once.
+ */
+async function runUntilSignal<T extends { stop(): Promise<void> }>(
+  start: () => Promise<T>,
+  logger: ReturnType<typeof createLogger>,
+  what: string,
+): Promise<T | undefined> {
+  let running: T | undefined;
+  let stopSignal: string | undefined;
+  const stop = (target: T, signal: string) => {
+    logger.info({ signal }, `shutting down: ${what}`);
+    target.stop().then(
+      () => process.exit(0),
+      (error) => {
+        logger.error({ err: error }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  const shutdown = (signal: string) => {
+    if (stopSignal) return;
+    stopSignal = signal;
+    if (running) stop(running, signal);
+  };
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGINT", () => shutdown("SIGINT"));
+  running = await start().catch(fail);
+  if (stopSignal) {
+    stop(running, stopSignal);
+    return undefined;
+  }
+  return running;
+}
+
 program
   .command("start")
   .description("Start the HTTP server (migrations are applied first).")
@@ -44,36 +82,39 @@ program
       // The primary: forks the workers, which run this same command (cluster.ts).
       process.exit(await runPrimary(env.workers, logger, (text) => process.stdout.write(`${text}\n`)));
     }
-    let running: Awaited<ReturnType<typeof startServer>> | undefined;
-    let stopSignal: string | undefined;
-    const stop = (server: NonNullable<typeof running>, signal: string) => {
-      logger.info({ signal }, "shutting down: finishing in-flight requests");
-      server.stop().then(
-        () => process.exit(0),
-        (error) => {
-          logger.error({ err: error }, "shutdown failed");
-          process.exit(1);
-        },
-      );
-    };
-    // Installed before booting, and acting once: a signal during boot stops the server as soon as it
-    // is up, and a worker that gets a terminal's Ctrl-C and then the primary's forwarded signal
-    // drains once.
-    const shutdown = (signal: string) => {
-      if (stopSignal) return;
-      stopSignal = signal;
-      if (running) stop(running, signal);
-    };
-    process.on("SIGTERM", () => shutdown("SIGTERM"));
-    process.on("SIGINT", () => shutdown("SIGINT"));
-    running = await startServer(env, logger).catch(fail);
-    if (stopSignal) return stop(running, stopSignal);
+    const running = await runUntilSignal(
+      () => startServer(env, logger),
+      logger,
+      "finishing in-flight requests",
+    );
+    if (!running) return;
     if (env.clusterWorker) {
       joinCluster(running.deps.metrics, banner(running), Boolean(running.deps.secrets.generatedAdminKey));
     } else {
       process.stdout.write(`${banner(running)}\n`);
       logger.info({ url: running.url }, "listening");
     }
+  });
+
+program
+  .command("worker")
+  .description(
+    "Run background jobs (e-mail, webhooks, billing run, notifications, retention) without serving HTTP.",
+  )
+  .action(async () => {
+    const env = loadEnv();
+    if (!env.databaseUrl) {
+      fail(
+        "the worker needs DATABASE_URL: embedded PGlite belongs to one process, where `tollgate start` runs the jobs itself",
+      );
+    }
+    const logger = createLogger(env.logLevel);
+    const worker = await runUntilSignal(() => startWorker(env, logger), logger, "finishing running jobs");
+    if (!worker) return;
+    logger.info(
+      { queue: worker.deps.jobs.kind === "redis" ? "BullMQ (REDIS_URL)" : "Postgres (jobs table)" },
+      "worker running",
+    );
   });
 
 program

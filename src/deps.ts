@@ -18,9 +18,10 @@ import type { Logger } from "./lib/logger.js";
 import { createMetrics, type Metrics } from "./lib/metrics.js";
 import { closeApiKeys } from "./modules/api-keys/verify.js";
 import type { Caller } from "./modules/auth/caller.js";
-import { stopBilling } from "./modules/billing/scheduler.js";
 import type { Catalog } from "./modules/catalog/schema.js";
 import { DEFAULT_CATALOG_PATH, loadCatalog } from "./modules/catalog/validate.js";
+import { emailDeliverJob } from "./modules/jobs/email-job.js";
+import { stopBackground } from "./modules/jobs/runtime.js";
 import { closeMetering } from "./modules/metering/check.js";
 import { type InstanceSecrets, loadInstanceSecrets } from "./modules/operator/secrets.js";
 import type { OrgAccess } from "./modules/orgs/access.js";
@@ -142,21 +143,13 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
     if (testClock) opened.push(() => testClock.close());
     const clock = testClock?.clock ?? systemClock;
 
-    const mailer = createMailer({
-      database,
-      smtpUrl: env.smtpUrl,
-      logger,
-      from: defaultSender(env.publicUrl),
-      clock,
-    });
-    opened.push(() => mailer.close());
-
     // With the test clock, jobs run on the database queue, whose delays and retries follow the test
     // clock; BullMQ's follow Redis's real time and could not be advanced.
     let jobs: JobQueue;
     if (env.redisUrl && !testClock) {
       jobs = createBullmqJobQueue({
         redisUrl: env.redisUrl,
+        database,
         prefix: prefix.replace(/:$/, ""),
         logger,
         metrics,
@@ -167,6 +160,26 @@ export async function buildDeps(env: Env, options: BuildDepsOptions): Promise<De
       jobs = databaseJobs;
     }
     opened.push(() => jobs.close());
+
+    const mailer = createMailer({
+      database,
+      smtpUrl: env.smtpUrl,
+      logger,
+      from: defaultSender(env.publicUrl),
+      clock,
+      // Delivered by the email.deliver job, with retries; a message whose job could not be queued
+      // (Redis down) stays in the outbox and the email.sweep job queues it again.
+      queueDelivery: (id) =>
+        jobs
+          .enqueue(emailDeliverJob, { email_id: id }, { dedupKey: `email:${id}` })
+          .catch((error: Error) =>
+            logger.warn(
+              { email_id: id, err: error.message },
+              "e-mail delivery not queued yet; the sweep will",
+            ),
+          ),
+    });
+    opened.push(() => mailer.close());
 
     const secrets = await loadInstanceSecrets({ database, env, logger });
     return {
@@ -199,7 +212,7 @@ export async function closeDeps(deps: Deps, options: { keepDatabase?: boolean } 
     // First: flushes API keys' last-used times while the database is still open.
     ["api keys", () => closeApiKeys(deps)],
     ["subscription cache", () => closeSubscriptionCache(deps)],
-    ["billing", async () => stopBilling(deps)],
+    ["background", async () => stopBackground(deps)],
     // Commits consumed usage still queued, while the database is open.
     ["metering", () => closeMetering(deps)],
     ["jobs", () => deps.jobs.close()],

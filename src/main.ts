@@ -5,7 +5,7 @@ import { buildDeps, closeDeps, type Deps } from "./deps.js";
 import type { Env } from "./lib/env.js";
 import type { Logger } from "./lib/logger.js";
 import { createRequestListener } from "./listener.js";
-import { startBilling } from "./modules/billing/scheduler.js";
+import { startBackground } from "./modules/jobs/runtime.js";
 
 export interface RunningServer {
   deps: Deps;
@@ -19,7 +19,7 @@ export interface RunningServer {
 export async function startServer(env: Env, logger: Logger): Promise<RunningServer> {
   const deps = await buildDeps(env, { logger });
   const app = createApp(deps);
-  startBilling(deps);
+  await startBackground(deps);
   const server = createServer(createRequestListener(deps, app));
   try {
     await new Promise<void>((resolve, reject) => {
@@ -61,6 +61,38 @@ export async function startServer(env: Env, logger: Logger): Promise<RunningServ
     return stopping;
   };
   return { deps, server, url, stop };
+}
+
+export interface RunningWorker {
+  deps: Deps;
+  stop(): Promise<void>;
+}
+
+/**
+ * `tollgate worker`: background jobs and their schedules, without HTTP. Run as many as the queue
+ * needs next to API processes started with TOLLGATE_RUN_JOBS=0; every job is idempotent and each
+ * schedule's slot runs once whichever worker takes it.
+ */
+export async function startWorker(env: Env, logger: Logger): Promise<RunningWorker> {
+  const deps = await buildDeps({ ...env, runJobs: true }, { logger });
+  try {
+    await startBackground(deps);
+  } catch (error) {
+    await closeDeps(deps);
+    throw error;
+  }
+  let stopping: Promise<void> | undefined;
+  return {
+    deps,
+    // Running jobs finish first (the queue's close waits for them), then connections are released.
+    stop: () => {
+      stopping ??= (async () => {
+        deps.draining = true;
+        await closeDeps(deps);
+      })();
+      return stopping;
+    },
+  };
 }
 
 /** What a newcomer sees on start: where Tollgate is, how it is stored, and the operator key. */

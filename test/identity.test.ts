@@ -390,7 +390,10 @@ describe("platform admins", () => {
       expect((await t.call("GET", "/v1/auth/me", { auth: res.body.access_token })).body.platform_admin).toBe(
         false,
       );
-      const [mail] = await t.database.db.select().from(emails).where(eq(emails.to, "boss@example.com"));
+      const [mail] = await t.database.db
+        .select()
+        .from(emails)
+        .where(and(eq(emails.to, "boss@example.com"), eq(emails.template, "verify_email")));
       const token = /token=([\w-]+)/.exec(mail?.text ?? "")?.[1];
       expect((await t.call("POST", "/v1/auth/verify-email", { body: { token } })).status).toBe(200);
       const login = await t.call("POST", "/v1/auth/login", {

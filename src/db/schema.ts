@@ -59,6 +59,22 @@ export const jobs = pgTable(
   ],
 );
 
+/**
+ * Jobs waiting for the transaction that caused them to commit (the transactional outbox), used with
+ * the BullMQ queue: a row is written in the caller's transaction and a relay moves it to Redis after
+ * the commit. (The database queue needs no outbox: its `jobs` rows are written in the transaction.)
+ */
+export const jobOutbox = pgTable("job_outbox", {
+  id: text("id").primaryKey(),
+  name: text("name").notNull(),
+  payload: jsonb("payload").notNull(),
+  delayMs: integer("delay_ms").notNull().default(0),
+  dedupKey: text("dedup_key"),
+  maxAttempts: integer("max_attempts").notNull(),
+  backoffMs: integer("backoff_ms").notNull(),
+  ...timestamps,
+});
+
 // ---------------------------------------------------------------------------------------------
 // Identity and tenancy
 
@@ -572,10 +588,13 @@ export const thresholdEvents = pgTable(
     limit: numeric("limit").notNull(),
     quantity: numeric("quantity").notNull(),
     ...timestamps,
+    /** When the notifications (e-mail, webhook) went out; null until the notifier has claimed it. */
+    notifiedAt: at("notified_at"),
   },
   (t) => [
     uniqueIndex("threshold_events_once_idx").on(t.orgId, t.feature, t.periodStart, t.threshold, t.limit),
     index("threshold_events_created_idx").on(t.createdAt),
+    index("threshold_events_unnotified_idx").on(t.createdAt).where(sql`${t.notifiedAt} is null`),
   ],
 );
 
@@ -884,4 +903,104 @@ export const creditLedger = pgTable(
     ...timestamps,
   },
   (t) => [index("credit_ledger_grant_idx").on(t.grantId), index("credit_ledger_org_idx").on(t.orgId, t.id)],
+);
+
+// ---------------------------------------------------------------------------------------------
+// Outbound webhooks
+
+export const WEBHOOK_DELIVERY_STATUSES = ["pending", "succeeded", "failed"] as const;
+
+/** An org's endpoint: where events of the types it subscribed to are POSTed, signed with its secret. */
+export const webhookEndpoints = pgTable(
+  "webhook_endpoints",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id")
+      .notNull()
+      .references(() => orgs.id, { onDelete: "cascade" }),
+    url: text("url").notNull(),
+    description: text("description").notNull().default(""),
+    /** Event types or wildcards (`invoice.*`, `*`). */
+    eventTypes: text("event_types").array().notNull(),
+    /** The signing secret (`whsec_…`), encrypted with a key derived from TOLLGATE_SECRET. */
+    secretEncrypted: text("secret_encrypted").notNull(),
+    status: text("status", { enum: ["enabled", "disabled"] })
+      .notNull()
+      .default("enabled"),
+    disabledReason: text("disabled_reason"),
+    /** Failed attempts in a row; the backoff of the endpoint's queue follows it. */
+    consecutiveFailures: integer("consecutive_failures").notNull().default(0),
+    /** The first failure of the current run of failures (null while healthy). */
+    failingSince: at("failing_since"),
+    /** When the head of the endpoint's queue may be attempted again (null: at once). */
+    nextAttemptAt: at("next_attempt_at"),
+    /** A dispatcher's claim on the endpoint (real time): one sender per endpoint keeps the order. */
+    leaseUntil: at("lease_until"),
+    ...timestamps,
+    updatedAt: at("updated_at").notNull().defaultNow(),
+  },
+  (t) => [index("webhook_endpoints_org_idx").on(t.orgId)],
+);
+
+/** Every event that happened to an org, as sent: the webhook id, type and payload never change. */
+export const webhookEvents = pgTable(
+  "webhook_events",
+  {
+    id: text("id").primaryKey(),
+    orgId: text("org_id").notNull(),
+    type: text("type").notNull(),
+    /** The whole body sent: `{type, timestamp, data}`. */
+    payload: jsonb("payload").notNull(),
+    ...timestamps,
+  },
+  (t) => [index("webhook_events_org_idx").on(t.orgId, t.createdAt)],
+);
+
+/** One event to one endpoint; sent in `seq` order per endpoint. */
+export const webhookDeliveries = pgTable(
+  "webhook_deliveries",
+  {
+    id: text("id").primaryKey(),
+    seq: bigint("seq", { mode: "number" }).generatedAlwaysAsIdentity(),
+    endpointId: text("endpoint_id")
+      .notNull()
+      .references(() => webhookEndpoints.id, { onDelete: "cascade" }),
+    eventId: text("event_id")
+      .notNull()
+      .references(() => webhookEvents.id),
+    orgId: text("org_id").notNull(),
+    status: text("status", { enum: WEBHOOK_DELIVERY_STATUSES }).notNull().default("pending"),
+    /** `event`: fanned out when the event happened; `replay`: a copy asked for later (replay, resend). */
+    origin: text("origin", { enum: ["event", "replay"] })
+      .notNull()
+      .default("event"),
+    attempts: integer("attempts").notNull().default(0),
+    lastAttemptAt: at("last_attempt_at"),
+    lastStatus: integer("last_status"),
+    lastError: text("last_error"),
+    deliveredAt: at("delivered_at"),
+    ...timestamps,
+  },
+  (t) => [
+    index("webhook_deliveries_queue_idx").on(t.endpointId, t.seq).where(sql`${t.status} = 'pending'`),
+    index("webhook_deliveries_endpoint_idx").on(t.endpointId, t.createdAt),
+  ],
+);
+
+/** Each HTTP attempt of a delivery: the delivery log. */
+export const webhookAttempts = pgTable(
+  "webhook_attempts",
+  {
+    id: text("id").primaryKey(),
+    deliveryId: text("delivery_id")
+      .notNull()
+      .references(() => webhookDeliveries.id, { onDelete: "cascade" }),
+    attempt: integer("attempt").notNull(),
+    at: at("at").notNull(),
+    status: integer("status"),
+    error: text("error"),
+    responseBody: text("response_body").notNull().default(""),
+    durationMs: integer("duration_ms").notNull(),
+  },
+  (t) => [index("webhook_attempts_delivery_idx").on(t.deliveryId, t.attempt)],
 );

@@ -60,6 +60,12 @@ const envSchema = z.object({
   TOLLGATE_PUBLIC_URL: optional(urlWithProtocols(["http:", "https:"], "http(s)")),
   TOLLGATE_WEBHOOK_ALLOWED_TARGETS: optional(z.string()),
   TOLLGATE_TEST_CLOCK: optional(flag).default(false),
+  /** 0: this process serves HTTP only; background jobs run in `tollgate worker` processes. */
+  TOLLGATE_RUN_JOBS: optional(flag).default(true),
+  /** How long one outbound webhook request may take. */
+  TOLLGATE_WEBHOOK_TIMEOUT_MS: optional(
+    z.coerce.number({ message: "must be a number" }).int().min(100).max(60_000),
+  ).default(10_000),
   TOLLGATE_CHECK_ACK: optional(
     z.enum(["journal", "commit"], { message: "must be journal or commit" }),
   ).default("commit"),
@@ -238,6 +244,9 @@ export interface Env {
   publicUrl: string;
   webhookAllowedTargets: string[];
   testClock: boolean;
+  /** Run background jobs (and their schedules) in this process (TOLLGATE_RUN_JOBS, default on). */
+  runJobs: boolean;
+  webhookTimeoutMs: number;
   /**
    * When a consuming check is acknowledged, with Redis: once journaled in Redis and in the process's
    * memory, Postgres written behind ("journal"); or once committed to Postgres ("commit").
@@ -311,6 +320,8 @@ export function parseEnv(source: Record<string, string | undefined> = process.en
       .map((s) => s.trim().toLowerCase())
       .filter(Boolean),
     testClock: e.TOLLGATE_TEST_CLOCK,
+    runJobs: e.TOLLGATE_RUN_JOBS,
+    webhookTimeoutMs: e.TOLLGATE_WEBHOOK_TIMEOUT_MS,
     checkAck: e.TOLLGATE_CHECK_ACK,
     workers: e.TOLLGATE_WORKERS === "auto" ? os.availableParallelism() : Number(e.TOLLGATE_WORKERS),
     clusterWorker: e.TOLLGATE_CLUSTER_WORKER,

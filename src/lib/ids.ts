@@ -35,6 +35,10 @@ export const ID_PREFIXES = {
   creditNote: "crn",
   creditNoteLine: "cnl",
   refund: "rfd",
+  outbox: "obx",
+  message: "msg",
+  attempt: "att",
+  broadcast: "bct",
 } as const;
 
 export type IdKind = keyof typeof ID_PREFIXES;

@@ -6,7 +6,7 @@ import type { DatabaseHandle } from "../../src/db/client.js";
 import { type AppEnv, buildDeps, closeDeps, type Deps } from "../../src/deps.js";
 import { parseEnv } from "../../src/lib/env.js";
 import { createLogger } from "../../src/lib/logger.js";
-import { startBilling } from "../../src/modules/billing/scheduler.js";
+import { startBackground } from "../../src/modules/jobs/runtime.js";
 import { createTestDatabase, type DatabaseMode, hasRedis, requireRedisUrl, uniquePrefix } from "./storage.js";
 
 export const ADMIN_KEY = "test-operator-key-0123456789abcdef";
@@ -80,7 +80,7 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp> {
     processMetrics: false,
   });
   const app = createApp(deps);
-  startBilling(deps);
+  await startBackground(deps);
   return {
     app,
     deps,

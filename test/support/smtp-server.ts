@@ -34,6 +34,8 @@ export interface TestSmtpServer {
 export interface TestSmtpServerOptions {
   /** Refuse every recipient with this 5xx reply. */
   rejectRecipients?: string;
+  /** Listen on this port (default: any free one). */
+  port?: number;
   /** Require AUTH with exactly these credentials. */
   auth?: { user: string; pass: string };
 }
@@ -77,7 +79,7 @@ export async function startSmtpServer(options: TestSmtpServerOptions = {}): Prom
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
+    server.listen(options.port ?? 0, "127.0.0.1", () => resolve());
   });
   const port = (server.server.address() as AddressInfo).port;
   return {

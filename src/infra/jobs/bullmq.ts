@@ -1,15 +1,22 @@
-import { DelayedError, type Job, Queue, UnrecoverableError, Worker } from "bullmq";
+import { DelayedError, type Job, type JobsOptions, Queue, UnrecoverableError, Worker } from "bullmq";
+import { asc, inArray } from "drizzle-orm";
 import type { Redis } from "ioredis";
 import { z } from "zod";
+import type { Database, DatabaseHandle } from "../../db/client.js";
+import { jobOutbox } from "../../db/schema.js";
 import { newId } from "../../lib/ids.js";
 import type { Logger } from "../../lib/logger.js";
 import type { Metrics } from "../../lib/metrics.js";
 import { createRedis, waitForRedis } from "../redis.js";
 import { type AnyDefinition, DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_MS, validatePayload } from "./definition.js";
-import type { DeadJob, EnqueueOptions, JobDefinition, JobQueue } from "./types.js";
+import type { DeadJob, EnqueueOptions, JobQueue, JobSpec } from "./types.js";
 
 export interface BullmqJobQueueOptions {
   redisUrl: string;
+  /** Holds the transactional outbox (`job_outbox`), relayed to Redis after each commit. */
+  database: DatabaseHandle;
+  /** How often the outbox relay looks for committed jobs (default 250 ms). */
+  relayMs?: number;
   /** Namespace of every BullMQ key (BullMQ adds the ':' itself; a trailing one is dropped). */
   prefix: string;
   logger: Logger;
@@ -22,6 +29,8 @@ export interface BullmqJobQueueOptions {
 const KEEP_COMPLETED = { age: 7 * 24 * 3600, count: 10_000 };
 /** A job this process cannot run is put back for this long, for a process (version) that can. */
 const UNKNOWN_JOB_DELAY_MS = 60_000;
+/** Outbox rows moved to Redis per relay transaction. */
+const RELAY_BATCH = 200;
 /** How long enqueue and the dead-letter calls wait for Redis before they fail. */
 const READY_TIMEOUT_MS = 2000;
 
@@ -42,6 +51,71 @@ export function createBullmqJobQueue(options: BullmqJobQueueOptions): JobQueue {
   const ready = () => waitForRedis(queueConnection, READY_TIMEOUT_MS);
   let worker: Worker | undefined;
   let workerConnection: Redis | undefined;
+
+  const jobOptions = (
+    spec: { attempts: number; backoffMs: number },
+    enqueueOptions: EnqueueOptions,
+  ): JobsOptions => ({
+    jobId: enqueueOptions.dedupKey === undefined ? newId("job") : dedupJobId(enqueueOptions.dedupKey),
+    delay: enqueueOptions.delayMs,
+    attempts: spec.attempts,
+    backoff: { type: "exponential", delay: spec.backoffMs },
+    removeOnComplete: KEEP_COMPLETED,
+    // Failed jobs are the dead-letter list: kept until retried or removed by an operator.
+    removeOnFail: false,
+  });
+
+  // The outbox relay: every process that enqueues in transactions, and every worker, moves committed
+  // outbox rows to BullMQ. Rows are locked (SKIP LOCKED, so relays share the work) and deleted in the
+  // transaction that enqueued them: a crash before the commit leaves them for the next relay, whose
+  // enqueue is a no-op, because a row's job id is derived from the row (BullMQ ignores a known id).
+  const relayMs = options.relayMs ?? 250;
+  let relayTimer: NodeJS.Timeout | undefined;
+  let relaying: Promise<void> | undefined;
+  let closing = false;
+  function startRelay(): void {
+    if (relayTimer || closing) return;
+    relayTimer = setInterval(() => {
+      relaying ??= relay()
+        .catch(throttledLog(logger, "job outbox relay failed"))
+        .finally(() => {
+          relaying = undefined;
+        });
+    }, relayMs);
+    relayTimer.unref();
+  }
+  async function relay(): Promise<void> {
+    for (;;) {
+      const moved = await options.database.db.transaction(async (tx) => {
+        const rows = await tx
+          .select()
+          .from(jobOutbox)
+          .orderBy(asc(jobOutbox.id))
+          .limit(RELAY_BATCH)
+          .for("update", { skipLocked: true });
+        if (rows.length === 0) return 0;
+        await ready();
+        for (const row of rows) {
+          await queue.add(
+            row.name,
+            row.payload,
+            jobOptions(
+              { attempts: row.maxAttempts, backoffMs: row.backoffMs },
+              { dedupKey: row.dedupKey ?? `outbox:${row.id}`, delayMs: row.delayMs || undefined },
+            ),
+          );
+        }
+        await tx.delete(jobOutbox).where(
+          inArray(
+            jobOutbox.id,
+            rows.map((row) => row.id),
+          ),
+        );
+        return rows.length;
+      });
+      if (moved < RELAY_BATCH) return;
+    }
+  }
 
   async function runJob(job: Job, token: string | undefined, definitions: Map<string, AnyDefinition>) {
     const attempt = job.attemptsMade + 1;
@@ -83,20 +157,31 @@ export function createBullmqJobQueue(options: BullmqJobQueueOptions): JobQueue {
   return {
     kind: "redis",
 
-    async enqueue<P>(definition: JobDefinition<P>, payload: P, enqueueOptions: EnqueueOptions = {}) {
+    async enqueue<P>(definition: JobSpec<P>, payload: P, enqueueOptions: EnqueueOptions = {}) {
       const data = validatePayload(definition, payload);
       await ready();
-      const job = await queue.add(definition.name, data, {
-        jobId: enqueueOptions.dedupKey === undefined ? newId("job") : dedupJobId(enqueueOptions.dedupKey),
-        delay: enqueueOptions.delayMs,
-        attempts: definition.attempts ?? DEFAULT_ATTEMPTS,
-        backoff: { type: "exponential", delay: definition.backoffMs ?? DEFAULT_BACKOFF_MS },
-        removeOnComplete: KEEP_COMPLETED,
-        // Failed jobs are the dead-letter list: kept until retried or removed by an operator.
-        removeOnFail: false,
-      });
+      const job = await queue.add(definition.name, data, jobOptions(specOf(definition), enqueueOptions));
       if (!job.id) throw new Error(`BullMQ returned no id for job "${definition.name}"`);
       return job.id;
+    },
+
+    async enqueueInTx<P>(
+      tx: Database,
+      definition: JobSpec<P>,
+      payload: P,
+      enqueueOptions: EnqueueOptions = {},
+    ) {
+      const spec = specOf(definition);
+      await tx.insert(jobOutbox).values({
+        id: newId("outbox"),
+        name: definition.name,
+        payload: validatePayload(definition, payload),
+        delayMs: enqueueOptions.delayMs ?? 0,
+        dedupKey: enqueueOptions.dedupKey ?? null,
+        maxAttempts: spec.attempts,
+        backoffMs: spec.backoffMs,
+      });
+      startRelay();
     },
 
     async start(list, startOptions = {}) {
@@ -119,6 +204,7 @@ export function createBullmqJobQueue(options: BullmqJobQueueOptions): JobQueue {
       });
       worker.on("error", throttledLog(logger, "job worker (redis) error"));
       await worker.waitUntilReady();
+      startRelay();
     },
 
     async deadJobs(limit = 50): Promise<DeadJob[]> {
@@ -143,6 +229,9 @@ export function createBullmqJobQueue(options: BullmqJobQueueOptions): JobQueue {
     },
 
     async close() {
+      closing = true;
+      clearInterval(relayTimer);
+      await relaying;
       // Worker.close waits for running handlers before it lets go of its connections.
       await worker?.close();
       await queue.close();
@@ -158,6 +247,13 @@ export function createBullmqJobQueue(options: BullmqJobQueueOptions): JobQueue {
       connection.disconnect();
     });
   }
+}
+
+function specOf(definition: JobSpec<unknown>) {
+  return {
+    attempts: definition.attempts ?? DEFAULT_ATTEMPTS,
+    backoffMs: definition.backoffMs ?? DEFAULT_BACKOFF_MS,
+  };
 }
 
 /**

@@ -1,6 +1,6 @@
 import { and, asc, desc, eq, inArray, lt, lte, or, sql } from "drizzle-orm";
 import { z } from "zod";
-import type { DatabaseHandle } from "../../db/client.js";
+import type { Database, DatabaseHandle } from "../../db/client.js";
 import { jobs } from "../../db/schema.js";
 import type { Clock } from "../../lib/clock.js";
 import { newId } from "../../lib/ids.js";
@@ -13,7 +13,7 @@ import {
   errorMessage,
   validatePayload,
 } from "./definition.js";
-import type { DeadJob, EnqueueOptions, JobDefinition, JobQueue } from "./types.js";
+import type { DeadJob, EnqueueOptions, JobQueue, JobSpec } from "./types.js";
 
 type JobRow = typeof jobs.$inferSelect;
 
@@ -234,35 +234,57 @@ export function createDatabaseJobQueue(options: DatabaseJobQueueOptions): Databa
     return done;
   }
 
+  /** Inserts a queued job; undefined when its dedup key already exists. */
+  async function insertJob<P>(
+    target: Database,
+    definition: JobSpec<P>,
+    payload: P,
+    enqueueOptions: EnqueueOptions,
+  ): Promise<string | undefined> {
+    const id = newId("job");
+    const now = clock.nowMs();
+    const inserted = await target
+      .insert(jobs)
+      .values({
+        id,
+        name: definition.name,
+        payload: validatePayload(definition, payload),
+        maxAttempts: definition.attempts ?? DEFAULT_ATTEMPTS,
+        runAt: new Date(now + (enqueueOptions.delayMs ?? 0)),
+        dedupKey: enqueueOptions.dedupKey ?? null,
+        createdAt: new Date(now),
+      })
+      .onConflictDoNothing({ target: jobs.dedupKey })
+      .returning({ id: jobs.id });
+    return inserted.length > 0 ? id : undefined;
+  }
+
   return {
     kind: "database",
 
-    async enqueue<P>(definition: JobDefinition<P>, payload: P, enqueueOptions: EnqueueOptions = {}) {
-      const id = newId("job");
-      const now = clock.nowMs();
-      const inserted = await db.db
-        .insert(jobs)
-        .values({
-          id,
-          name: definition.name,
-          payload: validatePayload(definition, payload),
-          maxAttempts: definition.attempts ?? DEFAULT_ATTEMPTS,
-          runAt: new Date(now + (enqueueOptions.delayMs ?? 0)),
-          dedupKey: enqueueOptions.dedupKey ?? null,
-          createdAt: new Date(now),
-        })
-        .onConflictDoNothing({ target: jobs.dedupKey })
-        .returning({ id: jobs.id });
-      if (inserted.length === 0 && enqueueOptions.dedupKey !== undefined) {
+    async enqueue<P>(definition: JobSpec<P>, payload: P, enqueueOptions: EnqueueOptions = {}) {
+      const id = await insertJob(db.db, definition, payload, enqueueOptions);
+      if (id === undefined) {
         const [existing] = await db.db
           .select({ id: jobs.id })
           .from(jobs)
-          .where(eq(jobs.dedupKey, enqueueOptions.dedupKey));
+          .where(eq(jobs.dedupKey, enqueueOptions.dedupKey ?? ""));
         if (!existing) throw new Error(`job with dedup key "${enqueueOptions.dedupKey}" vanished`);
         return existing.id;
       }
       if (!enqueueOptions.delayMs) schedule(0);
       return id;
+    },
+
+    async enqueueInTx<P>(
+      tx: Database,
+      definition: JobSpec<P>,
+      payload: P,
+      enqueueOptions: EnqueueOptions = {},
+    ) {
+      // The queue is a table: a row written in the caller's transaction is the outbox. The poll loop
+      // sees it once committed.
+      await insertJob(tx, definition, payload, enqueueOptions);
     },
 
     async start(list, startOptions = {}) {

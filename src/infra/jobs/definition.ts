@@ -1,5 +1,5 @@
 import { z } from "zod";
-import type { JobDefinition } from "./types.js";
+import type { JobSpec } from "./types.js";
 
 /** What both queue twins share about job definitions: defaults, payload validation, error text. */
 
@@ -12,7 +12,7 @@ export const DEFAULT_BACKOFF_MS = 1000;
  * Validates a payload as it will be stored and handed back: JSON. Validating the JSON form makes a
  * payload that JSON would change (a Date, undefined fields…) fail here, not before every run.
  */
-export function validatePayload<P>(definition: JobDefinition<P>, payload: P): unknown {
+export function validatePayload<P>(definition: JobSpec<P>, payload: P): unknown {
   const json = JSON.stringify(payload);
   if (json === undefined) throw new Error(`Invalid payload for job "${definition.name}": not JSON`);
   const stored: unknown = JSON.parse(json);

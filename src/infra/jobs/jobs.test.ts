@@ -27,6 +27,8 @@ const START = Date.UTC(2030, 0, 1);
 /** One twin under test, with time made controllable the way that twin allows. */
 interface Harness {
   queue: JobQueue;
+  /** The database the queue (or its outbox) lives in. */
+  database: TestDatabase;
   metrics: Metrics;
   /** A delay long enough to observe a job not running yet, and a moment before it is due. */
   delayMs: number;
@@ -82,6 +84,7 @@ function databaseTwin(mode: DatabaseMode): Twin {
       const queue = createDatabaseJobQueue({ db: testDb.handle, clock, logger, metrics, pollMs: 20 });
       return {
         queue,
+        database: testDb,
         metrics,
         delayMs: 60_000,
         earlyMs: 59_999,
@@ -111,9 +114,19 @@ function bullmqTwin(): Twin {
     open: async () => {
       const prefix = uniquePrefix();
       const metrics = createMetrics({ processMetrics: false });
-      const queue = createBullmqJobQueue({ redisUrl, prefix, logger, metrics });
+      const database = await databaseFor("pglite");
+      await database.handle.query(sql`delete from job_outbox`);
+      const queue = createBullmqJobQueue({
+        redisUrl,
+        prefix,
+        logger,
+        metrics,
+        database: database.handle,
+        relayMs: 20,
+      });
       return {
         queue,
+        database,
         metrics,
         delayMs: 400,
         earlyMs: 200,
@@ -189,6 +202,44 @@ describe.each(twins)("job queue: $name", (twin) => {
     expect(calls[0]?.payload).toEqual({ n: 42 });
     expect(calls[0]?.context).toMatchObject({ jobId: id, attempt: 1 });
     await until(async () => (await countOf(harness.metrics, "once", "completed")) === 1);
+  });
+
+  it("enqueues in a transaction: nothing if it rolls back, once after it commits", async () => {
+    const { definition, calls } = recorder("outboxed");
+    await queue.start([definition]);
+    const db = harness.database.handle.db;
+    await expect(
+      db.transaction(async (tx) => {
+        await queue.enqueueInTx(tx, definition, { n: 1 });
+        throw new Error("rolled back");
+      }),
+    ).rejects.toThrow("rolled back");
+    let committed = false;
+    await db.transaction(async (tx) => {
+      await queue.enqueueInTx(tx, definition, { n: 2 });
+      await queue.enqueueInTx(tx, definition, { n: 3 }, { dedupKey: "outbox-once" });
+      await queue.enqueueInTx(tx, definition, { n: 4 }, { dedupKey: "outbox-once" });
+      // Not before the commit, however long the transaction takes (real time: the poll loops run).
+      await sleep(100);
+      committed = calls.length === 0;
+    });
+    expect(committed).toBe(true);
+    await harness.settle(() => calls.length === 2);
+    await harness.advance(100);
+    expect(calls.map((call) => call.payload.n).sort()).toEqual([2, 3]);
+    // The outbox is emptied once relayed (the database twin writes its jobs table directly).
+    const left = await harness.database.handle.query(sql`select count(*)::int as n from job_outbox`);
+    expect(left).toEqual([{ n: 0 }]);
+  });
+
+  it("refuses an invalid payload in a transaction before anything is written", async () => {
+    const { definition } = recorder("strict");
+    const db = harness.database.handle.db;
+    await expect(
+      db.transaction(async (tx) => {
+        await queue.enqueueInTx(tx, definition, { n: "x" } as unknown as Payload);
+      }),
+    ).rejects.toThrow(/Invalid payload/);
   });
 
   it("retries a failing handler with backoff until it succeeds", async () => {

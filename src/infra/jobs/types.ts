@@ -1,4 +1,5 @@
 import type { z } from "zod";
+import type { Database } from "../../db/client.js";
 import type { Logger } from "../../lib/logger.js";
 
 /**
@@ -6,14 +7,18 @@ import type { Logger } from "../../lib/logger.js";
  * and again before it runs, and says how often to retry. Handlers must be idempotent: delivery is at
  * least once in both twins.
  */
-export interface JobDefinition<P = unknown> {
+export interface JobSpec<P = unknown> {
   name: string;
   schema: z.ZodType<P>;
-  handler: (payload: P, context: JobContext) => Promise<void>;
   /** Total attempts before the job is dead-lettered (default 5). */
   attempts?: number;
   /** First retry delay; doubles each attempt (default 1000 ms). */
   backoffMs?: number;
+}
+
+/** A job spec with the code that runs it: what a worker is started with. */
+export interface JobDefinition<P = unknown> extends JobSpec<P> {
+  handler: (payload: P, context: JobContext) => Promise<void>;
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: one registry holds definitions of every payload type; each validates its own.
@@ -43,7 +48,12 @@ export interface DeadJob {
 export interface JobQueue {
   readonly kind: "database" | "redis";
   /** Enqueues a job; returns its id (the existing job's id when `dedupKey` matched). */
-  enqueue<P>(definition: JobDefinition<P>, payload: P, options?: EnqueueOptions): Promise<string>;
+  enqueue<P>(definition: JobSpec<P>, payload: P, options?: EnqueueOptions): Promise<string>;
+  /**
+   * Enqueues as part of the caller's transaction `tx`: the job exists if and only if `tx` commits, and
+   * runs only after it has (the transactional outbox). A dedup key that already exists is a no-op.
+   */
+  enqueueInTx<P>(tx: Database, definition: JobSpec<P>, payload: P, options?: EnqueueOptions): Promise<void>;
   /** Starts processing these definitions in this process. */
   start(definitions: AnyDefinition[], options?: { concurrency?: number }): Promise<void>;
   /** Jobs that failed every attempt, newest first. */

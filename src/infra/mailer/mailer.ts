@@ -5,7 +5,7 @@ import { emails } from "../../db/schema.js";
 import { type Clock, systemClock } from "../../lib/clock.js";
 import { newId } from "../../lib/ids.js";
 import type { Logger } from "../../lib/logger.js";
-import type { EmailMessage, Mailer, SentEmail } from "./types.js";
+import type { EmailMessage, EmailStatus, Mailer, SentEmail } from "./types.js";
 
 export type { EmailMessage, EmailStatus, Mailer, SentEmail } from "./types.js";
 
@@ -18,6 +18,11 @@ export interface MailerOptions {
   from: string;
   /** Stamps created_at and sent_at, so the outbox follows the test clock like everything else. */
   clock?: Clock;
+  /**
+   * Hands a recorded message to a background job that calls {@link Mailer.deliver} (with retries).
+   * Unset, `send` delivers at once, in the caller's time (tests of the mailer alone).
+   */
+  queueDelivery?: (emailId: string) => Promise<unknown>;
 }
 
 /** `Tollgate <no-reply@host>`, the host taken from TOLLGATE_PUBLIC_URL. */
@@ -25,7 +30,7 @@ export function defaultSender(publicUrl: string): string {
   return `Tollgate <no-reply@${new URL(publicUrl).hostname}>`;
 }
 
-/** Kept short: delivery happens inside the request for now, and a dead server must not hang it for minutes. */
+/** A dead server must not hold a delivery job for minutes; the job retries later. */
 const SMTP_TIMEOUTS = { connectionTimeout: 10_000, greetingTimeout: 10_000, socketTimeout: 30_000 };
 
 /** Long enough for any SMTP reply worth reading, short enough for a table column shown in a list. */
@@ -41,10 +46,9 @@ export const SENT_BODY = "[delivered; the body is not kept]";
  * `emails` table and shown to admins, nothing leaves the machine); with it the SMTP twin (nodemailer,
  * pooled connections).
  *
- * Delivery is synchronous for now: `send` records the message, tries the server once and writes the
- * outcome. Issue 6 moves delivery to a background job with retries (the row recorded here, status
- * `outbox`, is already the job's input), so callers must not rely on a message having left when
- * `send` resolves.
+ * `send` records the message (status `outbox`) and, with SMTP, queues its delivery: the `email.deliver`
+ * job calls `deliver`, which tries the server and retries with backoff; the last failed attempt marks
+ * the message `failed`. Callers must not rely on a message having left when `send` resolves.
  *
  * Never logged: addresses and bodies (bodies carry one-time links). Log lines name the row id.
  */
@@ -79,6 +83,7 @@ export function createMailer(options: MailerOptions): Mailer {
         );
         return { id, status: "outbox" };
       },
+      deliver: async () => "skipped",
       close: async () => {},
     };
   }
@@ -100,35 +105,53 @@ export function createMailer(options: MailerOptions): Mailer {
     }
   };
 
+  const deliver = async (
+    id: string,
+    options: { final?: boolean; throwOnFinal?: boolean } = {},
+  ): Promise<EmailStatus | "skipped"> => {
+    const [row] = await database.db.select().from(emails).where(eq(emails.id, id));
+    // Delivered already (a job run twice): nothing to do. A `failed` message is sent again: only an
+    // admin's retry of its dead job asks for that.
+    if (!row || row.status === "sent") return "skipped";
+    try {
+      await transport.sendMail({ to: row.to, subject: row.subject, text: row.text, html: row.html });
+    } catch (error) {
+      const reason = ((error as Error).message || String(error)).slice(0, MAX_ERROR_LENGTH);
+      if (options.final) {
+        await setOutcome(id, { status: "failed", error: reason });
+        log.warn({ email_id: id, template: row.template, err: reason }, "e-mail delivery failed for good");
+        if (options.throwOnFinal)
+          throw new Error(`e-mail ${id} not delivered, attempts exhausted: ${reason}`);
+        return "failed";
+      }
+      await setOutcome(id, { error: reason });
+      throw new Error(`e-mail ${id} not delivered: ${reason}`);
+    }
+    // Sent: the bodies (which carry live sign-in, reset and invitation links) are not kept.
+    await setOutcome(id, {
+      status: "sent",
+      sentAt: clock.now(),
+      error: null,
+      text: SENT_BODY,
+      html: SENT_BODY,
+    });
+    log.info({ email_id: id, template: row.template }, "e-mail sent");
+    return "sent";
+  };
+
   return {
     kind: "smtp",
     send: async (message): Promise<SentEmail> => {
-      // Recorded before the attempt: a crash or a refusal never loses the message.
+      // Recorded before any attempt: a crash or a refusal never loses the message.
       const id = await record(message);
-      try {
-        await transport.sendMail({
-          to: message.to,
-          subject: message.subject,
-          text: message.text,
-          html: message.html,
-        });
-      } catch (error) {
-        const reason = ((error as Error).message || String(error)).slice(0, MAX_ERROR_LENGTH);
-        await setOutcome(id, { status: "failed", error: reason });
-        log.warn({ email_id: id, template: message.template, err: reason }, "e-mail delivery failed");
-        return { id, status: "failed" };
+      if (options.queueDelivery) {
+        await options.queueDelivery(id);
+        return { id, status: "outbox" };
       }
-      // Sent: the bodies (which carry live sign-in, reset and invitation links) are not kept.
-      await setOutcome(id, {
-        status: "sent",
-        sentAt: clock.now(),
-        error: null,
-        text: SENT_BODY,
-        html: SENT_BODY,
-      });
-      log.info({ email_id: id, template: message.template }, "e-mail sent");
-      return { id, status: "sent" };
+      const status = await deliver(id, { final: true });
+      return { id, status: status === "skipped" ? "outbox" : status };
     },
+    deliver,
     close: async () => {
       transport.close();
     },

@@ -31,5 +31,15 @@ export interface Mailer {
    * only when the message could not be recorded.
    */
   send(message: EmailMessage): Promise<SentEmail>;
+  /**
+   * Delivers a recorded message not sent yet (the `email.deliver` job's work). A failure throws so
+   * the job retries; the `final` attempt marks the message `failed` (and throws too with
+   * `throwOnFinal`, so the job is dead-lettered). "skipped": nothing to send (already sent, or no
+   * SMTP server configured).
+   */
+  deliver(
+    id: string,
+    options?: { final?: boolean; throwOnFinal?: boolean },
+  ): Promise<EmailStatus | "skipped">;
   close(): Promise<void>;
 }

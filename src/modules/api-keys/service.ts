@@ -6,6 +6,7 @@ import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import type { OrgAccess } from "../orgs/access.js";
+import { emitEvent } from "../webhooks/events.js";
 import { generateKey } from "./format.js";
 import { forgetKey, REVOCATION_CHANNEL } from "./verify.js";
 
@@ -54,6 +55,7 @@ export async function createApiKey(deps: Deps, access: OrgAccess, input: NewKeyI
       target: { type: "api_key", id: issued.row.id },
       metadata: { name: issued.row.name, scopes, prefix: issued.row.prefix },
     });
+    await emitEvent(deps, tx, { orgId: access.orgId, type: "api_key.created", data: keyData(issued.row) });
     return issued;
   });
 }
@@ -103,6 +105,11 @@ export async function rotateApiKey(
         grace_period_seconds: graceSeconds,
       },
     });
+    await emitEvent(deps, tx, {
+      orgId: access.orgId,
+      type: "api_key.rotated",
+      data: { ...keyData(old), replaced_by: keyData(issued.row) },
+    });
     return { issued, old };
   });
   await announceRevocation(deps, keyId);
@@ -128,10 +135,25 @@ export async function revokeApiKey(deps: Deps, access: OrgAccess, keyId: string)
       target: { type: "api_key", id: keyId },
       metadata: { name: current.name, scopes: current.scopes },
     });
+    await emitEvent(deps, tx, { orgId: access.orgId, type: "api_key.revoked", data: keyData(revoked) });
     return { row: revoked, changed: true };
   });
   if (changed) await announceRevocation(deps, keyId);
   return row;
+}
+
+/** A key as webhooks describe it: never the key itself, nor its hash. */
+function keyData(row: ApiKeyRow) {
+  return {
+    id: row.id,
+    org_id: row.orgId,
+    name: row.name,
+    prefix: row.prefix,
+    scopes: row.scopes,
+    created_at: row.createdAt.toISOString(),
+    expires_at: row.expiresAt?.toISOString() ?? null,
+    revoked_at: row.revokedAt?.toISOString() ?? null,
+  };
 }
 
 type Tx = Parameters<Parameters<Deps["database"]["db"]["transaction"]>[0]>[0];

@@ -73,6 +73,16 @@ export const operatorOnly: MiddlewareHandler<AppEnv> = async (c, next) => {
 };
 
 /**
+ * Route middleware for the instance's administration (`/v1/admin/*` reads and actions a dashboard
+ * shows): the operator, or a signed-in platform admin (TOLLGATE_PLATFORM_ADMINS, verified e-mail).
+ */
+export const platformAdminOnly: MiddlewareHandler<AppEnv> = async (c, next) => {
+  const caller = await requireCaller(c);
+  if (caller.kind === "operator" || (caller.kind === "user" && caller.platformAdmin)) return next();
+  throw new AppError("forbidden", "Only the operator and platform admins may do this.");
+};
+
+/**
  * A router for API routes: every route that declares `security` in its OpenAPI definition first
  * resolves the caller (401 without valid credentials), before its request is validated — so an
  * unauthenticated client learns nothing from validation errors, and no route can declare security

@@ -3,6 +3,7 @@ import type { Database } from "../../db/client.js";
 import { oneTimeTokens, recoveryCodes, refreshTokens, users } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
 import { randomToken, sha256Hex } from "../../lib/crypto.js";
+import { brandFor } from "../../lib/email-templates.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import { resetPasswordMessage, verifyEmailMessage } from "./emails.js";
@@ -80,6 +81,7 @@ export async function sendVerificationEmail(
     name: user.name,
     token,
     validHours: VERIFY_EMAIL_TTL_MS / 3_600_000,
+    brand: await brandFor(deps),
   });
   await deps.mailer.send({ to: user.email, ...message });
 }
@@ -142,6 +144,7 @@ export async function requestPasswordReset(deps: Deps, email: string): Promise<v
       name: user.name,
       token,
       validMinutes: RESET_PASSWORD_TTL_MS / 60_000,
+      brand: await brandFor(deps),
     });
     await deps.mailer.send({ to: user.email, ...message });
   } catch (error) {

@@ -5,6 +5,7 @@ import type { Deps } from "../../deps.js";
 import { AppError, isUniqueViolation } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit, recordUserAudit } from "../audit/service.js";
+import { sendWelcomeEmail } from "../notifications/emails.js";
 import { insertDefaultSubscription } from "../plans/subscriptions.js";
 import { guardAttempt } from "./abuse.js";
 import { sendVerificationEmail } from "./email-flows.js";
@@ -65,7 +66,7 @@ export async function createAccount(
 
 /**
  * Creates the user, their personal org (they own it) and a session, in one transaction; the
- * verification e-mail goes out after it commits.
+ * verification and welcome e-mails go out after it commits.
  */
 export async function register(
   deps: Deps,
@@ -81,6 +82,12 @@ export async function register(
     ip,
   );
   await sendVerificationEmail(deps, user);
+  // A welcome is a courtesy: the account exists whatever happens to it.
+  try {
+    await sendWelcomeEmail(deps, { userId: user.id, orgId: org.id });
+  } catch (error) {
+    deps.logger.warn({ err: (error as Error).message, user: user.id }, "welcome e-mail not recorded");
+  }
   const tokens = await startSession(deps, user, { userAgent });
   return { user, org, tokens };
 }

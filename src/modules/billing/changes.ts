@@ -15,6 +15,7 @@ import {
   subscriptionChanged,
 } from "../plans/subscriptions.js";
 import { previewTotals } from "./adjustments.js";
+import { emitSubscriptionEvent } from "./events.js";
 import {
   baseFeeLine,
   billedBaseFee,
@@ -352,6 +353,13 @@ export async function applyChange(
         invoice: invoiceId,
       },
     });
+    await emitSubscriptionEvent(
+      deps,
+      tx,
+      quote.kind === "resubscribe" ? "subscription.created" : "subscription.updated",
+      sub.id,
+      { previous: { plan: sub.planKey, interval: sub.interval }, invoice_id: invoiceId },
+    );
     return { invoiceId };
   });
   if (result && quote.timing === "now") {
@@ -422,6 +430,15 @@ export async function cancelSubscription(deps: Deps, caller: Caller, orgId: stri
       target: { type: "subscription", id: sub.id },
       metadata: { plan: sub.planKey, at_period_end: atPeriodEnd, invoice: invoiceId },
     });
+    await emitSubscriptionEvent(
+      deps,
+      tx,
+      atPeriodEnd ? "subscription.updated" : "subscription.canceled",
+      sub.id,
+      {
+        invoice_id: invoiceId,
+      },
+    );
     return { invoiceId };
   });
   if (!done) throw new AppError("conflict", "The subscription changed meanwhile; try again.");
@@ -457,6 +474,7 @@ export async function resumeSubscription(deps: Deps, caller: Caller, orgId: stri
       target: { type: "subscription", id: sub.id },
       metadata: { plan: sub.planKey },
     });
+    await emitSubscriptionEvent(deps, tx, "subscription.resumed", sub.id);
     return true;
   });
   if (!resumed) throw new AppError("conflict", "The subscription changed meanwhile; try again.");

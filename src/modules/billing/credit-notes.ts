@@ -17,7 +17,9 @@ import { recordAudit } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
 import { amount } from "../catalog/fields.js";
 import { subscriptionChanged } from "../plans/subscriptions.js";
+import { emitEvent } from "../webhooks/events.js";
 import { grantCredit } from "./adjustments.js";
+import { invoiceEventData } from "./events.js";
 import { nextNumber } from "./invoices.js";
 import { formatMoney, Money, minorUnitDigits } from "./money.js";
 import { amountRemaining, assertNoPaymentInFlight, clearPastDue } from "./payments.js";
@@ -383,6 +385,27 @@ export async function createCreditNote(
         target: { type: "credit_note", id },
         metadata: { invoice: invoice.id, number, amount: total.toFixed(), settle: input.settle },
       });
+      await emitEvent(deps, tx, {
+        orgId,
+        type: "credit_note.created",
+        data: {
+          id,
+          org_id: orgId,
+          number,
+          invoice_id: invoice.id,
+          invoice_number: invoice.number,
+          amount: total.toFixed(),
+          currency: invoice.currency,
+          settle: input.settle,
+          refund_id: refundId,
+        },
+      });
+      if (settled) {
+        const [paid] = await tx.select().from(invoices).where(eq(invoices.id, invoice.id));
+        if (paid?.status === "paid") {
+          await emitEvent(deps, tx, { orgId, type: "invoice.paid", data: invoiceEventData(paid) });
+        }
+      }
       return { id, refundId, settled };
     })
     .catch((error: unknown) => {
@@ -501,6 +524,11 @@ export async function voidInvoice(deps: Deps, caller: Caller, orgId: string, inv
       action: "invoice.voided",
       target: { type: "invoice", id: invoice.id },
       metadata: { number: invoice.number, amount_due: invoice.amountDue },
+    });
+    await emitEvent(deps, tx, {
+      orgId,
+      type: "invoice.voided",
+      data: invoiceEventData(invoice, { status: "void" }),
     });
   });
   await subscriptionChanged(deps, orgId);

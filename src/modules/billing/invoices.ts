@@ -16,7 +16,9 @@ import { newId } from "../../lib/ids.js";
 import type { Charge, Interval, Meter, Plan } from "../catalog/schema.js";
 import { aggregatePeriod } from "../metering/usage.js";
 import type { Period } from "../plans/periods.js";
+import { emitEvent } from "../webhooks/events.js";
 import { planAdjustments, recordAdjustments } from "./adjustments.js";
+import { invoiceEventData } from "./events.js";
 import { chargeLines } from "./lines.js";
 import { formatMoney, Money, roundMoney, text } from "./money.js";
 import { periodShare } from "./proration.js";
@@ -326,6 +328,20 @@ export async function writeInvoice(
     })
     .where(eq(invoices.id, id))
     .returning();
+  if (finalized) {
+    await emitEvent(deps, tx, {
+      orgId: input.orgId,
+      type: "invoice.finalized",
+      data: invoiceEventData(finalized),
+    });
+    // Nothing to collect (coupons and credits covered it): paid as it was issued.
+    if (paid)
+      await emitEvent(deps, tx, {
+        orgId: input.orgId,
+        type: "invoice.paid",
+        data: invoiceEventData(finalized),
+      });
+  }
   return finalized;
 }
 

@@ -5,8 +5,10 @@ import type { Deps } from "../../deps.js";
 import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { subscriptionChanged } from "../plans/subscriptions.js";
+import { emitEvent } from "../webhooks/events.js";
 import { grantCredit } from "./adjustments.js";
 import { paymentFailedEmail, receiptEmail } from "./emails.js";
+import { invoiceEventData } from "./events.js";
 import { Money } from "./money.js";
 import { type ChargeOutcome, providerOf } from "./provider.js";
 
@@ -247,6 +249,14 @@ export async function recordPayment(
         .set({ status: "paid", amountPaid: same.amount, paidAt: now, nextAttemptAt: null, updatedAt: now })
         .where(eq(invoices.id, invoiceId));
       if (locked.subscriptionId) await clearPastDue(tx, locked.subscriptionId, now);
+      await emitEvent(deps, tx, {
+        orgId: locked.orgId,
+        type: "invoice.paid",
+        data: {
+          ...invoiceEventData(locked, { status: "paid", amountPaid: same.amount, paidAt: now }),
+          payment_id: same.id,
+        },
+      });
       return { status: "paid" as const, paymentId: same.id, orgId: locked.orgId };
     }
     if (locked.status !== "finalized") return null;
@@ -267,6 +277,17 @@ export async function recordPayment(
             inArray(subscriptions.status, ["active", "trialing"]),
           ),
         );
+    await emitEvent(deps, tx, {
+      orgId: locked.orgId,
+      type: "invoice.payment_failed",
+      data: {
+        ...invoiceEventData(locked),
+        payment_id: same.id,
+        attempt: failures.length + 1,
+        failure_code: outcome.failureCode,
+        next_attempt_at: nextAttemptAt?.toISOString() ?? null,
+      },
+    });
     return {
       status: "failed" as const,
       paymentId: same.id,

@@ -9,6 +9,7 @@ import { getSubscription, lockAtRevision, subscriptionChanged } from "../plans/s
 import { expireCredits, previewTotals } from "./adjustments.js";
 import { sendPendingRefunds } from "./credit-notes.js";
 import { dunningEndedEmail } from "./emails.js";
+import { emitSubscriptionEvent } from "./events.js";
 import {
   baseFeeLine,
   billedBaseFee,
@@ -291,6 +292,12 @@ export async function closeDuePeriods(
               },
         )
         .where(eq(subscriptions.id, sub.id));
+      if (next === null) await emitSubscriptionEvent(deps, tx, "subscription.canceled", sub.id);
+      else if (next.plan !== plan || next.interval !== sub.interval) {
+        await emitSubscriptionEvent(deps, tx, "subscription.updated", sub.id, {
+          previous: { plan: sub.planKey, interval: sub.interval },
+        });
+      }
       return { invoiceId, changed: next === null || next.plan !== plan };
     });
     // Locked elsewhere: that process closes it. Changed under us: price it again from the new state.
@@ -394,6 +401,13 @@ async function runDunning(deps: Deps, nowMs: number): Promise<void> {
         target: { type: "subscription", id: sub.id },
         metadata: { plan: sub.planKey, past_due_since: sub.pastDueSince?.toISOString() ?? null },
       });
+      await emitSubscriptionEvent(
+        deps,
+        tx,
+        finalAction === "free" ? "subscription.updated" : "subscription.canceled",
+        sub.id,
+        { previous: { plan: sub.planKey, interval: sub.interval }, reason: "payment_failed" },
+      );
       return true;
     });
     if (!changed) continue;

@@ -16,6 +16,7 @@ import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
 import { insertDefaultSubscription, subscriptionChanged } from "../plans/subscriptions.js";
+import { emitEvent } from "../webhooks/events.js";
 import type { OrgAccess } from "./access.js";
 import { invitationEmail } from "./invitation-email.js";
 
@@ -181,6 +182,11 @@ export async function changeRole(deps: Deps, access: OrgAccess, userId: string, 
       target: { type: "user", id: userId },
       metadata: { from: member.role, to: role },
     });
+    await emitEvent(deps, tx, {
+      orgId: access.orgId,
+      type: "member.role_changed",
+      data: { org_id: access.orgId, user_id: userId, previous_role: member.role, role },
+    });
   });
 }
 
@@ -204,6 +210,11 @@ export async function removeMember(deps: Deps, access: OrgAccess, userId: string
       actor: actorOf(access.caller),
       action: leaving ? "member.left" : "member.removed",
       target: { type: "user", id: userId },
+    });
+    await emitEvent(deps, tx, {
+      orgId: access.orgId,
+      type: "member.removed",
+      data: { org_id: access.orgId, user_id: userId, role: member.role, left: leaving },
     });
   });
 }
@@ -231,8 +242,19 @@ export async function invite(deps: Deps, access: OrgAccess, email: string, role:
       target: { type: "invitation", id: invitation.id },
       metadata: { email, role },
     });
+    await emitEvent(deps, tx, {
+      orgId: access.orgId,
+      type: "member.invited",
+      data: {
+        org_id: access.orgId,
+        invitation_id: invitation.id,
+        email,
+        role,
+        expires_at: invitation.expiresAt.toISOString(),
+      },
+    });
   });
-  await deps.mailer.send({ ...invitationEmail(deps, org.name, role, token), to: email, orgId: org.id });
+  await deps.mailer.send({ ...(await invitationEmail(deps, org, role, token)), to: email, orgId: org.id });
   return invitation;
 }
 
@@ -283,6 +305,16 @@ export async function acceptInvitation(deps: Deps, userId: string, token: string
       action: "member.joined",
       target: { type: "user", id: userId },
       metadata: { role: invitation.role },
+    });
+    await emitEvent(deps, tx, {
+      orgId: invitation.orgId,
+      type: "member.joined",
+      data: {
+        org_id: invitation.orgId,
+        user_id: userId,
+        role: invitation.role,
+        invitation_id: invitation.id,
+      },
     });
   });
   return { orgId: invitation.orgId, role: invitation.role };

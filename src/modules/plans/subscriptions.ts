@@ -6,6 +6,7 @@ import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
+import { emitSubscriptionEvent } from "../billing/events.js";
 import type { Interval, Plan } from "../catalog/schema.js";
 import { apiRateKey, rateKey } from "../metering/keys.js";
 import { type Period, periodAt, usagePeriodAt } from "./periods.js";
@@ -267,6 +268,9 @@ export async function setPlan(
         to: { plan: current.plan.key, version: current.version, interval },
         payment: "skipped",
       },
+    });
+    await emitSubscriptionEvent(deps, tx, "subscription.updated", before.row.id, {
+      previous: { plan: before.row.planKey, interval: before.row.interval },
     });
     return updated;
   });
