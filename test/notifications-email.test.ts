@@ -128,6 +128,8 @@ describe("branded e-mails (pglite, SMTP)", () => {
     expect(mail.text).toContain("Acme Cloud Ltd, 1 Main Street");
     expect(mail.text).toContain("help@acme.test");
     for (const part of [mail.subject, mail.text, mail.html]) expect(part).not.toMatch(/tollgate/i);
+    // From the brand, at the configured address.
+    expect(mail.headers.from).toMatch(/^"?Acme Cloud"? <no-reply@app\.example\.test>$/);
   }
 
   it("welcomes a new user after registration, in their org's branding", async () => {

@@ -41,6 +41,8 @@ class Receiver {
   server: Server;
   secrets: string[] = [];
   down = false;
+  /** Refuse (503) the events whose data matches this, even while up. */
+  refuse: ((data: Record<string, unknown>) => boolean) | undefined;
   accepted: Received[] = [];
   refused = 0;
   forged = 0;
@@ -55,12 +57,12 @@ class Receiver {
           res.writeHead(400).end("bad signature");
           return;
         }
-        if (this.down) {
+        const payload = JSON.parse(body) as { type: string; data: Record<string, unknown> };
+        if (this.down || this.refuse?.(payload.data)) {
           this.refused++;
           res.writeHead(503).end("down for maintenance");
           return;
         }
-        const payload = JSON.parse(body) as { type: string; data: Record<string, unknown> };
         this.accepted.push({
           id: String(req.headers["webhook-id"]),
           type: payload.type,
@@ -227,6 +229,28 @@ describe.each(appModes)("outbound webhooks ($name)", (mode) => {
     expect(detail.body.attempt_log.at(-1)).toMatchObject({ status: 204, error: null });
   });
 
+  it("starts the backoff afresh once the endpoint has answered again", async () => {
+    const { org } = await newOrg();
+    const endpoint = await addEndpoint(org, ["api_key.created"]);
+    receiver.down = true;
+    onTestFinished(() => {
+      receiver.down = false;
+      receiver.refuse = undefined;
+    });
+    await createKey(org, "before");
+    for (let hour = 0; hour < 30; hour++) await advanceBy(HOUR); // failures pile up: a long backoff
+    await createKey(org, "poison");
+    receiver.down = false;
+    receiver.refuse = (data) => data.name === "poison";
+    for (let step = 0; step < 26 && forOrg(org).length === 0; step++) await advanceBy(HOUR);
+    expect(forOrg(org).map((r) => r.data.name)).toEqual(["before"]);
+    // The success reset the count: the next failure (the poison one) waits a minute, not a day.
+    const state = (await op("GET", `/v1/orgs/${org}/webhook-endpoints/${endpoint.id}`)).body;
+    const current = await now();
+    expect(Date.parse(state.next_attempt_at) - current).toBeLessThanOrEqual(60_000);
+    expect(Date.parse(state.failing_since)).toBeGreaterThan(current - HOUR);
+  });
+
   it("gives deliveries up after three days, disables a failing endpoint after five and e-mails the owner", async () => {
     const { org } = await newOrg();
     const endpoint = await addEndpoint(org, ["api_key.created"]);
@@ -287,7 +311,7 @@ describe.each(appModes)("outbound webhooks ($name)", (mode) => {
     const first = forOrg(org).map((r) => r.id);
     expect(first).toHaveLength(2);
     const replay = await op("POST", `/v1/orgs/${org}/webhook-endpoints/${endpoint.id}/replay`, { since });
-    expect(replay.body).toEqual({ queued: 2 });
+    expect(replay.body).toEqual({ queued: 2, truncated: false });
     await advanceBy(1000);
     expect(forOrg(org).map((r) => r.id)).toEqual([...first, ...first]);
   });

@@ -275,6 +275,8 @@ export const emails = pgTable(
     text: text("text").notNull(),
     html: text("html").notNull(),
     template: text("template").notNull(),
+    /** The From header's display name (the sender's brand); null: the configured sender's. */
+    fromName: text("from_name"),
     orgId: text("org_id"),
     status: text("status", { enum: ["outbox", "sent", "failed"] }).notNull(),
     error: text("error"),

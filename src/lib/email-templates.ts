@@ -56,6 +56,8 @@ export interface RenderedEmail {
   subject: string;
   text: string;
   html: string;
+  /** The sender's display name (the brand's), for the From header. */
+  fromName: string;
 }
 
 /** Stored branding is validated on input; checked again here, since it ends up inside attributes. */
@@ -135,5 +137,5 @@ ${footer.join("\n")}
 }</body>
 </html>
 `;
-  return { subject: email.subject, text, html };
+  return { subject: email.subject, text, html, fromName: name };
 }

@@ -85,6 +85,9 @@ export function createBullmqJobQueue(options: BullmqJobQueueOptions): JobQueue {
     relayTimer.unref();
   }
   async function relay(): Promise<void> {
+    // Not while Redis is away: the transaction below would hold its rows (and, on PGlite, the one
+    // connection) while waiting for it.
+    if (queueConnection.status !== "ready") return;
     for (;;) {
       const moved = await options.database.db.transaction(async (tx) => {
         const rows = await tx

@@ -65,6 +65,7 @@ export function createMailer(options: MailerOptions): Mailer {
       text: message.text,
       html: message.html,
       template: message.template,
+      fromName: message.fromName ?? null,
       orgId: message.orgId ?? null,
       status: "outbox",
       createdAt: clock.now(),
@@ -92,6 +93,9 @@ export function createMailer(options: MailerOptions): Mailer {
     { url: options.smtpUrl, pool: true, maxConnections: 5, ...SMTP_TIMEOUTS },
     { from: options.from },
   );
+  // A branded message keeps the configured address and shows the brand's name (nodemailer encodes
+  // and quotes it).
+  const senderAddress = /<([^>]+)>/.exec(options.from)?.[1] ?? options.from;
 
   const setOutcome = async (id: string, outcome: Partial<typeof emails.$inferInsert>) => {
     try {
@@ -114,7 +118,13 @@ export function createMailer(options: MailerOptions): Mailer {
     // admin's retry of its dead job asks for that.
     if (!row || row.status === "sent") return "skipped";
     try {
-      await transport.sendMail({ to: row.to, subject: row.subject, text: row.text, html: row.html });
+      await transport.sendMail({
+        ...(row.fromName ? { from: { name: row.fromName, address: senderAddress } } : {}),
+        to: row.to,
+        subject: row.subject,
+        text: row.text,
+        html: row.html,
+      });
     } catch (error) {
       const reason = ((error as Error).message || String(error)).slice(0, MAX_ERROR_LENGTH);
       if (options.final) {

@@ -6,6 +6,8 @@ export interface EmailMessage {
   html: string;
   /** Which template rendered it (`verify_email`, `reset_password`…): for the outbox view and metrics. */
   template: string;
+  /** The sender's display name in the From header (the brand's); default: the configured sender's. */
+  fromName?: string | undefined;
   /** The org the message is about, when there is one (the outbox is filtered by it). */
   orgId?: string | undefined;
 }

@@ -81,33 +81,40 @@ export async function sweepWebhooks(deps: Deps): Promise<number> {
 /** Sends what is due on one endpoint's queue, in order; returns how many deliveries succeeded. */
 export async function dispatchEndpoint(deps: Deps, endpointId: string): Promise<number> {
   let delivered = 0;
-  for (;;) {
-    const endpoint = await claim(deps, endpointId);
+  for (let round = 0; round < 100; round++) {
+    let endpoint = await claim(deps, endpointId);
     if (!endpoint) return delivered;
-    let more = false;
+    // The lease we hold, as last written by us: what releasing must match.
+    let held = endpoint.leaseUntil;
     try {
-      for (let i = 0; i < BATCH; i++) {
-        if (i > 0) {
-          await deps.database.db
-            .update(webhookEndpoints)
-            .set({ leaseUntil: new Date(Date.now() + leaseMs(deps)) })
-            .where(eq(webhookEndpoints.id, endpointId));
-        }
+      for (let i = 0; i < BATCH && endpoint; i++) {
         const outcome = await sendHead(deps, endpoint);
         if (outcome !== "sent") break;
         delivered++;
-        more = i === BATCH - 1;
+        // Renewed only while still ours and enabled; the fresh row carries what changed meanwhile
+        // (a new URL, a member turning the endpoint off: then the batch stops here).
+        endpoint = await renew(deps, endpoint);
+        if (endpoint) held = endpoint.leaseUntil;
       }
     } finally {
-      await deps.database.db
-        .update(webhookEndpoints)
-        .set({ leaseUntil: null })
-        .where(eq(webhookEndpoints.id, endpointId));
+      if (held) {
+        await deps.database.db
+          .update(webhookEndpoints)
+          .set({ leaseUntil: null })
+          .where(and(eq(webhookEndpoints.id, endpointId), eq(webhookEndpoints.leaseUntil, held)));
+      }
     }
-    if (!more) return delivered;
+    // A delivery added while we held the claim found it taken and left it to us: look once more.
+    if (!(await hasDue(deps, endpointId))) return delivered;
   }
+  return delivered;
 }
 
+/**
+ * Claims the endpoint for one sender. The lease's expiry (real time, so a crashed worker's claim runs
+ * out whatever the test clock says) doubles as the claim's token: renewing and releasing match it, so
+ * a sender whose lease ran out cannot touch its successor's.
+ */
 async function claim(deps: Deps, endpointId: string): Promise<Endpoint | undefined> {
   const realNow = Date.now();
   const now = deps.clock.now();
@@ -124,6 +131,40 @@ async function claim(deps: Deps, endpointId: string): Promise<Endpoint | undefin
     )
     .returning();
   return endpoint;
+}
+
+async function renew(deps: Deps, endpoint: Endpoint): Promise<Endpoint | undefined> {
+  if (!endpoint.leaseUntil) return undefined;
+  const [renewed] = await deps.database.db
+    .update(webhookEndpoints)
+    .set({ leaseUntil: new Date(Math.max(Date.now(), endpoint.leaseUntil.getTime() + 1) + leaseMs(deps)) })
+    .where(
+      and(
+        eq(webhookEndpoints.id, endpoint.id),
+        eq(webhookEndpoints.leaseUntil, endpoint.leaseUntil),
+        eq(webhookEndpoints.status, "enabled"),
+      ),
+    )
+    .returning();
+  return renewed;
+}
+
+async function hasDue(deps: Deps, endpointId: string): Promise<boolean> {
+  const now = deps.clock.now();
+  const [due] = await deps.database.db
+    .select({ id: webhookDeliveries.id })
+    .from(webhookDeliveries)
+    .innerJoin(webhookEndpoints, eq(webhookEndpoints.id, webhookDeliveries.endpointId))
+    .where(
+      and(
+        eq(webhookDeliveries.endpointId, endpointId),
+        eq(webhookDeliveries.status, "pending"),
+        eq(webhookEndpoints.status, "enabled"),
+        or(isNull(webhookEndpoints.nextAttemptAt), lte(webhookEndpoints.nextAttemptAt, now)),
+      ),
+    )
+    .limit(1);
+  return due !== undefined;
 }
 
 /** Attempts the oldest pending delivery of the endpoint. */
@@ -187,11 +228,16 @@ async function sendHead(deps: Deps, endpoint: Endpoint): Promise<"sent" | "faile
         .where(eq(webhookEndpoints.id, endpoint.id));
       return;
     }
-    const failures = endpoint.consecutiveFailures + 1;
-    const failingSince = endpoint.failingSince ?? now;
+    // Counted from the row as it is now (a success or a member's change may have come in between).
+    const [current] = await tx
+      .select()
+      .from(webhookEndpoints)
+      .where(eq(webhookEndpoints.id, endpoint.id))
+      .for("update");
+    if (!current) return; // deleted meanwhile
+    const failures = current.consecutiveFailures + 1;
+    const failingSince = current.failingSince ?? now;
     const backoff = BACKOFF_MS[Math.min(failures, BACKOFF_MS.length) - 1] ?? GIVE_UP_AFTER_MS;
-    endpoint.consecutiveFailures = failures;
-    endpoint.failingSince = failingSince;
     // Given up: whatever has waited longer than the retry window (the head included).
     await tx
       .update(webhookDeliveries)
@@ -203,7 +249,22 @@ async function sendHead(deps: Deps, endpoint: Endpoint): Promise<"sent" | "faile
           lte(webhookDeliveries.createdAt, new Date(now.getTime() - GIVE_UP_AFTER_MS)),
         ),
       );
-    const disable = now.getTime() - failingSince.getTime() >= DISABLE_AFTER_MS;
+    const [left] = await tx
+      .select({ id: webhookDeliveries.id })
+      .from(webhookDeliveries)
+      .where(and(eq(webhookDeliveries.endpointId, endpoint.id), eq(webhookDeliveries.status, "pending")))
+      .limit(1);
+    if (!left) {
+      // Nothing left to deliver: the endpoint is not failing any more, only idle. The next event
+      // starts afresh rather than inheriting days of failures it had no part in.
+      await tx
+        .update(webhookEndpoints)
+        .set({ consecutiveFailures: 0, failingSince: null, nextAttemptAt: null })
+        .where(eq(webhookEndpoints.id, endpoint.id));
+      return;
+    }
+    const disable =
+      current.status === "enabled" && now.getTime() - failingSince.getTime() >= DISABLE_AFTER_MS;
     await tx
       .update(webhookEndpoints)
       .set({

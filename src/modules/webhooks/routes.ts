@@ -514,12 +514,20 @@ export function webhookRoutes() {
       path: "/v1/orgs/{org}/webhook-endpoints/{id}/replay",
       tags: ["Webhooks"],
       summary: "Send the endpoint every event of its types from a time range again",
-      description: `Each event becomes a new delivery (same \`webhook-id\`), queued after what is pending, oldest first; at most ${MAX_REPLAY} events per call.`,
+      description: `Each event becomes a new delivery (same \`webhook-id\`), queued after what is pending, oldest first; at most ${MAX_REPLAY} events per call (\`truncated\` says when there were more).`,
       security,
       middleware: orgAccess("webhooks:manage"),
       request: { params: EndpointParams, body: jsonBody(ReplayIn) },
       responses: {
-        202: jsonResponse(z.object({ queued: z.number().int() }), "Queued"),
+        202: jsonResponse(
+          z.object({
+            queued: z.number().int(),
+            truncated: z.boolean().openapi({
+              description: `True when the range held more than ${MAX_REPLAY} events: the oldest ${MAX_REPLAY} were queued; replay again from the last one's time for the rest.`,
+            }),
+          }),
+          "Queued",
+        ),
         ...errorResponses(400, 401, 403, 404, 409),
       },
     }),
@@ -554,8 +562,10 @@ export function webhookRoutes() {
             ),
           )
           .orderBy(asc(webhookEvents.createdAt), asc(webhookEvents.id))
-          .limit(MAX_REPLAY);
-        if (events.length === 0) return 0;
+          .limit(MAX_REPLAY + 1);
+        const truncated = events.length > MAX_REPLAY;
+        events.length = Math.min(events.length, MAX_REPLAY);
+        if (events.length === 0) return { queued: 0, truncated };
         await tx.insert(webhookDeliveries).values(
           events.map((event) => ({
             id: newId("delivery"),
@@ -574,9 +584,9 @@ export function webhookRoutes() {
           metadata: { since: input.since, until: until.toISOString(), events: events.length },
         });
         await deps.jobs.enqueueInTx(tx, webhookDispatchJob, { endpoint_id: id });
-        return events.length;
+        return { queued: events.length, truncated };
       });
-      return c.json({ queued }, 202);
+      return c.json(queued, 202);
     },
   );
 
