@@ -227,6 +227,9 @@ describe.each(appModes)("outbound webhooks ($name)", (mode) => {
     expect(detail.body.attempt_log.length).toBeGreaterThan(3);
     expect(detail.body.attempt_log.at(0)).toMatchObject({ status: 503, error: "HTTP status 503" });
     expect(detail.body.attempt_log.at(-1)).toMatchObject({ status: 204, error: null });
+    const metrics = (await t.call("GET", "/metrics")).text;
+    expect(metrics).toMatch(/tollgate_webhook_requests_total\{outcome="failed",code="http_status"\} [1-9]/);
+    expect(metrics).toMatch(/tollgate_webhook_requests_total\{outcome="succeeded",code="none"\} [1-9]/);
   });
 
   it("starts the backoff afresh once the endpoint has answered again", async () => {

@@ -20,6 +20,8 @@ export interface Metrics {
   /** Decisions taken without Redis (fail-open or fail-closed), by component and outcome. */
   degraded: Counter<"component" | "decision">;
   jobs: Counter<"name" | "outcome">;
+  /** Outbound webhook requests by outcome (succeeded, failed) and failure code. */
+  webhooks: Counter<"outcome" | "code">;
 }
 
 export const HTTP_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -143,6 +145,12 @@ export function createMetrics(options: { processMetrics?: boolean } = {}): Metri
       name: "tollgate_jobs_total",
       help: "Background jobs by name and outcome (completed, retried, dead).",
       labelNames: ["name", "outcome"],
+      registers: [registry],
+    }),
+    webhooks: new Counter({
+      name: "tollgate_webhook_requests_total",
+      help: "Outbound webhook requests by outcome (succeeded, failed) and failure code (timeout, network, redirect, http_status, forbidden_target; none on success).",
+      labelNames: ["outcome", "code"],
       registers: [registry],
     }),
   };

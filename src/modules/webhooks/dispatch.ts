@@ -198,6 +198,7 @@ async function sendHead(deps: Deps, endpoint: Endpoint): Promise<"sent" | "faile
     timeoutMs: deps.env.webhookTimeoutMs,
     policy: { allowedTargets: deps.env.webhookAllowedTargets },
   });
+  deps.metrics.webhooks.inc({ outcome: result.ok ? "succeeded" : "failed", code: result.code ?? "none" });
   const now = deps.clock.now();
   const attempt = delivery.attempts + 1;
   await db.transaction(async (tx) => {
