@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, inArray, lt, lte, or, sql } from "drizzle-orm";
+import { and, asc, desc, eq, inArray, like, lt, lte, or, sql } from "drizzle-orm";
 import { z } from "zod";
 import type { Database, DatabaseHandle } from "../../db/client.js";
 import { jobs } from "../../db/schema.js";
@@ -36,6 +36,9 @@ export interface DatabaseJobQueueOptions {
    */
   keepCompletedMs?: number;
 }
+
+/** How long a completed scheduled job (dedup key `schedule:…`) is kept. */
+const SCHEDULED_KEEP_MS = 3_600_000;
 
 /** Completed jobs are purged at most this often. */
 const PURGE_EVERY_MS = 60_000;
@@ -89,9 +92,17 @@ export function createDatabaseJobQueue(options: DatabaseJobQueueOptions): Databa
     const now = clock.nowMs();
     if (now - lastPurge < PURGE_EVERY_MS) return;
     lastPurge = now;
-    await db.db
-      .delete(jobs)
-      .where(and(eq(jobs.status, "completed"), lt(jobs.completedAt, new Date(now - keepCompletedMs))));
+    await db.db.delete(jobs).where(
+      and(
+        eq(jobs.status, "completed"),
+        or(
+          lt(jobs.completedAt, new Date(now - keepCompletedMs)),
+          // Scheduled runs (a slot every few seconds) need their dedup key only while their slot
+          // lasts: kept an hour, not a week, or they would be most of the table.
+          and(like(jobs.dedupKey, "schedule:%"), lt(jobs.completedAt, new Date(now - SCHEDULED_KEEP_MS))),
+        ),
+      ),
+    );
   }
 
   function tick(): Promise<void> {

@@ -454,6 +454,22 @@ describe.each(databaseModes)("database job queue (%s)", (mode) => {
     expect((await queue.deadJobs())[0]).toMatchObject({ id, error: expect.stringMatching(/lease expired/) });
   });
 
+  it("keeps a completed scheduled run an hour and any other completed job a week", async () => {
+    const { definition } = recorder("kept");
+    const queue = open();
+    await queue.start([definition]);
+    const scheduled = await queue.enqueue(definition, { n: 1 }, { dedupKey: "schedule:kept:1" });
+    const plain = await queue.enqueue(definition, { n: 2 }, { dedupKey: "kept:2" });
+    await queue.drain();
+    expect([await statusOf(scheduled), await statusOf(plain)]).toEqual(["completed", "completed"]);
+    // The poll loop purges at most once a minute (queue time), on its next tick.
+    clock.moveTo(clock.nowMs() + 2 * 3_600_000);
+    await until(async () => (await statusOf(scheduled)) === undefined);
+    expect(await statusOf(plain)).toBe("completed");
+    clock.moveTo(clock.nowMs() + 7 * 86_400_000);
+    await until(async () => (await statusOf(plain)) === undefined);
+  });
+
   it.runIf(mode === "postgres")("runs every job exactly once across two processes", async () => {
     const second = await openDatabase({ url: testDb.url, poolSize: 5 });
     try {
