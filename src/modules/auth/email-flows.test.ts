@@ -314,7 +314,8 @@ describe("verification e-mail over SMTP", () => {
     const [mail] = await smtp.waitForMessages(1);
     if (!mail) throw new Error("no mail");
     expect(mail.rcptTo).toEqual([user.email]);
-    expect(mail.headers.from).toBe("Tollgate <no-reply@app.example.test>");
+    // The instance's brand (unset: the public URL's host) at the configured address; never "Tollgate".
+    expect(mail.headers.from).toBe('"app.example.test" <no-reply@app.example.test>');
     expect(mail.subject).toBe("Verify your e-mail address");
     const token = tokenFromEmail(t, mail, "verify-email");
     expect(mail.text).toContain(`https://app.example.test/verify-email?token=${token}`);
