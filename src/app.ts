@@ -29,6 +29,7 @@ import { brandingRoutes } from "./modules/orgs/branding.js";
 import { orgRoutes } from "./modules/orgs/routes.js";
 import { planRoutes, subscriptionRoutes } from "./modules/plans/routes.js";
 import { testClockRoutes } from "./modules/test-clock/routes.js";
+import { mountWeb } from "./modules/web/routes.js";
 import { webhookRoutes } from "./modules/webhooks/routes.js";
 
 export const VERSION = "0.1.0";
@@ -141,6 +142,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", broadcastRoutes());
   if (deps.testClock) app.route("/", testClockRoutes());
   mountDocs(app, VERSION);
+  mountWeb(app);
 
   app.notFound((c) => {
     c.set("unmatched", true);

@@ -102,6 +102,7 @@ export function banner(running: RunningServer): string {
   const lines = [
     "",
     `  Tollgate is running at ${url}`,
+    `  Dashboard         ${url}/dashboard  (sign up at ${url}/signup)`,
     `  API explorer      ${url}/docs`,
     `  Health            ${url}/healthz  ·  ${url}/readyz  ·  ${url}/metrics`,
     `  Database          ${deps.database.kind === "pglite" ? `embedded PGlite in ${env.dataDir}` : "Postgres (DATABASE_URL)"}`,

@@ -1,0 +1,131 @@
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { type Browser, chromium, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { killAllTollgates, startTollgate, type TollgateProcess } from "./support/tollgate-process.js";
+
+/**
+ * The dashboard in a real browser (Debian's Chromium, driven by playwright-core) against a real
+ * Tollgate process on its embedded defaults, as a newcomer runs it. The screenshots it takes are the
+ * ones in docs/screenshots/.
+ */
+
+const CHROMIUM = "/usr/bin/chromium";
+const ADMIN_KEY = "e2e-operator-key-0123456789abcdef";
+const root = path.resolve(import.meta.dirname, "..");
+const shots = path.join(root, "docs/screenshots");
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
+
+// CI installs Chromium (.ci/run); on a machine without it these tests say so instead of passing.
+if (process.env.CI && !existsSync(CHROMIUM))
+  throw new Error(`${CHROMIUM} is missing: apt-get install chromium`);
+
+describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
+  let server: TollgateProcess;
+  let browser: Browser;
+  let dataDir: string;
+  beforeAll(async () => {
+    // The page under test is built from the current sources.
+    execFileSync(
+      process.execPath,
+      [path.join(root, "node_modules/vite/bin/vite.js"), "build", "web", "--logLevel", "warn"],
+      {
+        cwd: root,
+        stdio: "inherit",
+      },
+    );
+    dataDir = mkdtempSync(path.join(os.tmpdir(), "tollgate-e2e-"));
+    server = await startTollgate({ TOLLGATE_DATA_DIR: dataDir, TOLLGATE_ADMIN_KEY: ADMIN_KEY });
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox"] });
+    mkdirSync(shots, { recursive: true });
+  }, 120_000);
+  afterAll(async () => {
+    await browser?.close();
+    await killAllTollgates();
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  const shoot = async (page: Page, name: string) => {
+    for (const [size, viewport] of [
+      ["desktop", DESKTOP],
+      ["phone", PHONE],
+    ] as const) {
+      await page.setViewportSize(viewport);
+      await page.screenshot({ path: path.join(shots, `${name}-${size}.png`), fullPage: true });
+    }
+    await page.setViewportSize(DESKTOP);
+  };
+
+  it("signs up, lands on the overview, and sees the 80% warning once usage crosses it", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP });
+    await page.goto(`${server.url}/signup`);
+    await expect
+      .poll(() => page.getByRole("heading", { name: "Create your account" }).isVisible())
+      .toBe(true);
+    await shoot(page, "signup");
+    await page.getByLabel("Name").fill("Ada Lovelace");
+    await page.getByLabel("E-mail").fill("ada@example.com");
+    await page.getByLabel("Password").fill("correct horse battery staple");
+    await page.getByRole("button", { name: "Create account" }).click();
+
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    const org = /\/dashboard\/orgs\/(org_\w+)$/.exec(page.url())?.[1];
+    expect(org, page.url()).toBeTruthy();
+    const kolekts = page
+      .getByRole("listitem")
+      .filter({ has: page.getByRole("heading", { name: "Kolekts" }) });
+    await expect.poll(() => kolekts.textContent()).toContain("0 / 10");
+    expect(await page.getByText(/You have used \d+% of this limit/).count()).toBe(0);
+
+    // The product uses 8 of the 10 kolekts through the API.
+    for (let i = 0; i < 8; i++) {
+      const res = await server.call("POST", "/v1/check", {
+        auth: ADMIN_KEY,
+        body: { org_id: org, feature: "kolekts" },
+      });
+      expect(res.body.allowed).toBe(true);
+    }
+    await page.reload();
+    await expect.poll(() => kolekts.textContent()).toContain("8 / 10");
+    await expect
+      .poll(() => kolekts.getByRole("status").textContent())
+      .toBe("You have used 80% of this limit.");
+    await shoot(page, "overview");
+
+    // The session survives a reload (the refresh token), and signing out ends it.
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByRole("heading", { name: "Sign in" }).waitFor();
+    await page.goto(`${server.url}/dashboard`);
+    await page.getByRole("heading", { name: "Sign in" }).waitFor();
+    expect(page.url()).toContain("/login?next=%2Fdashboard");
+    await page.close();
+  });
+
+  it("refuses a wrong password with the server's message, announced to screen readers", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP });
+    await page.goto(`${server.url}/login`);
+    await page.getByLabel("E-mail").fill("ada@example.com");
+    await page.getByLabel("Password").fill("not the password");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await expect.poll(() => page.getByRole("alert").textContent()).toMatch(/password|credentials/i);
+    await page.close();
+  });
+
+  it("serves hashed assets for good and the page never from cache, with a strict CSP", async () => {
+    const res = await fetch(`${server.url}/dashboard`);
+    expect(res.headers.get("cache-control")).toBe("no-cache");
+    expect(res.headers.get("content-security-policy")).toContain("script-src 'self'");
+    const html = await res.text();
+    const asset = /src="(\/assets\/[^"]+\.js)"/.exec(html)?.[1];
+    if (!asset) throw new Error(`no script in ${html}`);
+    const js = await fetch(`${server.url}${asset}`);
+    expect(js.headers.get("cache-control")).toContain("immutable");
+    expect((await fetch(`${server.url}/assets/..%2Fpackage.json`)).status).toBe(404);
+    // The API keeps its own 404s.
+    const api = await fetch(`${server.url}/v1/nothing-here`);
+    expect(api.headers.get("content-type")).toContain("application/problem+json");
+  });
+});

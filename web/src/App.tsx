@@ -1,0 +1,61 @@
+import { useEffect, useState, useSyncExternalStore } from "react";
+import { Redirect, Route, Switch, useLocation } from "wouter";
+import { resume, session } from "./api/client";
+import { Layout } from "./Layout";
+import { Login } from "./pages/Login";
+import { NotFound } from "./pages/NotFound";
+import { Overview } from "./pages/Overview";
+import { Signup } from "./pages/Signup";
+
+/** Signed in or not, as the rest of the app sees it. */
+export function useSignedIn(): boolean {
+  return useSyncExternalStore(session.subscribe, () => session.signedIn);
+}
+
+export function App() {
+  // A reload keeps the session: the refresh token stored by the last sign-in is traded for new tokens.
+  const [resuming, setResuming] = useState(true);
+  useEffect(() => {
+    void resume().finally(() => setResuming(false));
+  }, []);
+  if (resuming) return <Loading label="Loading…" />;
+  return (
+    <Switch>
+      <Route path="/login" component={Login} />
+      <Route path="/signup" component={Signup} />
+      <Route path="/dashboard" nest>
+        <Private>
+          <Layout>
+            <Switch>
+              <Route path="/orgs/:org">{(params) => <Overview orgId={params.org} />}</Route>
+              <Route path="/">
+                <Overview />
+              </Route>
+              <Route component={NotFound} />
+            </Switch>
+          </Layout>
+        </Private>
+      </Route>
+      <Route path="/">
+        <Redirect to="/dashboard" />
+      </Route>
+      <Route component={NotFound} />
+    </Switch>
+  );
+}
+
+/** Pages behind a sign-in: the visitor is sent to /login, and back here afterwards. */
+function Private({ children }: { children: React.ReactNode }) {
+  const signedIn = useSignedIn();
+  const [location] = useLocation();
+  if (!signedIn) return <Redirect to={`~/login?next=${encodeURIComponent(`/dashboard${location}`)}`} />;
+  return <>{children}</>;
+}
+
+export function Loading({ label }: { label: string }) {
+  return (
+    <p className="loading" role="status" aria-live="polite">
+      {label}
+    </p>
+  );
+}
