@@ -104,6 +104,43 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await page.close();
   });
 
+  it("creates an API key and shows it exactly once", async () => {
+    const context = await browser.newContext({ viewport: DESKTOP });
+    await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: server.url });
+    const page = await context.newPage();
+    await page.goto(`${server.url}/signup`);
+    await page.getByLabel("Name").fill("Grace Hopper");
+    await page.getByLabel("E-mail").fill("grace@example.com");
+    await page.getByLabel("Password").fill("correct horse battery staple");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await page
+      .getByRole("navigation", { name: "Organization" })
+      .getByRole("link", { name: "API keys" })
+      .click();
+    await page.getByRole("heading", { name: "API keys", level: 1 }).waitFor();
+    await page.getByLabel("Name").fill("Production backend");
+    await page.getByRole("button", { name: "Create key" }).click();
+    const secret = page.locator("code.secret");
+    await secret.waitFor();
+    const key = (await secret.textContent()) ?? "";
+    expect(key).toMatch(/^tg_\w{20,}/);
+    await page.getByRole("button", { name: "Copy key" }).click();
+    expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(key);
+    await shoot(page, "api-keys");
+    // The key works…
+    const verified = await server.call("POST", "/v1/keys/verify", { auth: ADMIN_KEY, body: { key } });
+    expect(verified.body).toMatchObject({ valid: true, scopes: ["usage:read"] });
+    // …and is never shown again: not after "Done", not after a reload; the list shows its prefix.
+    await page.getByRole("button", { name: "Done" }).click();
+    expect(await page.content()).not.toContain(key);
+    await page.reload();
+    await page.getByRole("cell", { name: "Production backend", exact: true }).waitFor();
+    expect(await page.content()).not.toContain(key);
+    expect(await page.getByRole("cell", { name: `${key.slice(0, 12)}…` }).count()).toBe(1);
+    await context.close();
+  });
+
   it("refuses a wrong password with the server's message, announced to screen readers", async () => {
     const page = await browser.newPage({ viewport: DESKTOP });
     await page.goto(`${server.url}/login`);

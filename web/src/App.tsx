@@ -2,6 +2,7 @@ import { useEffect, useState, useSyncExternalStore } from "react";
 import { Redirect, Route, Switch, useLocation } from "wouter";
 import { resume, session } from "./api/client";
 import { Layout } from "./Layout";
+import { ApiKeys } from "./pages/ApiKeys";
 import { Login } from "./pages/Login";
 import { NotFound } from "./pages/NotFound";
 import { Overview } from "./pages/Overview";
@@ -27,6 +28,7 @@ export function App() {
         <Private>
           <Layout>
             <Switch>
+              <Route path="/orgs/:org/keys">{(params) => <ApiKeys orgId={params.org} />}</Route>
               <Route path="/orgs/:org">{(params) => <Overview orgId={params.org} />}</Route>
               <Route path="/">
                 <Overview />

@@ -28,8 +28,29 @@ export function Layout({ children }: { children: React.ReactNode }) {
           Sign out
         </button>
       </header>
+      {me && <OrgNav orgs={me.orgs} />}
       <main id="main">{children}</main>
     </div>
+  );
+}
+
+/** The org's pages; the current one is marked for screen readers too. */
+function OrgNav({ orgs }: { orgs: MyOrg[] }) {
+  const [location] = useLocation();
+  const org = /^\/orgs\/([^/]+)/.exec(location)?.[1] ?? orgs[0]?.id;
+  if (!org) return null;
+  const pages = [
+    { href: `/orgs/${org}`, label: "Overview" },
+    { href: `/orgs/${org}/keys`, label: "API keys" },
+  ];
+  return (
+    <nav className="tabs" aria-label="Organization">
+      {pages.map((page) => (
+        <Link key={page.href} href={page.href} aria-current={location === page.href ? "page" : undefined}>
+          {page.label}
+        </Link>
+      ))}
+    </nav>
   );
 }
 
