@@ -93,7 +93,19 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await expect
       .poll(() => kolekts.getByRole("status").textContent())
       .toBe("You have used 80% of this limit.");
+    // The chart (and the table behind it, for screen readers) shows today's 8.
+    const perDay = kolekts.getByRole("table", { name: "Kolekts per month per day" });
+    await expect.poll(() => perDay.locator("tbody tr").last().textContent()).toMatch(/^\d{4}-\d{2}-\d{2}8$/);
+    expect(await kolekts.locator("canvas").count()).toBe(1);
     await shoot(page, "overview");
+    // One more through the events API: the chart moves.
+    const events = await server.call("POST", "/v1/events", {
+      auth: ADMIN_KEY,
+      body: { events: [{ id: "e2e-1", org_id: org, meter: "kolekts" }] },
+    });
+    expect(events.status, events.text).toBe(202);
+    await page.reload();
+    await expect.poll(() => perDay.locator("tbody tr").last().textContent()).toMatch(/^\d{4}-\d{2}-\d{2}9$/);
 
     // The session survives a reload (the refresh token), and signing out ends it.
     await page.getByRole("button", { name: "Sign out" }).click();
@@ -126,7 +138,7 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     const key = (await secret.textContent()) ?? "";
     expect(key).toMatch(/^tg_\w{20,}/);
     await page.getByRole("button", { name: "Copy key" }).click();
-    expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(key);
+    expect(await page.evaluate<string>("navigator.clipboard.readText()")).toBe(key);
     await shoot(page, "api-keys");
     // The key works…
     const verified = await server.call("POST", "/v1/keys/verify", { auth: ADMIN_KEY, body: { key } });

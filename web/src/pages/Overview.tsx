@@ -2,6 +2,7 @@ import { useEffect, useState } from "react";
 import { Redirect } from "wouter";
 import { Loading } from "../App";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { UsageChart } from "../components/UsageChart";
 
 type Entitlement = Schemas["Entitlement"];
 
@@ -74,7 +75,13 @@ function Usage({ entitlements }: { entitlements: Schemas["Entitlements"] }) {
       ) : (
         <ul className="cards" aria-label="Usage">
           {metered.map((feature) => (
-            <UsageCard key={feature.feature} feature={feature} />
+            <UsageCard
+              key={feature.feature}
+              feature={feature}
+              orgId={entitlements.org_id}
+              from={entitlements.current_period_start}
+              to={entitlements.current_period_end}
+            />
           ))}
         </ul>
       )}
@@ -100,7 +107,17 @@ function Usage({ entitlements }: { entitlements: Schemas["Entitlements"] }) {
 
 const day = (iso: string) => new Date(iso).toISOString().slice(0, 10);
 
-function UsageCard({ feature }: { feature: Entitlement }) {
+function UsageCard({
+  feature,
+  orgId,
+  from,
+  to,
+}: {
+  feature: Entitlement;
+  orgId: string;
+  from: string;
+  to: string;
+}) {
   const used = feature.used ?? 0;
   const limit = feature.limit;
   const share = limit ? Math.min(1, used / limit) : 0;
@@ -113,10 +130,13 @@ function UsageCard({ feature }: { feature: Entitlement }) {
         <span className="muted">/ {limit === null ? "unlimited" : limit.toLocaleString("en")}</span>
       </p>
       {limit !== null && (
+        // Green below 80%, yellow from 80%, red at the limit (the browser colours a meter by its
+        // low/high bands; the bands end just below each threshold so the threshold itself is in).
         <meter
           min={0}
           max={limit}
-          high={limit * 0.8}
+          low={limit * 0.8 - 1e-9}
+          high={limit - 1e-9}
           optimum={0}
           value={Math.min(used, limit)}
           aria-label={`${feature.name} used`}
@@ -135,6 +155,9 @@ function UsageCard({ feature }: { feature: Entitlement }) {
         </p>
       )}
       {feature.resets_at && <p className="muted">Resets {day(feature.resets_at)}</p>}
+      {feature.type === "metered" && feature.meter && (
+        <UsageChart orgId={orgId} meter={feature.meter} name={feature.name} from={from} to={to} />
+      )}
     </li>
   );
 }
