@@ -1,10 +1,15 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { killAllTollgates, startTollgate, type TollgateProcess } from "./support/tollgate-process.js";
+import {
+  freePort,
+  killAllTollgates,
+  startTollgate,
+  type TollgateProcess,
+} from "./support/tollgate-process.js";
 
 /**
  * The dashboard in a real browser (Debian's Chromium, driven by playwright-core) against a real
@@ -38,7 +43,14 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
       },
     );
     dataDir = mkdtempSync(path.join(os.tmpdir(), "tollgate-e2e-"));
-    server = await startTollgate({ TOLLGATE_DATA_DIR: dataDir, TOLLGATE_ADMIN_KEY: ADMIN_KEY });
+    // Links in pages (checkout's way back) must lead to the origin the browser signed in on.
+    const port = await freePort();
+    server = await startTollgate({
+      PORT: String(port),
+      TOLLGATE_PUBLIC_URL: `http://127.0.0.1:${port}`,
+      TOLLGATE_DATA_DIR: dataDir,
+      TOLLGATE_ADMIN_KEY: ADMIN_KEY,
+    });
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox"] });
     mkdirSync(shots, { recursive: true });
   }, 120_000);
@@ -151,6 +163,51 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     expect(await page.content()).not.toContain(key);
     expect(await page.getByRole("cell", { name: `${key.slice(0, 12)}…` }).count()).toBe(1);
     await context.close();
+  });
+
+  it("upgrades through the local checkout, then shows the invoice and its PDF", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP, acceptDownloads: true });
+    await page.goto(`${server.url}/signup`);
+    await page.getByLabel("Name").fill("Linus");
+    await page.getByLabel("E-mail").fill("linus@example.com");
+    await page.getByLabel("Password").fill("correct horse battery staple");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await page
+      .getByRole("navigation", { name: "Organization" })
+      .getByRole("link", { name: "Billing" })
+      .click();
+    await page.getByRole("heading", { name: "Current plan: Free" }).waitFor();
+    expect(await page.getByText("No invoices yet.").count()).toBe(1);
+
+    // The exact preview first: what the switch posts, and what is due now.
+    await page.getByRole("button", { name: "Switch to Pro" }).click();
+    const preview = page.getByRole("region", { name: /Switch to Pro/ });
+    await preview.waitFor();
+    await expect
+      .poll(() => preview.getByRole("row", { name: /Due now/ }).textContent())
+      .toContain("USD 9.99");
+    await shoot(page, "billing");
+    await page.getByRole("button", { name: "Confirm the switch" }).click();
+
+    // No card yet: the local provider's test-mode checkout.
+    await page.waitForURL(/\/checkout\/chk_/);
+    await page.getByLabel("Card number").fill("4242 4242 4242 4242");
+    await page.getByRole("button", { name: /^Pay/ }).click();
+    await page.getByRole("heading", { name: "Payment received" }).waitFor();
+    await page.getByRole("link", { name: "Back to billing" }).click();
+
+    await page.getByRole("heading", { name: "Current plan: Pro" }).waitFor();
+    const row = page.getByRole("row").filter({ hasText: "USD 9.99" });
+    await expect.poll(() => row.textContent()).toContain("paid");
+    const download = page.waitForEvent("download");
+    await row.getByRole("button", { name: /PDF/ }).click();
+    const file = await download;
+    expect(file.suggestedFilename()).toMatch(/\.pdf$/);
+    const saved = path.join(dataDir, "invoice.pdf");
+    await file.saveAs(saved);
+    expect(readFileSync(saved).subarray(0, 5).toString()).toBe("%PDF-");
+    await page.close();
   });
 
   it("refuses a wrong password with the server's message, announced to screen readers", async () => {

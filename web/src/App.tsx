@@ -3,6 +3,7 @@ import { Redirect, Route, Switch, useLocation } from "wouter";
 import { resume, session } from "./api/client";
 import { Layout } from "./Layout";
 import { ApiKeys } from "./pages/ApiKeys";
+import { Billing } from "./pages/Billing";
 import { Login } from "./pages/Login";
 import { NotFound } from "./pages/NotFound";
 import { Overview } from "./pages/Overview";
@@ -28,6 +29,7 @@ export function App() {
         <Private>
           <Layout>
             <Switch>
+              <Route path="/orgs/:org/billing">{(params) => <Billing orgId={params.org} />}</Route>
               <Route path="/orgs/:org/keys">{(params) => <ApiKeys orgId={params.org} />}</Route>
               <Route path="/orgs/:org">{(params) => <Overview orgId={params.org} />}</Route>
               <Route path="/">

@@ -41,6 +41,7 @@ function OrgNav({ orgs }: { orgs: MyOrg[] }) {
   if (!org) return null;
   const pages = [
     { href: `/orgs/${org}`, label: "Overview" },
+    { href: `/orgs/${org}/billing`, label: "Billing" },
     { href: `/orgs/${org}/keys`, label: "API keys" },
   ];
   return (

@@ -203,10 +203,16 @@ ${options.error ? `<p class="error" role="alert">${escapeHtml(options.error)}</p
 </main></body></html>`;
 }
 
-export function checkoutDonePage(title: string, message: string): string {
+/** The page after a checkout; `next` links back (the dashboard's billing page). */
+export function checkoutDonePage(
+  title: string,
+  message: string,
+  next?: { label: string; url: string },
+): string {
+  const link = next ? `<p><a href="${escapeHtml(next.url)}">${escapeHtml(next.label)}</a></p>` : "";
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${escapeHtml(title)}</title>
 <style>body{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;color:#111}</style>
-</head><body><main><h1>${escapeHtml(title)}</h1><p>${escapeHtml(message)}</p></main></body></html>`;
+</head><body><main><h1>${escapeHtml(title)}</h1><p>${escapeHtml(message)}</p>${link}</main></body></html>`;
 }

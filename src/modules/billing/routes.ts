@@ -594,7 +594,10 @@ export function checkoutRoutes() {
       const done = await completeCheckout(deps, id, card);
       if (html)
         return c.body(
-          checkoutDonePage("Payment received", "Your subscription is active. You can close this page."),
+          checkoutDonePage("Payment received", "Your subscription is active.", {
+            label: "Back to billing",
+            url: `${deps.env.publicUrl}/dashboard/orgs/${encodeURIComponent(done.orgId)}/billing`,
+          }),
           200,
           htmlHeaders,
         );

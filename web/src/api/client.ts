@@ -20,21 +20,21 @@ export interface Problem {
 
 const REFRESH_KEY = "tollgate.refresh";
 
-let accessToken: string | null = null;
+let accessToken_: string | null = null;
 const listeners = new Set<() => void>();
 
 export const session = {
   get signedIn() {
-    return accessToken !== null;
+    return accessToken_ !== null;
   },
   /** Keeps the access token in memory and the refresh token in this browser (until sign-out). */
   set(tokens: { access_token: string; refresh_token: string }) {
-    accessToken = tokens.access_token;
+    accessToken_ = tokens.access_token;
     localStorage.setItem(REFRESH_KEY, tokens.refresh_token);
     for (const listener of listeners) listener();
   },
   clear() {
-    accessToken = null;
+    accessToken_ = null;
     localStorage.removeItem(REFRESH_KEY);
     for (const listener of listeners) listener();
   },
@@ -44,11 +44,14 @@ export const session = {
   },
 };
 
+/** The current access token, for the few requests made outside the client (file downloads). */
+export const accessToken = () => accessToken_;
+
 export const api = createClient<paths>({ baseUrl: window.location.origin });
 
 const bearer: Middleware = {
   onRequest({ request }) {
-    if (accessToken) request.headers.set("authorization", `Bearer ${accessToken}`);
+    if (accessToken_) request.headers.set("authorization", `Bearer ${accessToken_}`);
     return request;
   },
 };
