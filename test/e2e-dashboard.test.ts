@@ -210,6 +210,66 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await page.close();
   });
 
+  it("invites a member, who then sees only what the role allows", async () => {
+    const owner = await browser.newPage({ viewport: DESKTOP });
+    await owner.goto(`${server.url}/signup`);
+    await owner.getByLabel("Name").fill("Olive Owner");
+    await owner.getByLabel("E-mail").fill("olive@example.com");
+    await owner.getByLabel("Password").fill("correct horse battery staple");
+    await owner.getByRole("button", { name: "Create account" }).click();
+    await owner.getByRole("heading", { name: "Overview" }).waitFor();
+    await owner.getByRole("navigation", { name: "Organization" }).getByRole("link", { name: "Team" }).click();
+    await owner.getByLabel("E-mail to invite").fill("mia@example.com");
+    await owner.getByLabel("Role", { exact: true }).selectOption("member");
+    await owner.getByRole("button", { name: "Send invitation" }).click();
+    await expect
+      .poll(() => owner.getByRole("status").textContent())
+      .toBe("Invitation sent to mia@example.com.");
+    await shoot(owner, "team");
+
+    // Mia follows the link from the e-mail (kept in the outbox: no SMTP here), signs up, verifies her
+    // address, and accepts.
+    const link = async (template: string, pattern: RegExp) => {
+      const mails = (await server.call("GET", "/v1/admin/emails?to=mia@example.com", { auth: ADMIN_KEY }))
+        .body.data;
+      const mail = mails.find((m: { template: string }) => m.template === template);
+      const found = pattern.exec(mail?.text ?? "")?.[0];
+      if (!found) throw new Error(`no ${template} link in ${JSON.stringify(mails)}`);
+      return found.replace(/^https?:\/\/[^/]+/, server.url);
+    };
+    const mia = await browser.newPage({ viewport: DESKTOP });
+    await mia.goto(await link("invitation", /https?:\/\/\S+\/invitations\/[\w-]+/));
+    await mia.getByRole("link", { name: "create an account" }).click();
+    await mia.getByLabel("Name").fill("Mia");
+    await mia.getByLabel("E-mail").fill("mia@example.com");
+    await mia.getByLabel("Password").fill("correct horse battery staple");
+    await mia.getByRole("button", { name: "Create account" }).click();
+    await mia.getByRole("heading", { name: "Join an organization" }).waitFor();
+    const invitationPage = mia.url();
+    await mia.goto(await link("verify_email", /https?:\/\/\S+\/verify-email\?token=[\w-]+/));
+    await expect.poll(() => mia.getByRole("status").textContent()).toContain("verified");
+    await mia.goto(invitationPage);
+    await mia.getByRole("button", { name: "Accept the invitation" }).click();
+    await mia.getByRole("heading", { name: "Overview" }).waitFor();
+    // A member: usage, keys (read only) and the team (read only); no billing.
+    const tabs = mia.getByRole("navigation", { name: "Organization" }).getByRole("link");
+    await expect.poll(() => tabs.allTextContents()).toEqual(["Overview", "API keys", "Team"]);
+    await tabs.filter({ hasText: "Team" }).click();
+    await mia.getByRole("cell", { name: "olive@example.com" }).waitFor();
+    expect(await mia.getByRole("button", { name: "Send invitation" }).count()).toBe(0);
+    expect(await mia.getByRole("table", { name: "Members" }).getByRole("combobox").count()).toBe(0);
+    await tabs.filter({ hasText: "API keys" }).click();
+    await mia.getByRole("heading", { name: "API keys", level: 1 }).waitFor();
+    expect(await mia.getByRole("button", { name: "Create key" }).count()).toBe(0);
+    // Typing the billing address anyway: the API refuses, and the page says so.
+    await mia.goto(mia.url().replace(/\/keys$/, "/billing"));
+    await expect
+      .poll(() => mia.getByRole("alert").textContent())
+      .toMatch(/role \(member\) does not allow billing:read/);
+    await owner.close();
+    await mia.close();
+  });
+
   it("refuses a wrong password with the server's message, announced to screen readers", async () => {
     const page = await browser.newPage({ viewport: DESKTOP });
     await page.goto(`${server.url}/login`);

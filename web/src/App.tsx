@@ -8,6 +8,8 @@ import { Login } from "./pages/Login";
 import { NotFound } from "./pages/NotFound";
 import { Overview } from "./pages/Overview";
 import { Signup } from "./pages/Signup";
+import { Team } from "./pages/Team";
+import { AcceptInvitation, VerifyEmail } from "./pages/TokenPages";
 
 /** Signed in or not, as the rest of the app sees it. */
 export function useSignedIn(): boolean {
@@ -25,12 +27,15 @@ export function App() {
     <Switch>
       <Route path="/login" component={Login} />
       <Route path="/signup" component={Signup} />
+      <Route path="/verify-email" component={VerifyEmail} />
+      <Route path="/invitations/:token" component={AcceptInvitation} />
       <Route path="/dashboard" nest>
         <Private>
           <Layout>
             <Switch>
               <Route path="/orgs/:org/billing">{(params) => <Billing orgId={params.org} />}</Route>
               <Route path="/orgs/:org/keys">{(params) => <ApiKeys orgId={params.org} />}</Route>
+              <Route path="/orgs/:org/team">{(params) => <Team orgId={params.org} />}</Route>
               <Route path="/orgs/:org">{(params) => <Overview orgId={params.org} />}</Route>
               <Route path="/">
                 <Overview />

@@ -1,5 +1,6 @@
 import { useEffect, useState } from "react";
 import { Link, useLocation } from "wouter";
+import { can, MeContext } from "./access";
 import { api, type Schemas, session } from "./api/client";
 
 type MyOrg = Schemas["Me"]["orgs"][number];
@@ -29,7 +30,9 @@ export function Layout({ children }: { children: React.ReactNode }) {
         </button>
       </header>
       {me && <OrgNav orgs={me.orgs} />}
-      <main id="main">{children}</main>
+      <MeContext.Provider value={me}>
+        <main id="main">{children}</main>
+      </MeContext.Provider>
     </div>
   );
 }
@@ -39,11 +42,13 @@ function OrgNav({ orgs }: { orgs: MyOrg[] }) {
   const [location] = useLocation();
   const org = /^\/orgs\/([^/]+)/.exec(location)?.[1] ?? orgs[0]?.id;
   if (!org) return null;
+  const role = orgs.find((o) => o.id === org)?.role;
   const pages = [
-    { href: `/orgs/${org}`, label: "Overview" },
-    { href: `/orgs/${org}/billing`, label: "Billing" },
-    { href: `/orgs/${org}/keys`, label: "API keys" },
-  ];
+    { href: `/orgs/${org}`, label: "Overview", show: true },
+    { href: `/orgs/${org}/billing`, label: "Billing", show: can(role, "billing:read") },
+    { href: `/orgs/${org}/keys`, label: "API keys", show: can(role, "keys:read") },
+    { href: `/orgs/${org}/team`, label: "Team", show: true },
+  ].filter((page) => page.show);
   return (
     <nav className="tabs" aria-label="Organization">
       {pages.map((page) => (

@@ -1,5 +1,6 @@
 import { useCallback, useEffect, useId, useState } from "react";
 import { Loading } from "../App";
+import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
 
 type ApiKey = Schemas["ApiKey"];
@@ -17,6 +18,7 @@ const SCOPES: { scope: Scope; label: string }[] = [
 
 /** The org's API keys: create (the key is shown once, with a copy button), rotate, revoke. */
 export function ApiKeys({ orgId }: { orgId: string }) {
+  const canManage = can(useRole(orgId), "keys:manage");
   const [keys, setKeys] = useState<ApiKey[] | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [issued, setIssued] = useState<{ name: string; key: string } | null>(null);
@@ -55,13 +57,15 @@ export function ApiKeys({ orgId }: { orgId: string }) {
         Keys let your own systems read this organization's data. Each key is shown once.
       </p>
       {issued && <IssuedKey name={issued.name} secret={issued.key} onDone={() => setIssued(null)} />}
-      <CreateKey
-        orgId={orgId}
-        onCreated={async (created) => {
-          setIssued(created);
-          await load();
-        }}
-      />
+      {canManage && (
+        <CreateKey
+          orgId={orgId}
+          onCreated={async (created) => {
+            setIssued(created);
+            await load();
+          }}
+        />
+      )}
       {error && (
         <p className="error" role="alert">
           {error}
@@ -100,7 +104,7 @@ export function ApiKeys({ orgId }: { orgId: string }) {
                     <td>{key.last_used_at ? new Date(key.last_used_at).toLocaleString("en") : "never"}</td>
                     <td>{revoked ? "revoked" : key.replaced_by ? "rotated" : "active"}</td>
                     <td className="actions">
-                      {!revoked && !key.replaced_by && (
+                      {canManage && !revoked && !key.replaced_by && (
                         <>
                           <button type="button" className="secondary" onClick={() => rotate(key)}>
                             Rotate<span className="visually-hidden"> {key.name}</span>

@@ -1,16 +1,18 @@
-import { Link, useLocation } from "wouter";
+import { Link, useLocation, useSearchParams } from "wouter";
 import { api, problemMessage, session } from "../api/client";
 import { Field, FormError, useSubmit } from "./AuthForm";
+import { nextPath } from "./Login";
 
 export function Signup() {
   const [, navigate] = useLocation();
+  const [params] = useSearchParams();
   const { error, busy, onSubmit } = useSubmit(async (fields) => {
     const { data, error } = await api.POST("/v1/auth/register", {
       body: { name: fields.name ?? "", email: fields.email ?? "", password: fields.password ?? "" },
     });
     if (!data) return problemMessage(error);
     session.set(data);
-    navigate(`/dashboard/orgs/${data.org.id}`, { replace: true });
+    navigate(params.has("next") ? nextPath(params) : `/dashboard/orgs/${data.org.id}`, { replace: true });
     return null;
   });
   return (
@@ -26,7 +28,7 @@ export function Signup() {
         </button>
       </form>
       <p>
-        Already have one? <Link href="/login">Sign in</Link>.
+        Already have one? <Link href={`/login${params.size ? `?${params}` : ""}`}>Sign in</Link>.
       </p>
     </main>
   );

@@ -1,0 +1,160 @@
+import { useCallback, useEffect, useId, useState } from "react";
+import { Loading } from "../App";
+import { can, useRole } from "../access";
+import { api, problemMessage, type Schemas } from "../api/client";
+
+type Role = Schemas["Member"]["role"];
+const ROLES: { role: Role; label: string }[] = [
+  { role: "owner", label: "Owner" },
+  { role: "admin", label: "Admin" },
+  { role: "member", label: "Member" },
+  { role: "billing", label: "Billing" },
+];
+
+/** Members and their roles, and invitations; managing is for owners and admins (the API decides). */
+export function Team({ orgId }: { orgId: string }) {
+  const canManage = can(useRole(orgId), "members:manage");
+  const [members, setMembers] = useState<Schemas["Member"][] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [notice, setNotice] = useState<string | null>(null);
+  const load = useCallback(async () => {
+    const { data, error } = await api.GET("/v1/orgs/{org}/members", { params: { path: { org: orgId } } });
+    if (data) setMembers(data.data);
+    else setError(problemMessage(error));
+  }, [orgId]);
+  useEffect(() => {
+    void load();
+  }, [load]);
+
+  const changeRole = async (user: string, role: Role) => {
+    setError(null);
+    const { error } = await api.PATCH("/v1/orgs/{org}/members/{user}", {
+      params: { path: { org: orgId, user } },
+      body: { role },
+    });
+    if (error) setError(problemMessage(error));
+    await load();
+  };
+  const remove = async (member: Schemas["Member"]) => {
+    if (!window.confirm(`Remove ${member.name || member.email} from this organization?`)) return;
+    const { error } = await api.DELETE("/v1/orgs/{org}/members/{user}", {
+      params: { path: { org: orgId, user: member.user_id } },
+    });
+    if (error) setError(problemMessage(error));
+    await load();
+  };
+
+  return (
+    <>
+      <h1>Team</h1>
+      {canManage && (
+        <InviteForm orgId={orgId} onInvited={(email) => setNotice(`Invitation sent to ${email}.`)} />
+      )}
+      {notice && (
+        <p role="status" className="notice">
+          {notice}
+        </p>
+      )}
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+      {members === null ? (
+        <Loading label="Loading members…" />
+      ) : (
+        <div className="table-wrap">
+          <table className="table">
+            <caption className="visually-hidden">Members</caption>
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">E-mail</th>
+                <th scope="col">Role</th>
+                <th scope="col">
+                  <span className="visually-hidden">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {members.map((member) => (
+                <tr key={member.user_id}>
+                  <td>{member.name}</td>
+                  <td>{member.email}</td>
+                  <td>
+                    {canManage ? (
+                      <select
+                        aria-label={`Role of ${member.email}`}
+                        value={member.role}
+                        onChange={(event) => changeRole(member.user_id, event.target.value as Role)}
+                      >
+                        {ROLES.map(({ role, label }) => (
+                          <option key={role} value={role}>
+                            {label}
+                          </option>
+                        ))}
+                      </select>
+                    ) : (
+                      member.role
+                    )}
+                  </td>
+                  <td>
+                    {canManage && (
+                      <button type="button" className="secondary" onClick={() => remove(member)}>
+                        Remove<span className="visually-hidden"> {member.email}</span>
+                      </button>
+                    )}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </>
+  );
+}
+
+function InviteForm({ orgId, onInvited }: { orgId: string; onInvited: (email: string) => void }) {
+  const emailId = useId();
+  const roleId = useId();
+  const [error, setError] = useState<string | null>(null);
+  const submit = async (event: React.FormEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    const form = event.currentTarget;
+    const fields = new FormData(form);
+    const email = String(fields.get("email") ?? "");
+    setError(null);
+    const { error } = await api.POST("/v1/orgs/{org}/invitations", {
+      params: { path: { org: orgId } },
+      body: { email, role: String(fields.get("role")) as Role },
+    });
+    if (error) return setError(problemMessage(error));
+    form.reset();
+    onInvited(email);
+  };
+  return (
+    <form className="panel inline" onSubmit={submit} aria-label="Invite someone">
+      <div className="field">
+        <label htmlFor={emailId}>E-mail to invite</label>
+        <input id={emailId} name="email" type="email" required />
+      </div>
+      <div className="field">
+        <label htmlFor={roleId}>Role</label>
+        <select id={roleId} name="role" defaultValue="member">
+          {ROLES.map(({ role, label }) => (
+            <option key={role} value={role}>
+              {label}
+            </option>
+          ))}
+        </select>
+      </div>
+      <button type="submit">Send invitation</button>
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+    </form>
+  );
+}

@@ -1,0 +1,77 @@
+import { useEffect, useRef, useState } from "react";
+import { Link, useLocation, useParams, useSearchParams } from "wouter";
+import { useSignedIn } from "../App";
+import { api, problemMessage } from "../api/client";
+
+/** The e-mail verification link: the token is posted once, and the answer shown. */
+export function VerifyEmail() {
+  const [params] = useSearchParams();
+  const token = params.get("token") ?? "";
+  const [state, setState] = useState<"working" | "done" | string>("working");
+  // Once per token: a second post of a single-use token would report the link as used.
+  const posted = useRef<string | null>(null);
+  useEffect(() => {
+    if (posted.current === token) return;
+    posted.current = token;
+    void api
+      .POST("/v1/auth/verify-email", { body: { token } })
+      .then(({ error }) => setState(error ? problemMessage(error) : "done"));
+  }, [token]);
+  return (
+    <main className="narrow">
+      <h1>E-mail verification</h1>
+      {state === "working" ? (
+        <p role="status">Checking the link…</p>
+      ) : state === "done" ? (
+        <p role="status">
+          Your e-mail address is verified. <Link href="/dashboard">Continue to the dashboard</Link>.
+        </p>
+      ) : (
+        <p className="error" role="alert">
+          {state}
+        </p>
+      )}
+    </main>
+  );
+}
+
+/** An invitation link: signed-in users accept it; others sign in (or up) first and come back here. */
+export function AcceptInvitation() {
+  const { token } = useParams<{ token: string }>();
+  const signedIn = useSignedIn();
+  const [, navigate] = useLocation();
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const here = `/invitations/${token}`;
+  const accept = async () => {
+    setBusy(true);
+    const { data, error } = await api.POST("/v1/invitations/{token}/accept", { params: { path: { token } } });
+    setBusy(false);
+    if (!data) return setError(problemMessage(error));
+    navigate(`/dashboard/orgs/${data.org_id}`);
+  };
+  return (
+    <main className="narrow">
+      <h1>Join an organization</h1>
+      {signedIn ? (
+        <>
+          <p>You have been invited to an organization.</p>
+          <button type="button" disabled={busy} onClick={accept}>
+            Accept the invitation
+          </button>
+        </>
+      ) : (
+        <p>
+          <Link href={`/login?next=${encodeURIComponent(here)}`}>Sign in</Link> or{" "}
+          <Link href={`/signup?next=${encodeURIComponent(here)}`}>create an account</Link> with the invited
+          e-mail address to accept it.
+        </p>
+      )}
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+    </main>
+  );
+}
