@@ -119,6 +119,21 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await page.reload();
     await expect.poll(() => perDay.locator("tbody tr").last().textContent()).toMatch(/^\d{4}-\d{2}-\d{2}9$/);
 
+    // The quota runs out: the denial's upgrade URL lands on billing, offering the plan that gives more.
+    await server.call("POST", "/v1/check", { auth: ADMIN_KEY, body: { org_id: org, feature: "kolekts" } });
+    const denied = await server.call("POST", "/v1/check", {
+      auth: ADMIN_KEY,
+      body: { org_id: org, feature: "kolekts" },
+    });
+    expect(denied.body).toMatchObject({ allowed: false });
+    await page.goto(denied.body.upgrade_url);
+    await expect.poll(() => page.getByRole("status").first().textContent()).toContain("limit of kolekts");
+    const recommended = page.getByRole("listitem").filter({ hasText: "Recommended for you" });
+    // The cheapest plan that gives more kolekts, in the demo catalog: pay-as-you-go (no base fee).
+    expect(new URL(denied.body.upgrade_url).searchParams.get("plan")).toBe("pay_as_you_go");
+    await expect.poll(() => recommended.getByRole("heading").textContent()).toBe("Pay-as-you-go");
+    await shoot(page, "upgrade");
+
     // The session survives a reload (the refresh token), and signing out ends it.
     await page.getByRole("button", { name: "Sign out" }).click();
     await page.getByRole("heading", { name: "Sign in" }).waitFor();

@@ -1,4 +1,5 @@
 import { useCallback, useEffect, useState } from "react";
+import { useSearchParams } from "wouter";
 import { Loading } from "../App";
 import { accessToken, api, problemMessage, type Schemas } from "../api/client";
 
@@ -14,6 +15,10 @@ export function Billing({ orgId }: { orgId: string }) {
   const [error, setError] = useState<string | null>(null);
   const [preview, setPreview] = useState<{ plan: Plan; quote: Preview } | null>(null);
   const [busy, setBusy] = useState(false);
+  // A denied check's upgrade URL lands here with ?feature=…&plan=…: the plan that gives more.
+  const [params] = useSearchParams();
+  const suggested = params.get("plan");
+  const limited = params.get("feature");
 
   const load = useCallback(async () => {
     const path = { org: orgId };
@@ -91,10 +96,26 @@ export function Billing({ orgId }: { orgId: string }) {
         )}
       </section>
 
+      {suggested && limited && suggested !== subscription.plan && (
+        <p className="panel suggestion" role="status">
+          You have reached the limit of <strong>{limited}</strong> on your plan.{" "}
+          {plans.find((plan) => plan.key === suggested)?.name ?? suggested} gives you more.
+        </p>
+      )}
+
       <h2>Plans</h2>
       <ul className="cards" aria-label="Plans">
         {plans.map((plan) => (
-          <li key={plan.key} className={`card ${plan.key === subscription.plan ? "current" : ""}`}>
+          <li
+            key={plan.key}
+            className={`card ${plan.key === subscription.plan ? "current" : ""} ${plan.key === suggested ? "suggested" : ""}`}
+            aria-describedby={plan.key === suggested ? "suggested-note" : undefined}
+          >
+            {plan.key === suggested && plan.key !== subscription.plan && (
+              <p id="suggested-note" className="badge">
+                Recommended for you
+              </p>
+            )}
             <h3>{plan.name}</h3>
             <p className="figure">
               {plan.price.month !== undefined ? `${plan.currency} ${plan.price.month}` : "—"}
