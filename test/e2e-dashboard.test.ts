@@ -285,6 +285,33 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await mia.close();
   });
 
+  it("shows the pricing page from the catalog, with an estimator that matches the API", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP });
+    await page.goto(`${server.url}/pricing`);
+    await page.getByRole("heading", { name: "Pricing", level: 1 }).waitFor();
+    const plans = page.getByRole("list", { name: "Plans" }).getByRole("listitem");
+    await expect.poll(() => plans.count()).toBe(5);
+    const pro = plans.filter({ has: page.getByRole("heading", { name: "Pro", exact: true }) });
+    await expect.poll(() => pro.textContent()).toContain("USD 9.99 / month");
+    const kolekts = page.getByRole("row", { name: /^Kolekts per month/ });
+    await expect.poll(() => kolekts.textContent()).toContain("10 / month");
+
+    const estimate = page.getByRole("region", { name: "Estimate your bill" });
+    await estimate.getByLabel("Plan").selectOption("pay_as_you_go");
+    await estimate.getByLabel("Kolekts formatted per month").fill("1500");
+    await estimate.getByLabel("API calls per month").fill("200");
+    await estimate.getByRole("button", { name: "Estimate" }).click();
+    const expected = await server.call("POST", "/v1/pricing/estimate", {
+      body: { plan: "pay_as_you_go", usage: { kolekts: "1500", api_calls: "200" } },
+    });
+    expect(expected.status, expected.text).toBe(200);
+    await expect
+      .poll(() => estimate.getByRole("row", { name: /Usage total/ }).textContent())
+      .toContain(`USD ${expected.body.total}`);
+    await shoot(page, "pricing");
+    await page.close();
+  });
+
   it("refuses a wrong password with the server's message, announced to screen readers", async () => {
     const page = await browser.newPage({ viewport: DESKTOP });
     await page.goto(`${server.url}/login`);

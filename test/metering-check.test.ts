@@ -846,6 +846,15 @@ describe.each(appModes)("POST /v1/check, subscriptions and API keys ($name)", (m
       const plans = res.body.data as any[];
       expect(plans.map((p) => p.key)).toEqual(["free", "pro", "business", "enterprise", "pay_as_you_go"]);
       expect(plans.filter((p) => p.default).map((p) => p.key)).toEqual(["free"]);
+      // What the pricing page needs to name the entitlements and the usage charges.
+      expect(res.body.features).toContainEqual({
+        key: "kolekts",
+        name: "Kolekts per month",
+        description: null,
+        type: "metered",
+        meter: "kolekts",
+      });
+      expect(res.body.meters.map((m: any) => m.key)).toContain("api_calls");
       const free = plans[0];
       expect(free).toMatchObject({
         name: "Free",

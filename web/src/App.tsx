@@ -7,6 +7,7 @@ import { Billing } from "./pages/Billing";
 import { Login } from "./pages/Login";
 import { NotFound } from "./pages/NotFound";
 import { Overview } from "./pages/Overview";
+import { Pricing } from "./pages/Pricing";
 import { Signup } from "./pages/Signup";
 import { Team } from "./pages/Team";
 import { AcceptInvitation, VerifyEmail } from "./pages/TokenPages";
@@ -28,6 +29,7 @@ export function App() {
       <Route path="/login" component={Login} />
       <Route path="/signup" component={Signup} />
       <Route path="/verify-email" component={VerifyEmail} />
+      <Route path="/pricing" component={Pricing} />
       <Route path="/invitations/:token" component={AcceptInvitation} />
       <Route path="/dashboard" nest>
         <Private>

@@ -111,7 +111,28 @@ export function planRoutes() {
       tags: ["Catalog"],
       summary: "The plans on the pricing page (public)",
       description: "Hidden plans are left out. Each plan is given in the version new subscribers get.",
-      responses: { 200: jsonResponse(z.object({ data: z.array(PublicPlan) }), "The plans") },
+      responses: {
+        200: jsonResponse(
+          z.object({
+            data: z.array(PublicPlan),
+            features: z
+              .array(
+                z.object({
+                  key: z.string(),
+                  name: z.string(),
+                  description: z.string().nullable(),
+                  type: z.enum(["boolean", "limit", "metered", "rate"]),
+                  meter: z.string().nullable(),
+                }),
+              )
+              .openapi({ description: "Every feature the plans' entitlements name, in catalog order." }),
+            meters: z
+              .array(z.object({ key: z.string(), name: z.string() }))
+              .openapi({ description: "Every meter, for usage-based charges and the estimator." }),
+          }),
+          "The plans, and the features and meters they refer to",
+        ),
+      },
     }),
     (c) => {
       const deps = c.get("deps");
@@ -125,8 +146,16 @@ export function planRoutes() {
             plan.key === deps.catalog.default_plan,
           ),
         );
+      const features = deps.catalog.features.map((feature) => ({
+        key: feature.key,
+        name: feature.name ?? feature.key,
+        description: feature.description ?? null,
+        type: feature.type,
+        meter: feature.type === "metered" ? feature.meter : null,
+      }));
+      const meters = deps.catalog.meters.map((meter) => ({ key: meter.key, name: meter.name }));
       c.header("cache-control", "public, max-age=60");
-      return c.json({ data }, 200);
+      return c.json({ data, features, meters }, 200);
     },
   );
   return router;

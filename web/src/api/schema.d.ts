@@ -5506,7 +5506,7 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description The plans */
+                /** @description The plans, and the features and meters they refer to */
                 200: {
                     headers: {
                         [name: string]: unknown;
@@ -5514,6 +5514,20 @@ export interface paths {
                     content: {
                         "application/json": {
                             data: components["schemas"]["Plan"][];
+                            /** @description Every feature the plans' entitlements name, in catalog order. */
+                            features: {
+                                description: string | null;
+                                key: string;
+                                meter: string | null;
+                                name: string;
+                                /** @enum {string} */
+                                type: "boolean" | "limit" | "metered" | "rate";
+                            }[];
+                            /** @description Every meter, for usage-based charges and the estimator. */
+                            meters: {
+                                key: string;
+                                name: string;
+                            }[];
                         };
                     };
                 };
