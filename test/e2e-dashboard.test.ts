@@ -1,5 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
@@ -32,6 +34,8 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
   let server: TollgateProcess;
   let browser: Browser;
   let dataDir: string;
+  let receiver: Server;
+  let receiverUrl: string;
   beforeAll(async () => {
     // The page under test is built from the current sources.
     execFileSync(
@@ -43,9 +47,16 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
       },
     );
     dataDir = mkdtempSync(path.join(os.tmpdir(), "tollgate-e2e-"));
+    receiver = createServer((req, res) => {
+      req.resume();
+      req.on("end", () => res.writeHead(204).end());
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", () => resolve()));
+    receiverUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`;
     // Links in pages (checkout's way back) must lead to the origin the browser signed in on.
     const port = await freePort();
     server = await startTollgate({
+      TOLLGATE_WEBHOOK_ALLOWED_TARGETS: new URL(receiverUrl).host,
       PORT: String(port),
       TOLLGATE_PUBLIC_URL: `http://127.0.0.1:${port}`,
       TOLLGATE_DATA_DIR: dataDir,
@@ -57,6 +68,8 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
   afterAll(async () => {
     await browser?.close();
     await killAllTollgates();
+    receiver?.closeAllConnections();
+    await new Promise((resolve) => receiver?.close(resolve));
     if (dataDir) rmSync(dataDir, { recursive: true, force: true });
   });
 
@@ -268,7 +281,7 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await mia.getByRole("heading", { name: "Overview" }).waitFor();
     // A member: usage, keys (read only) and the team (read only); no billing.
     const tabs = mia.getByRole("navigation", { name: "Organization" }).getByRole("link");
-    await expect.poll(() => tabs.allTextContents()).toEqual(["Overview", "API keys", "Team"]);
+    await expect.poll(() => tabs.allTextContents()).toEqual(["Overview", "API keys", "Team", "Webhooks"]);
     await tabs.filter({ hasText: "Team" }).click();
     await mia.getByRole("cell", { name: "olive@example.com" }).waitFor();
     expect(await mia.getByRole("button", { name: "Send invitation" }).count()).toBe(0);
@@ -309,6 +322,46 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
       .poll(() => estimate.getByRole("row", { name: /Usage total/ }).textContent())
       .toContain(`USD ${expected.body.total}`);
     await shoot(page, "pricing");
+    await page.close();
+  });
+
+  it("adds a webhook endpoint, shows its secret once, and logs the deliveries", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP });
+    await page.goto(`${server.url}/signup`);
+    await page.getByLabel("Name").fill("Wendy");
+    await page.getByLabel("E-mail").fill("wendy@example.com");
+    await page.getByLabel("Password").fill("correct horse battery staple");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    const nav = page.getByRole("navigation", { name: "Organization" });
+    await nav.getByRole("link", { name: "Webhooks" }).click();
+    await page.getByLabel("Endpoint URL").fill(receiverUrl);
+    await page.getByLabel(/^Events/).fill("api_key.*");
+    await page.getByRole("button", { name: "Add endpoint" }).click();
+    const secret = page.locator("code.secret");
+    await secret.waitFor();
+    expect(await secret.textContent()).toMatch(/^whsec_/);
+    // Something happens to the org: its API key is created.
+    await nav.getByRole("link", { name: "API keys" }).click();
+    await page.getByLabel("Name").fill("Hooked");
+    await page.getByRole("button", { name: "Create key" }).click();
+    await page.locator("code.secret").waitFor();
+    await nav.getByRole("link", { name: "Webhooks" }).click();
+    const log = page.getByRole("table", { name: `Recent deliveries to ${receiverUrl}` });
+    await expect
+      .poll(
+        async () => {
+          await page.reload();
+          return log
+            .getByRole("row")
+            .nth(1)
+            .textContent({ timeout: 2000 })
+            .catch(() => "");
+        },
+        { timeout: 15_000 },
+      )
+      .toMatch(/api_key\.created.*succeeded/);
+    await shoot(page, "webhooks");
     await page.close();
   });
 

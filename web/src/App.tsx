@@ -11,6 +11,7 @@ import { Pricing } from "./pages/Pricing";
 import { Signup } from "./pages/Signup";
 import { Team } from "./pages/Team";
 import { AcceptInvitation, VerifyEmail } from "./pages/TokenPages";
+import { Webhooks } from "./pages/Webhooks";
 
 /** Signed in or not, as the rest of the app sees it. */
 export function useSignedIn(): boolean {
@@ -38,6 +39,7 @@ export function App() {
               <Route path="/orgs/:org/billing">{(params) => <Billing orgId={params.org} />}</Route>
               <Route path="/orgs/:org/keys">{(params) => <ApiKeys orgId={params.org} />}</Route>
               <Route path="/orgs/:org/team">{(params) => <Team orgId={params.org} />}</Route>
+              <Route path="/orgs/:org/webhooks">{(params) => <Webhooks orgId={params.org} />}</Route>
               <Route path="/orgs/:org">{(params) => <Overview orgId={params.org} />}</Route>
               <Route path="/">
                 <Overview />

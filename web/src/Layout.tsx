@@ -48,6 +48,7 @@ function OrgNav({ orgs }: { orgs: MyOrg[] }) {
     { href: `/orgs/${org}/billing`, label: "Billing", show: can(role, "billing:read") },
     { href: `/orgs/${org}/keys`, label: "API keys", show: can(role, "keys:read") },
     { href: `/orgs/${org}/team`, label: "Team", show: true },
+    { href: `/orgs/${org}/webhooks`, label: "Webhooks", show: can(role, "webhooks:read") },
   ].filter((page) => page.show);
   return (
     <nav className="tabs" aria-label="Organization">

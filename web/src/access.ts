@@ -14,6 +14,8 @@ const MATRIX: Record<string, Role[]> = {
   "keys:read": ["owner", "admin", "member"],
   "keys:manage": ["owner", "admin"],
   "members:manage": ["owner", "admin"],
+  "webhooks:read": ["owner", "admin", "member"],
+  "webhooks:manage": ["owner", "admin"],
 };
 
 export function can(role: Role | undefined, permission: keyof typeof MATRIX): boolean {
