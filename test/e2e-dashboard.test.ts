@@ -57,6 +57,7 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     const port = await freePort();
     server = await startTollgate({
       TOLLGATE_WEBHOOK_ALLOWED_TARGETS: new URL(receiverUrl).host,
+      TOLLGATE_PLATFORM_ADMINS: "root@example.com",
       PORT: String(port),
       TOLLGATE_PUBLIC_URL: `http://127.0.0.1:${port}`,
       TOLLGATE_DATA_DIR: dataDir,
@@ -362,6 +363,48 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
       )
       .toMatch(/api_key\.created.*succeeded/);
     await shoot(page, "webhooks");
+    await page.close();
+  });
+
+  it("shows the operator's revenue, and MRR moves when an org upgrades", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP });
+    await page.goto(`${server.url}/signup`);
+    await page.getByLabel("Name").fill("Root");
+    await page.getByLabel("E-mail").fill("root@example.com");
+    await page.getByLabel("Password").fill("correct horse battery staple");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    // Not an admin until the address is verified (anyone could register it first).
+    expect(await page.getByRole("link", { name: "Revenue" }).count()).toBe(0);
+    const mails = (await server.call("GET", "/v1/admin/emails?to=root@example.com", { auth: ADMIN_KEY })).body
+      .data;
+    const verify = /https?:\/\/\S+\/verify-email\?token=[\w-]+/.exec(
+      mails.find((m: { template: string }) => m.template === "verify_email")?.text ?? "",
+    )?.[0];
+    if (!verify) throw new Error("no verification link");
+    await page.goto(verify.replace(/^https?:\/\/[^/]+/, server.url));
+    await expect.poll(() => page.getByRole("status").textContent()).toContain("verified");
+    await page.goto(`${server.url}/login`);
+    await page.getByLabel("E-mail").fill("root@example.com");
+    await page.getByLabel("Password").fill("correct horse battery staple");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("link", { name: "Revenue" }).click();
+    await page.getByRole("heading", { name: "Revenue" }).waitFor();
+    const mrr = page.locator(".stat").filter({ hasText: /^MRR/ }).locator("dd");
+    await expect.poll(() => mrr.textContent()).toMatch(/^USD \d+\.\d\d$/);
+    const before = Number((await mrr.textContent())?.replace("USD ", ""));
+
+    // An org upgrades to Pro (9.99 a month).
+    const org = (await server.call("POST", "/v1/orgs", { auth: ADMIN_KEY, body: { name: "Upgrader" } })).body
+      .id;
+    const upgraded = await server.call("POST", `/v1/orgs/${org}/subscription`, {
+      auth: ADMIN_KEY,
+      body: { plan: "pro", skip_payment: true },
+    });
+    expect(upgraded.status, upgraded.text).toBe(200);
+    await page.reload();
+    await expect.poll(() => mrr.textContent()).toBe(`USD ${(before + 9.99).toFixed(2)}`);
+    await shoot(page, "revenue");
     await page.close();
   });
 

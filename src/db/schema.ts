@@ -1006,3 +1006,31 @@ export const webhookAttempts = pgTable(
   },
   (t) => [index("webhook_attempts_delivery_idx").on(t.deliveryId, t.attempt)],
 );
+
+// ---------------------------------------------------------------------------------------------
+// Revenue metrics
+
+/**
+ * Every state a subscription has been in, from the moment it took it: written in the transaction of
+ * each change (billing/events.ts), so MRR, churn and conversion can be computed for any past date.
+ * `mrr` is the plan version's base price per month (annual prices divided by 12), 0 on free plans.
+ */
+export const subscriptionHistory = pgTable(
+  "subscription_history",
+  {
+    id: text("id").primaryKey(),
+    subscriptionId: text("subscription_id").notNull(),
+    orgId: text("org_id").notNull(),
+    at: at("at").notNull(),
+    planKey: text("plan_key").notNull(),
+    planVersion: integer("plan_version").notNull(),
+    interval: text("interval", { enum: ["month", "year"] }).notNull(),
+    status: text("status").notNull(),
+    mrr: numeric("mrr").notNull(),
+    currency: text("currency").notNull(),
+  },
+  (t) => [
+    index("subscription_history_org_idx").on(t.orgId, t.at),
+    index("subscription_history_at_idx").on(t.at),
+  ],
+);

@@ -2,6 +2,7 @@ import { useEffect, useState, useSyncExternalStore } from "react";
 import { Redirect, Route, Switch, useLocation } from "wouter";
 import { resume, session } from "./api/client";
 import { Layout } from "./Layout";
+import { Admin } from "./pages/Admin";
 import { ApiKeys } from "./pages/ApiKeys";
 import { Billing } from "./pages/Billing";
 import { Login } from "./pages/Login";
@@ -36,6 +37,7 @@ export function App() {
         <Private>
           <Layout>
             <Switch>
+              <Route path="/admin" component={Admin} />
               <Route path="/orgs/:org/billing">{(params) => <Billing orgId={params.org} />}</Route>
               <Route path="/orgs/:org/keys">{(params) => <ApiKeys orgId={params.org} />}</Route>
               <Route path="/orgs/:org/team">{(params) => <Team orgId={params.org} />}</Route>

@@ -8,7 +8,7 @@ type MyOrg = Schemas["Me"]["orgs"][number];
 /** The signed-in frame: who you are, which org you are looking at (and switching), sign-out. */
 export function Layout({ children }: { children: React.ReactNode }) {
   const [me, setMe] = useState<Schemas["Me"] | null>(null);
-  const [, navigate] = useLocation();
+  const [location, navigate] = useLocation();
   useEffect(() => {
     void api.GET("/v1/auth/me").then(({ data }) => setMe(data ?? null));
   }, []);
@@ -24,12 +24,17 @@ export function Layout({ children }: { children: React.ReactNode }) {
           Dashboard
         </Link>
         {me && <OrgSwitcher orgs={me.orgs} />}
+        {me?.platform_admin && (
+          <Link href="/admin" className="admin-link">
+            Revenue
+          </Link>
+        )}
         <span className="who">{me?.user.email}</span>
         <button type="button" className="link" onClick={signOut}>
           Sign out
         </button>
       </header>
-      {me && <OrgNav orgs={me.orgs} />}
+      {me && !location.startsWith("/admin") && <OrgNav orgs={me.orgs} />}
       <MeContext.Provider value={me}>
         <main id="main">{children}</main>
       </MeContext.Provider>

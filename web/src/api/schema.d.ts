@@ -678,6 +678,75 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Revenue metrics: MRR, ARR, subscriptions, churn, conversion, ARPU, LTV, and MRR over time
+         * @description Definitions in docs/dashboard.md. Default window: the 30 days before now.
+         */
+        get: {
+            parameters: {
+                query?: {
+                    from?: string;
+                    to?: string;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description The metrics */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RevenueMetrics"];
+                    };
+                };
+                /** @description Validation failed */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Missing or invalid credentials */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Not allowed for this caller */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/plans/{plan}/migrate": {
         parameters: {
             query?: never;
@@ -6410,6 +6479,36 @@ export interface components {
              * @example q3Yv…
              */
             token: string;
+        };
+        RevenueMetrics: {
+            /** @description Paying subscriptions at `to`. */
+            active_subscriptions: number;
+            /** @description MRR ÷ active subscriptions. */
+            arpu: string | null;
+            /** @description 12 × MRR. */
+            arr: string;
+            by_plan: {
+                [key: string]: {
+                    mrr: string;
+                    subscriptions: number;
+                };
+            };
+            /** @description Of the orgs paying at `from`, the share not paying at `to` (null: none were). */
+            churn_rate: number | null;
+            /** @description Of the orgs not paying at `from` (or created since), the share paying at `to`. */
+            conversion_rate: number | null;
+            currency: string;
+            from: string;
+            /** @description ARPU ÷ monthly churn; null while nobody churned. */
+            ltv: string | null;
+            /** @description Monthly recurring revenue at `to`: paying subscriptions' base price per month. */
+            mrr: string;
+            series: {
+                active_subscriptions: number;
+                at: string;
+                mrr: string;
+            }[];
+            to: string;
         };
         RotatedApiKey: components["schemas"]["IssuedApiKey"] & {
             replaced: components["schemas"]["ApiKey"];

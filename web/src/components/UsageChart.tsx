@@ -1,7 +1,7 @@
 import { useEffect, useRef, useState } from "react";
 import uPlot from "uplot";
-import "uplot/dist/uPlot.min.css";
 import { api } from "../api/client";
+import { useChart } from "./useChart";
 
 interface Point {
   start: string;
@@ -46,45 +46,36 @@ export function UsageChart({
     };
   }, [orgId, meter, from]);
 
-  useEffect(() => {
-    const element = box.current;
-    if (!element || !points || points.length === 0) return;
-    const data: uPlot.AlignedData = [
-      points.map((p) => Date.parse(p.start) / 1000),
-      points.map((p) => p.value),
-    ];
-    const chart = new uPlot(
-      {
-        width: element.clientWidth || 320,
-        height: 160,
-        legend: { show: false },
-        cursor: { show: true, y: false },
-        axes: [{ grid: { show: false } }, { size: 40 }],
-        scales: {
-          // The whole period, whatever has been used so far (one day of data would span years).
-          x: { time: true, range: () => [Date.parse(from) / 1000, Date.parse(to) / 1000] },
-          y: { range: (_u, _min, max) => [0, Math.max(1, max)] },
-        },
-        series: [
-          {},
-          {
-            label: name,
-            stroke: "#1a56db",
-            fill: "rgba(26, 86, 219, 0.35)",
-            paths: uPlot.paths.bars?.({ size: [0.6, 40] }),
-          },
-        ],
-      },
-      data,
-      element,
-    );
-    const resize = new ResizeObserver(() => chart.setSize({ width: element.clientWidth, height: 160 }));
-    resize.observe(element);
-    return () => {
-      resize.disconnect();
-      chart.destroy();
-    };
-  }, [points, name, from, to]);
+  useChart(
+    box,
+    () =>
+      points && points.length > 0
+        ? {
+            data: [points.map((p) => Date.parse(p.start) / 1000), points.map((p) => p.value)],
+            options: {
+              height: 160,
+              legend: { show: false },
+              cursor: { show: true, y: false },
+              axes: [{ grid: { show: false } }, { size: 40 }],
+              scales: {
+                // The whole period, whatever has been used so far (one day of data would span years).
+                x: { time: true, range: () => [Date.parse(from) / 1000, Date.parse(to) / 1000] },
+                y: { range: (_u, _min, max) => [0, Math.max(1, max)] },
+              },
+              series: [
+                {},
+                {
+                  label: name,
+                  stroke: "#1a56db",
+                  fill: "rgba(26, 86, 219, 0.35)",
+                  paths: uPlot.paths.bars?.({ size: [0.6, 40] }),
+                },
+              ],
+            },
+          }
+        : null,
+    [points, name, from, to],
+  );
 
   if (failed) return <p className="muted">Usage over time could not be loaded.</p>;
   if (!points) return <p className="muted">Loading usage over time…</p>;
