@@ -282,7 +282,7 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await mia.getByRole("heading", { name: "Overview" }).waitFor();
     // A member: usage, keys (read only) and the team (read only); no billing.
     const tabs = mia.getByRole("navigation", { name: "Organization" }).getByRole("link");
-    await expect.poll(() => tabs.allTextContents()).toEqual(["Overview", "API keys", "Team", "Webhooks"]);
+    await expect.poll(() => tabs.allTextContents()).toEqual(["Overview", "API keys", "Team", "Webhooks", "Settings"]);
     await tabs.filter({ hasText: "Team" }).click();
     await mia.getByRole("cell", { name: "olive@example.com" }).waitFor();
     expect(await mia.getByRole("button", { name: "Send invitation" }).count()).toBe(0);
@@ -405,6 +405,36 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await page.reload();
     await expect.poll(() => mrr.textContent()).toBe(`USD ${(before + 9.99).toFixed(2)}`);
     await shoot(page, "revenue");
+    await page.close();
+  });
+
+  it("applies the org's white-label branding to the dashboard once saved", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP });
+    await page.goto(`${server.url}/signup`);
+    await page.getByLabel("Name").fill("Brandon");
+    await page.getByLabel("E-mail").fill("brandon@example.com");
+    await page.getByLabel("Password").fill("correct horse battery staple");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await page
+      .getByRole("navigation", { name: "Organization" })
+      .getByRole("link", { name: "Settings" })
+      .click();
+    await page.getByLabel("Display name").fill("Acme Cloud");
+    await page.getByLabel("Primary colour").fill("#aa3300");
+    await page.getByLabel("Support e-mail").fill("help@acme.test");
+    await page.getByRole("button", { name: "Save branding" }).click();
+    await expect.poll(() => page.getByRole("status").textContent()).toBe("Saved.");
+    await expect
+      .poll(() => page.getByRole("banner").getByRole("link").first().textContent())
+      .toBe("Acme Cloud");
+    const brandColour = () =>
+      page.evaluate<string>("getComputedStyle(document.documentElement).getPropertyValue('--brand').trim()");
+    await expect.poll(brandColour).toBe("#aa3300");
+    // It sticks: a reload shows the org's brand.
+    await page.reload();
+    await expect.poll(brandColour).toBe("#aa3300");
+    await shoot(page, "settings");
     await page.close();
   });
 

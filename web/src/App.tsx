@@ -9,6 +9,7 @@ import { Login } from "./pages/Login";
 import { NotFound } from "./pages/NotFound";
 import { Overview } from "./pages/Overview";
 import { Pricing } from "./pages/Pricing";
+import { Settings } from "./pages/Settings";
 import { Signup } from "./pages/Signup";
 import { Team } from "./pages/Team";
 import { AcceptInvitation, VerifyEmail } from "./pages/TokenPages";
@@ -42,6 +43,7 @@ export function App() {
               <Route path="/orgs/:org/keys">{(params) => <ApiKeys orgId={params.org} />}</Route>
               <Route path="/orgs/:org/team">{(params) => <Team orgId={params.org} />}</Route>
               <Route path="/orgs/:org/webhooks">{(params) => <Webhooks orgId={params.org} />}</Route>
+              <Route path="/orgs/:org/settings">{(params) => <Settings orgId={params.org} />}</Route>
               <Route path="/orgs/:org">{(params) => <Overview orgId={params.org} />}</Route>
               <Route path="/">
                 <Overview />

@@ -1,6 +1,6 @@
 import { useEffect, useState } from "react";
 import { Link, useLocation } from "wouter";
-import { can, MeContext } from "./access";
+import { BrandingContext, can, MeContext } from "./access";
 import { api, type Schemas, session } from "./api/client";
 
 type MyOrg = Schemas["Me"]["orgs"][number];
@@ -9,6 +9,19 @@ type MyOrg = Schemas["Me"]["orgs"][number];
 export function Layout({ children }: { children: React.ReactNode }) {
   const [me, setMe] = useState<Schemas["Me"] | null>(null);
   const [location, navigate] = useLocation();
+  const [brand, setBrand] = useState<Schemas["Branding"] | null>(null);
+  const org = /^\/orgs\/([^/]+)/.exec(location)?.[1] ?? me?.orgs[0]?.id;
+  // The org's white-label branding dresses the frame: its name, logo and colour.
+  useEffect(() => {
+    if (!org) return;
+    void api
+      .GET("/v1/orgs/{org}/branding", { params: { path: { org } } })
+      .then(({ data }) => setBrand(data ?? null));
+  }, [org]);
+  useEffect(() => {
+    // Through the CSSOM (allowed by the page's CSP, unlike a style attribute).
+    document.documentElement.style.setProperty("--brand", brand?.primary_color ?? "#1a56db");
+  }, [brand]);
   useEffect(() => {
     void api.GET("/v1/auth/me").then(({ data }) => setMe(data ?? null));
   }, []);
@@ -21,7 +34,8 @@ export function Layout({ children }: { children: React.ReactNode }) {
     <div className="shell">
       <header className="topbar">
         <Link href="/" className="brand">
-          Dashboard
+          {brand?.logo && <img src={brand.logo} alt="" className="brand-logo" />}
+          {brand?.custom ? brand.display_name : "Dashboard"}
         </Link>
         {me && <OrgSwitcher orgs={me.orgs} />}
         {me?.platform_admin && (
@@ -36,7 +50,9 @@ export function Layout({ children }: { children: React.ReactNode }) {
       </header>
       {me && !location.startsWith("/admin") && <OrgNav orgs={me.orgs} />}
       <MeContext.Provider value={me}>
-        <main id="main">{children}</main>
+        <BrandingContext.Provider value={setBrand}>
+          <main id="main">{children}</main>
+        </BrandingContext.Provider>
       </MeContext.Provider>
     </div>
   );
@@ -54,6 +70,7 @@ function OrgNav({ orgs }: { orgs: MyOrg[] }) {
     { href: `/orgs/${org}/keys`, label: "API keys", show: can(role, "keys:read") },
     { href: `/orgs/${org}/team`, label: "Team", show: true },
     { href: `/orgs/${org}/webhooks`, label: "Webhooks", show: can(role, "webhooks:read") },
+    { href: `/orgs/${org}/settings`, label: "Settings", show: true },
   ].filter((page) => page.show);
   return (
     <nav className="tabs" aria-label="Organization">

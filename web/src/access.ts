@@ -28,3 +28,6 @@ export const MeContext = createContext<Schemas["Me"] | null>(null);
 export function useRole(orgId: string): Role | undefined {
   return useContext(MeContext)?.orgs.find((org) => org.id === orgId)?.role;
 }
+
+/** Lets a page that changes the org's branding show it in the frame at once. */
+export const BrandingContext = createContext<(branding: Schemas["Branding"]) => void>(() => {});
