@@ -282,7 +282,9 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await mia.getByRole("heading", { name: "Overview" }).waitFor();
     // A member: usage, keys (read only) and the team (read only); no billing.
     const tabs = mia.getByRole("navigation", { name: "Organization" }).getByRole("link");
-    await expect.poll(() => tabs.allTextContents()).toEqual(["Overview", "API keys", "Team", "Webhooks", "Settings"]);
+    await expect
+      .poll(() => tabs.allTextContents())
+      .toEqual(["Overview", "API keys", "Team", "Webhooks", "Settings"]);
     await tabs.filter({ hasText: "Team" }).click();
     await mia.getByRole("cell", { name: "olive@example.com" }).waitFor();
     expect(await mia.getByRole("button", { name: "Send invitation" }).count()).toBe(0);
