@@ -6,6 +6,7 @@ import type { AppEnv, Deps } from "./deps.js";
 import { AppError } from "./lib/errors.js";
 import { createRouter, handleError, problemResponse, requestLogger } from "./lib/http.js";
 import { newId } from "./lib/ids.js";
+import { directoryRoutes } from "./modules/admin/directory.js";
 import { metricsRoutes } from "./modules/admin/metrics.js";
 import { apiKeyRoutes } from "./modules/api-keys/routes.js";
 import { emailFlowRoutes } from "./modules/auth/email-routes.js";
@@ -142,6 +143,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", jobAdminRoutes());
   app.route("/", broadcastRoutes());
   app.route("/", metricsRoutes());
+  app.route("/", directoryRoutes());
   if (deps.testClock) app.route("/", testClockRoutes());
   mountDocs(app, VERSION);
   mountWeb(app);

@@ -407,6 +407,23 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await page.reload();
     await expect.poll(() => mrr.textContent()).toBe(`USD ${(before + 9.99).toFixed(2)}`);
     await shoot(page, "revenue");
+
+    // The rest of the operator's pages: search users, broadcast, and find the message in the outbox.
+    const admin = page.getByRole("navigation", { name: "Administration" });
+    await admin.getByRole("link", { name: "Users" }).click();
+    await page.getByLabel("Name, e-mail or id", { exact: true }).fill("ROOT@");
+    await page.getByRole("button", { name: "Search" }).click();
+    await expect.poll(() => page.getByRole("table", { name: "Users" }).getByRole("row").count()).toBe(2);
+    expect(await page.getByRole("cell", { name: "root@example.com" }).count()).toBe(1);
+    await admin.getByRole("link", { name: "Broadcast" }).click();
+    await page.getByLabel("Subject").fill("Maintenance on Sunday");
+    await page.getByLabel("Message").fill("We will be down for ten minutes.");
+    await page.getByRole("button", { name: "Send" }).click();
+    await expect.poll(() => page.getByRole("status").textContent()).toMatch(/^Sent to \d+ address(es)?\.$/);
+    await admin.getByRole("link", { name: "Outbox" }).click();
+    await expect.poll(() => page.getByText("Maintenance on Sunday").count()).toBeGreaterThan(0);
+    await admin.getByRole("link", { name: "Dead jobs" }).click();
+    await page.getByRole("heading", { name: "Dead jobs" }).waitFor();
     await page.close();
   });
 

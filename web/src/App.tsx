@@ -3,6 +3,7 @@ import { Redirect, Route, Switch, useLocation } from "wouter";
 import { resume, session } from "./api/client";
 import { Layout } from "./Layout";
 import { Admin } from "./pages/Admin";
+import { AdminBroadcast, AdminJobs, AdminOrgs, AdminOutbox, AdminUsers } from "./pages/AdminPages";
 import { ApiKeys } from "./pages/ApiKeys";
 import { Billing } from "./pages/Billing";
 import { Login } from "./pages/Login";
@@ -39,6 +40,11 @@ export function App() {
           <Layout>
             <Switch>
               <Route path="/admin" component={Admin} />
+              <Route path="/admin/orgs" component={AdminOrgs} />
+              <Route path="/admin/users" component={AdminUsers} />
+              <Route path="/admin/outbox" component={AdminOutbox} />
+              <Route path="/admin/jobs" component={AdminJobs} />
+              <Route path="/admin/broadcast" component={AdminBroadcast} />
               <Route path="/orgs/:org/billing">{(params) => <Billing orgId={params.org} />}</Route>
               <Route path="/orgs/:org/keys">{(params) => <ApiKeys orgId={params.org} />}</Route>
               <Route path="/orgs/:org/team">{(params) => <Team orgId={params.org} />}</Route>

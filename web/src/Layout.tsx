@@ -2,6 +2,7 @@ import { useEffect, useState } from "react";
 import { Link, useLocation } from "wouter";
 import { BrandingContext, can, MeContext } from "./access";
 import { api, type Schemas, session } from "./api/client";
+import { AdminNav } from "./pages/AdminPages";
 
 type MyOrg = Schemas["Me"]["orgs"][number];
 
@@ -48,7 +49,7 @@ export function Layout({ children }: { children: React.ReactNode }) {
           Sign out
         </button>
       </header>
-      {me && !location.startsWith("/admin") && <OrgNav orgs={me.orgs} />}
+      {me && (location.startsWith("/admin") ? <AdminNav /> : <OrgNav orgs={me.orgs} />)}
       <MeContext.Provider value={me}>
         <BrandingContext.Provider value={setBrand}>
           <main id="main">{children}</main>

@@ -177,7 +177,7 @@ export function broadcastRoutes() {
     }),
     async (c) => {
       const deps = c.get("deps");
-      const caller = await requireCaller(c, "operator");
+      const caller = await requireCaller(c);
       const input = c.req.valid("json");
       const id = newId("broadcast");
       const recipients = await broadcastRecipients(deps, input.audience);

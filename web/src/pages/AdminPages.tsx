@@ -1,0 +1,327 @@
+import { useCallback, useEffect, useId, useState } from "react";
+import { Link, useLocation } from "wouter";
+import { Loading } from "../App";
+import { api, problemMessage, type Schemas } from "../api/client";
+
+/** The operator's pages next to Revenue: orgs, users, the mail outbox, dead jobs, broadcasts. */
+export function AdminNav() {
+  const [location] = useLocation();
+  const pages = [
+    { href: "/admin", label: "Revenue" },
+    { href: "/admin/orgs", label: "Orgs" },
+    { href: "/admin/users", label: "Users" },
+    { href: "/admin/outbox", label: "Outbox" },
+    { href: "/admin/jobs", label: "Dead jobs" },
+    { href: "/admin/broadcast", label: "Broadcast" },
+  ];
+  return (
+    <nav className="tabs" aria-label="Administration">
+      {pages.map((page) => (
+        <Link key={page.href} href={page.href} aria-current={location === page.href ? "page" : undefined}>
+          {page.label}
+        </Link>
+      ))}
+    </nav>
+  );
+}
+
+function Search({ label, onSearch }: { label: string; onSearch: (q: string) => void }) {
+  const id = useId();
+  return (
+    <form
+      aria-label={`Search by ${label.toLowerCase()}`}
+      className="inline"
+      onSubmit={(event) => {
+        event.preventDefault();
+        onSearch(String(new FormData(event.currentTarget).get("q") ?? ""));
+      }}
+    >
+      <div className="field">
+        <label htmlFor={id}>{label}</label>
+        <input id={id} name="q" type="search" />
+      </div>
+      <button type="submit">Search</button>
+    </form>
+  );
+}
+
+function ErrorLine({ error }: { error: string | null }) {
+  return error ? (
+    <p className="error" role="alert">
+      {error}
+    </p>
+  ) : null;
+}
+
+export function AdminOrgs() {
+  const [q, setQ] = useState("");
+  const [rows, setRows] = useState<Schemas["AdminOrg"][] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    setRows(null);
+    void api
+      .GET("/v1/admin/orgs", { params: { query: { q: q || undefined, limit: 100 } } })
+      .then(({ data, error }) => (data ? setRows(data.data) : setError(problemMessage(error))));
+  }, [q]);
+  return (
+    <>
+      <h1>Organizations</h1>
+      <Search label="Name or id" onSearch={setQ} />
+      <ErrorLine error={error} />
+      {rows === null ? (
+        <Loading label="Loading organizations…" />
+      ) : rows.length === 0 ? (
+        <p>No organization matches.</p>
+      ) : (
+        <div className="table-wrap">
+          <table className="table">
+            <caption className="visually-hidden">Organizations</caption>
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">Plan</th>
+                <th scope="col">Status</th>
+                <th scope="col">Members</th>
+                <th scope="col">Created</th>
+              </tr>
+            </thead>
+            <tbody>
+              {rows.map((org) => (
+                <tr key={org.id}>
+                  <td>
+                    {org.name}
+                    <br />
+                    <code className="muted">{org.id}</code>
+                  </td>
+                  <td>{org.plan ?? "—"}</td>
+                  <td>{org.status ?? "—"}</td>
+                  <td>{org.members}</td>
+                  <td>{org.created_at.slice(0, 10)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </>
+  );
+}
+
+export function AdminUsers() {
+  const [q, setQ] = useState("");
+  const [rows, setRows] = useState<Schemas["AdminUser"][] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    setRows(null);
+    void api
+      .GET("/v1/admin/users", { params: { query: { q: q || undefined, limit: 100 } } })
+      .then(({ data, error }) => (data ? setRows(data.data) : setError(problemMessage(error))));
+  }, [q]);
+  return (
+    <>
+      <h1>Users</h1>
+      <Search label="Name, e-mail or id" onSearch={setQ} />
+      <ErrorLine error={error} />
+      {rows === null ? (
+        <Loading label="Loading users…" />
+      ) : rows.length === 0 ? (
+        <p>No user matches.</p>
+      ) : (
+        <div className="table-wrap">
+          <table className="table">
+            <caption className="visually-hidden">Users</caption>
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">E-mail</th>
+                <th scope="col">Verified</th>
+                <th scope="col">Two-factor</th>
+                <th scope="col">Orgs</th>
+                <th scope="col">Created</th>
+              </tr>
+            </thead>
+            <tbody>
+              {rows.map((user) => (
+                <tr key={user.id}>
+                  <td>{user.name}</td>
+                  <td>{user.email}</td>
+                  <td>{user.email_verified ? "yes" : "no"}</td>
+                  <td>{user.two_factor ? "on" : "off"}</td>
+                  <td>{user.orgs}</td>
+                  <td>{user.created_at.slice(0, 10)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </>
+  );
+}
+
+export function AdminOutbox() {
+  const [rows, setRows] = useState<Schemas["OutboxEmail"][] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    void api
+      .GET("/v1/admin/emails", { params: { query: { limit: 100 } } })
+      .then(({ data, error }) => (data ? setRows(data.data) : setError(problemMessage(error))));
+  }, []);
+  return (
+    <>
+      <h1>Mail outbox</h1>
+      <p className="muted">
+        Every message recorded, newest first. Without SMTP_URL, this is where they stay.
+      </p>
+      <ErrorLine error={error} />
+      {rows === null ? (
+        <Loading label="Loading messages…" />
+      ) : rows.length === 0 ? (
+        <p>No messages yet.</p>
+      ) : (
+        <ul className="mail-list">
+          {rows.map((mail) => (
+            <li key={mail.id} className="panel">
+              <details>
+                <summary>
+                  <strong>{mail.subject}</strong> — to {mail.to} · {mail.template} · {mail.status}
+                  {mail.error ? ` (${mail.error})` : ""} · {new Date(mail.created_at).toLocaleString("en")}
+                </summary>
+                <pre className="mail-body">{mail.text}</pre>
+              </details>
+            </li>
+          ))}
+        </ul>
+      )}
+    </>
+  );
+}
+
+export function AdminJobs() {
+  const [rows, setRows] = useState<Schemas["DeadJob"][] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [notice, setNotice] = useState<string | null>(null);
+  const load = useCallback(async () => {
+    const { data, error } = await api.GET("/v1/admin/jobs/dead", { params: { query: { limit: 100 } } });
+    if (data) setRows(data.data);
+    else setError(problemMessage(error));
+  }, []);
+  useEffect(() => {
+    void load();
+  }, [load]);
+  const retry = async (job: Schemas["DeadJob"]) => {
+    const { error } = await api.POST("/v1/admin/jobs/dead/{id}/retry", { params: { path: { id: job.id } } });
+    setNotice(error ? problemMessage(error) : `${job.name} queued again.`);
+    await load();
+  };
+  return (
+    <>
+      <h1>Dead jobs</h1>
+      <p className="muted">
+        Jobs that failed every attempt. A retry runs one again with a fresh set of attempts.
+      </p>
+      {notice && <p role="status">{notice}</p>}
+      <ErrorLine error={error} />
+      {rows === null ? (
+        <Loading label="Loading jobs…" />
+      ) : rows.length === 0 ? (
+        <p>No dead jobs.</p>
+      ) : (
+        <div className="table-wrap">
+          <table className="table">
+            <caption className="visually-hidden">Dead jobs</caption>
+            <thead>
+              <tr>
+                <th scope="col">Job</th>
+                <th scope="col">Attempts</th>
+                <th scope="col">Last error</th>
+                <th scope="col">Failed</th>
+                <th scope="col">
+                  <span className="visually-hidden">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {rows.map((job) => (
+                <tr key={job.id}>
+                  <td>
+                    {job.name}
+                    <br />
+                    <code className="muted">{JSON.stringify(job.payload)}</code>
+                  </td>
+                  <td>{job.attempts}</td>
+                  <td>{job.error}</td>
+                  <td>{job.failed_at ? new Date(job.failed_at).toLocaleString("en") : "—"}</td>
+                  <td>
+                    <button type="button" className="secondary" onClick={() => retry(job)}>
+                      Retry<span className="visually-hidden"> {job.name}</span>
+                    </button>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </>
+  );
+}
+
+export function AdminBroadcast() {
+  const ids = { subject: useId(), body: useId(), audience: useId(), plan: useId() };
+  const [audience, setAudience] = useState("all");
+  const [result, setResult] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const send = async (event: React.FormEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    const form = new FormData(event.currentTarget);
+    setError(null);
+    setResult(null);
+    const { data, error } = await api.POST("/v1/admin/broadcast", {
+      body: {
+        subject: String(form.get("subject") ?? ""),
+        body: String(form.get("body") ?? ""),
+        audience:
+          audience === "plan" ? { plan: String(form.get("plan") ?? "") } : (audience as "all" | "owners"),
+      },
+    });
+    if (!data) return setError(problemMessage(error));
+    setResult(`Sent to ${data.recipients} ${data.recipients === 1 ? "address" : "addresses"}.`);
+  };
+  return (
+    <>
+      <h1>Broadcast</h1>
+      <form className="panel" onSubmit={send}>
+        <div className="field">
+          <label htmlFor={ids.audience}>Audience</label>
+          <select id={ids.audience} value={audience} onChange={(event) => setAudience(event.target.value)}>
+            <option value="all">Every user</option>
+            <option value="owners">Every org owner</option>
+            <option value="plan">Owners and admins of orgs on a plan</option>
+          </select>
+        </div>
+        {audience === "plan" && (
+          <div className="field">
+            <label htmlFor={ids.plan}>Plan key</label>
+            <input id={ids.plan} name="plan" required placeholder="pro" />
+          </div>
+        )}
+        <div className="field">
+          <label htmlFor={ids.subject}>Subject</label>
+          <input id={ids.subject} name="subject" required maxLength={200} />
+        </div>
+        <div className="field">
+          <label htmlFor={ids.body}>Message</label>
+          <textarea id={ids.body} name="body" required maxLength={20000} rows={8} />
+        </div>
+        <button type="submit">Send</button>
+        {result && (
+          <p className="notice" role="status">
+            {result}
+          </p>
+        )}
+        <ErrorLine error={error} />
+      </form>
+    </>
+  );
+}
