@@ -111,6 +111,27 @@ describe.each(appModes)("revenue metrics ($name)", (mode) => {
     expect([at(2), at(11), at(21)]).toEqual(["18.33", "28.33", "18.33"]);
   });
 
+  it("counts an org deleted while paying as churned, and no longer as a candidate", async () => {
+    const op = (method: string, path: string, body?: unknown) =>
+      t.call(method, path, { auth: "operator", ...(body !== undefined ? { body } : {}) });
+    const advanceTo = async (ms: number) =>
+      expect((await op("POST", "/v1/test-clock/advance", { to: iso(ms) })).status).toBe(200);
+    await advanceTo(t0 + 26 * DAY);
+    const e = (await op("POST", "/v1/orgs", { name: "e" })).body.id;
+    expect((await op("POST", `/v1/orgs/${e}/subscription`, { plan: "pro", skip_payment: true })).status).toBe(
+      200,
+    );
+    await advanceTo(t0 + 27 * DAY);
+    expect((await op("DELETE", `/v1/orgs/${e}`)).status).toBe(204);
+    await advanceTo(t0 + 28 * DAY);
+    const m = await metrics(t0 + 26.5 * DAY, t0 + 28 * DAY);
+    // Paying at 26.5: B, C, E. At 28: B and C — E's deletion canceled its subscription.
+    expect(m).toMatchObject({ mrr: "18.33", active_subscriptions: 2 });
+    expect(m.churn_rate).toBe(0.3333);
+    // Candidates: A and D (not paying, not deleted); neither converted.
+    expect(m.conversion_rate).toBe(0);
+  });
+
   it("is for the operator and platform admins, with a sane window", async () => {
     expect((await t.call("GET", "/v1/admin/metrics")).status).toBe(401);
     const user = await t.call("POST", "/v1/auth/register", {

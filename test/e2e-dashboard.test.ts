@@ -418,6 +418,8 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await admin.getByRole("link", { name: "Broadcast" }).click();
     await page.getByLabel("Subject").fill("Maintenance on Sunday");
     await page.getByLabel("Message").fill("We will be down for ten minutes.");
+    // It asks first: a broadcast cannot be taken back.
+    page.once("dialog", (dialog) => void dialog.accept());
     await page.getByRole("button", { name: "Send" }).click();
     await expect.poll(() => page.getByRole("status").textContent()).toMatch(/^Sent to \d+ address(es)?\.$/);
     await admin.getByRole("link", { name: "Outbox" }).click();
@@ -454,6 +456,34 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await page.reload();
     await expect.poll(brandColour).toBe("#aa3300");
     await shoot(page, "settings");
+    await page.close();
+  });
+
+  it("follows the e-mails' links: a password reset, and billing without an org in the link", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP });
+    await page.goto(`${server.url}/login`);
+    await page.getByRole("link", { name: "Forgot your password?" }).click();
+    await page.getByLabel("E-mail").fill("linus@example.com");
+    await page.getByRole("button", { name: "Send the link" }).click();
+    await expect.poll(() => page.getByRole("status").textContent()).toContain("on its way");
+    const mails = (await server.call("GET", "/v1/admin/emails?to=linus@example.com", { auth: ADMIN_KEY }))
+      .body.data;
+    const link = /https?:\/\/\S+\/reset-password\?token=[\w-]+/.exec(
+      mails.find((m: { template: string }) => m.template === "reset_password")?.text ?? "",
+    )?.[0];
+    if (!link) throw new Error("no reset link");
+    await page.goto(link.replace(/^https?:\/\/[^/]+/, server.url));
+    await page.getByLabel("New password").fill("a brand new passphrase");
+    await page.getByRole("button", { name: "Set the password" }).click();
+    await page.getByRole("link", { name: "Sign in" }).click();
+    await page.getByLabel("E-mail").fill("linus@example.com");
+    await page.getByLabel("Password").fill("a brand new passphrase");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    // The billing e-mails link to /billing: the first org's billing page.
+    await page.goto(`${server.url}/billing`);
+    await page.getByRole("heading", { name: /^Current plan/ }).waitFor();
+    expect(page.url()).toMatch(/\/dashboard\/orgs\/org_\w+\/billing$/);
     await page.close();
   });
 

@@ -1011,14 +1011,18 @@ export const webhookAttempts = pgTable(
 // Revenue metrics
 
 /**
- * Every state a subscription has been in, from the moment it took it: written in the transaction of
- * each change (billing/events.ts), so MRR, churn and conversion can be computed for any past date.
- * `mrr` is the plan version's base price per month (annual prices divided by 12), 0 on free plans.
+ * Every state a subscription has been in, from the moment it took it (its `updated_at`, which every
+ * change sets from the app's clock): written by a trigger on `subscriptions` (migration 0017), so no
+ * change — a plan change, a trial ending, dunning, an org deleted — can forget it, and MRR, churn
+ * and conversion can be computed for any past date. `mrr` is the plan version's base price per month
+ * (annual prices divided by 12), 0 on free plans.
  */
 export const subscriptionHistory = pgTable(
   "subscription_history",
   {
     id: text("id").primaryKey(),
+    /** Write order: of several states at one instant (one transaction), the last written wins. */
+    seq: bigint("seq", { mode: "number" }).generatedAlwaysAsIdentity(),
     subscriptionId: text("subscription_id").notNull(),
     orgId: text("org_id").notNull(),
     at: at("at").notNull(),
@@ -1027,7 +1031,8 @@ export const subscriptionHistory = pgTable(
     interval: text("interval", { enum: ["month", "year"] }).notNull(),
     status: text("status").notNull(),
     mrr: numeric("mrr").notNull(),
-    currency: text("currency").notNull(),
+    /** Unused since the trigger writes the history (amounts are in the catalog's currency). */
+    currency: text("currency"),
   },
   (t) => [
     index("subscription_history_org_idx").on(t.orgId, t.at),

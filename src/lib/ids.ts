@@ -39,7 +39,6 @@ export const ID_PREFIXES = {
   message: "msg",
   attempt: "att",
   broadcast: "bct",
-  history: "shs",
 } as const;
 
 export type IdKind = keyof typeof ID_PREFIXES;

@@ -1,5 +1,6 @@
-import { useEffect, useState, useSyncExternalStore } from "react";
-import { Redirect, Route, Switch, useLocation } from "wouter";
+import { useContext, useEffect, useState, useSyncExternalStore } from "react";
+import { Redirect, Route, Switch, useLocation, useSearch } from "wouter";
+import { MeContext } from "./access";
 import { resume, session } from "./api/client";
 import { Layout } from "./Layout";
 import { Admin } from "./pages/Admin";
@@ -13,7 +14,7 @@ import { Pricing } from "./pages/Pricing";
 import { Settings } from "./pages/Settings";
 import { Signup } from "./pages/Signup";
 import { Team } from "./pages/Team";
-import { AcceptInvitation, VerifyEmail } from "./pages/TokenPages";
+import { AcceptInvitation, ForgotPassword, ResetPassword, VerifyEmail } from "./pages/TokenPages";
 import { Webhooks } from "./pages/Webhooks";
 
 /** Signed in or not, as the rest of the app sees it. */
@@ -34,6 +35,15 @@ export function App() {
       <Route path="/signup" component={Signup} />
       <Route path="/verify-email" component={VerifyEmail} />
       <Route path="/pricing" component={Pricing} />
+      <Route path="/reset-password" component={ResetPassword} />
+      <Route path="/forgot-password" component={ForgotPassword} />
+      {/* Links in e-mails that name no org: the first org's page. */}
+      <Route path="/billing">
+        <Redirect to="/dashboard/orgs/first/billing" />
+      </Route>
+      <Route path="/webhooks">
+        <Redirect to="/dashboard/orgs/first/webhooks" />
+      </Route>
       <Route path="/invitations/:token" component={AcceptInvitation} />
       <Route path="/dashboard" nest>
         <Private>
@@ -45,6 +55,7 @@ export function App() {
               <Route path="/admin/outbox" component={AdminOutbox} />
               <Route path="/admin/jobs" component={AdminJobs} />
               <Route path="/admin/broadcast" component={AdminBroadcast} />
+              <Route path="/orgs/first/:page">{(params) => <FirstOrg page={params.page} />}</Route>
               <Route path="/orgs/:org/billing">{(params) => <Billing orgId={params.org} />}</Route>
               <Route path="/orgs/:org/keys">{(params) => <ApiKeys orgId={params.org} />}</Route>
               <Route path="/orgs/:org/team">{(params) => <Team orgId={params.org} />}</Route>
@@ -71,8 +82,22 @@ export function App() {
 function Private({ children }: { children: React.ReactNode }) {
   const signedIn = useSignedIn();
   const [location] = useLocation();
-  if (!signedIn) return <Redirect to={`~/login?next=${encodeURIComponent(`/dashboard${location}`)}`} />;
+  const search = useSearch();
+  const here = `/dashboard${location}${search ? `?${search}` : ""}`;
+  if (!signedIn) return <Redirect to={`~/login?next=${encodeURIComponent(here)}`} />;
   return <>{children}</>;
+}
+
+/** `/orgs/first/<page>`: the page of the user's first org (for links that cannot name one). */
+function FirstOrg({ page }: { page: string }) {
+  const me = useContext(MeContext);
+  if (!me) return <Loading label="Loading…" />;
+  const org = me.orgs[0];
+  return org ? (
+    <Redirect to={`/orgs/${org.id}/${page}`} replace />
+  ) : (
+    <p>You are not a member of any organization yet.</p>
+  );
 }
 
 export function Loading({ label }: { label: string }) {

@@ -38,7 +38,7 @@ async function statesAt(deps: Deps, at: Date): Promise<Map<string, State>> {
   const rows = await deps.database.query<{ org_id: string; plan_key: string; status: string; mrr: string }>(
     sql`select distinct on (org_id) org_id, plan_key, status, mrr::text as mrr
         from subscription_history where at <= ${at.toISOString()}::timestamptz
-        order by org_id, at desc, id desc`,
+        order by org_id, at desc, seq desc`,
   );
   return new Map(
     rows.map((row) => [
@@ -89,7 +89,7 @@ async function mrrSeries(deps: Deps, points: Date[], money: (value: Money) => st
   const last = points.at(-1) ?? new Date();
   const rows = await deps.database.query<{ org_id: string; at_ms: string; status: string; mrr: string }>(
     sql`select org_id, (extract(epoch from at) * 1000)::bigint::text as at_ms, status, mrr::text as mrr
-        from subscription_history where at <= ${last.toISOString()}::timestamptz order by at, id`,
+        from subscription_history where at <= ${last.toISOString()}::timestamptz order by at, seq`,
   );
   const states = new Map<string, State>();
   const series: { at: string; mrr: string; active_subscriptions: number }[] = [];
@@ -119,7 +119,15 @@ export async function revenueMetrics(deps: Deps, from: Date, to: Date) {
   const payingBefore = [...before.values()].filter(paying);
   const churned = payingBefore.filter((state) => !paying(after.get(state.orgId))).length;
   const churn = payingBefore.length > 0 ? new Money(churned).dividedBy(payingBefore.length) : null;
-  const candidates = [...after.keys()].filter((org) => !paying(before.get(org)));
+  // Orgs deleted by `to` are no longer candidates (their subscription was canceled with them).
+  const deleted = new Set(
+    (
+      await deps.database.query<{ id: string }>(
+        sql`select id from orgs where deleted_at is not null and deleted_at <= ${to.toISOString()}::timestamptz`,
+      )
+    ).map((row) => row.id),
+  );
+  const candidates = [...after.keys()].filter((org) => !deleted.has(org) && !paying(before.get(org)));
   const converted = candidates.filter((org) => paying(after.get(org))).length;
   const conversion = candidates.length > 0 ? new Money(converted).dividedBy(candidates.length) : null;
   const arpu = now.count > 0 ? now.mrr.dividedBy(now.count) : null;

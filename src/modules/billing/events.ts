@@ -1,10 +1,8 @@
 import { eq } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
-import { type invoices, subscriptionHistory, subscriptions } from "../../db/schema.js";
+import { type invoices, subscriptions } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
-import { newId } from "../../lib/ids.js";
 import { emitEvent } from "../webhooks/events.js";
-import { Money } from "./money.js";
 
 /** An invoice as webhooks describe it (the same fields as the API's, without the lines). */
 export function invoiceEventData(
@@ -47,7 +45,6 @@ export async function emitSubscriptionEvent(
 ): Promise<void> {
   const [sub] = await tx.select().from(subscriptions).where(eq(subscriptions.id, subscriptionId));
   if (!sub) return;
-  await recordSubscriptionState(deps, tx, sub);
   await emitEvent(deps, tx, {
     orgId: sub.orgId,
     type,
@@ -68,38 +65,5 @@ export async function emitSubscriptionEvent(
         : null,
       ...extra,
     },
-  });
-}
-
-/**
- * Appends the subscription's state as of now to `subscription_history` (the revenue metrics read
- * it), in the transaction of the change. MRR is the plan version's base price per month.
- */
-export async function recordSubscriptionState(
-  deps: Deps,
-  tx: Database,
-  sub: typeof subscriptions.$inferSelect,
-): Promise<void> {
-  const plan =
-    deps.plans.get(sub.planKey, sub.planVersion) ?? (await deps.plans.load(sub.planKey, sub.planVersion));
-  const price = sub.interval === "year" ? plan?.price.year : plan?.price.month;
-  const mrr =
-    price === undefined
-      ? new Money(0)
-      : sub.interval === "year"
-        ? new Money(price).dividedBy(12)
-        : new Money(price);
-  await tx.insert(subscriptionHistory).values({
-    id: newId("history"),
-    subscriptionId: sub.id,
-    orgId: sub.orgId,
-    at: deps.clock.now(),
-    planKey: sub.planKey,
-    planVersion: sub.planVersion,
-    interval: sub.interval,
-    status: sub.status,
-    // Exact enough for sums of thousands (an annual price ÷ 12 does not terminate); rounded on output.
-    mrr: mrr.toDecimalPlaces(6).toFixed(),
-    currency: deps.catalog.currency,
   });
 }

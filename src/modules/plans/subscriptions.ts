@@ -6,7 +6,7 @@ import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
 import { recordAudit } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
-import { emitSubscriptionEvent, recordSubscriptionState } from "../billing/events.js";
+import { emitSubscriptionEvent } from "../billing/events.js";
 import type { Interval, Plan } from "../catalog/schema.js";
 import { apiRateKey, rateKey } from "../metering/keys.js";
 import { type Period, periodAt, usagePeriodAt } from "./periods.js";
@@ -77,12 +77,8 @@ export function defaultSubscription(deps: Deps, orgId: string, now: Date): typeo
 
 /** Inserts a new org's subscription in the org's own transaction. */
 export async function insertDefaultSubscription(tx: Database, deps: Deps, orgId: string, now: Date) {
-  const [row] = await tx
-    .insert(subscriptions)
-    .values(defaultSubscription(deps, orgId, now))
-    .returning();
-  // The first entry of its history: the revenue metrics count the org from here (as not paying).
-  if (row) await recordSubscriptionState(deps, tx, row);
+  // Its history (subscription_history) starts here, written by the table's trigger.
+  await tx.insert(subscriptions).values(defaultSubscription(deps, orgId, now));
 }
 
 /**

@@ -21,6 +21,7 @@ const PAGES = [
   "/webhooks",
   "/verify-email",
   "/reset-password",
+  "/forgot-password",
 ];
 const PAGE_PREFIXES = ["/dashboard", "/invitations/"];
 

@@ -1,4 +1,4 @@
-import createClient, { type Middleware } from "openapi-fetch";
+import createClient from "openapi-fetch";
 import type { components, paths } from "./schema";
 
 /**
@@ -47,34 +47,55 @@ export const session = {
 /** The current access token, for the few requests made outside the client (file downloads). */
 export const accessToken = () => accessToken_;
 
-export const api = createClient<paths>({ baseUrl: window.location.origin });
+/**
+ * Every request carries the access token; one answered 401 (the token expired: they last minutes)
+ * is sent once more after a refresh. Sign-in and refresh calls themselves are never retried.
+ */
+async function authorizedFetch(request: Request): Promise<Response> {
+  const retry = request.clone();
+  if (accessToken_) request.headers.set("authorization", `Bearer ${accessToken_}`);
+  const response = await fetch(request);
+  if (response.status !== 401 || new URL(request.url).pathname.startsWith("/v1/auth/") || !(await resume())) {
+    return response;
+  }
+  retry.headers.set("authorization", `Bearer ${accessToken_}`);
+  return fetch(retry);
+}
 
-const bearer: Middleware = {
-  onRequest({ request }) {
-    if (accessToken_) request.headers.set("authorization", `Bearer ${accessToken_}`);
-    return request;
-  },
-};
-api.use(bearer);
+export const api = createClient<paths>({ baseUrl: window.location.origin, fetch: authorizedFetch });
 
 let refreshing: Promise<boolean> | null = null;
 
-/** Trades the stored refresh token for a new pair (rotating it); false when there is none or it is spent. */
+/**
+ * Trades the stored refresh token for a new pair (the server rotates it). Tabs take turns (a Web
+ * Lock), each reading the token inside its turn: two tabs sending the same token would look like a
+ * stolen one, and the server would end the session. Only a refusal (401) forgets the token; a server
+ * error or an unreachable server leaves it for the next try.
+ */
 export function resume(): Promise<boolean> {
-  refreshing ??= (async () => {
+  refreshing ??= withLock(async () => {
     const refresh = localStorage.getItem(REFRESH_KEY);
     if (!refresh) return false;
-    const { data } = await api.POST("/v1/auth/refresh", { body: { refresh_token: refresh } });
-    if (!data) {
-      session.clear();
-      return false;
+    const response = await fetch("/v1/auth/refresh", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ refresh_token: refresh }),
+    }).catch(() => undefined);
+    if (response?.ok) {
+      session.set((await response.json()) as { access_token: string; refresh_token: string });
+      return true;
     }
-    session.set(data);
-    return true;
-  })().finally(() => {
+    if (response?.status === 401) session.clear();
+    return false;
+  }).finally(() => {
     refreshing = null;
   });
   return refreshing;
+}
+
+function withLock<T>(work: () => Promise<T>): Promise<T> {
+  const locks = (navigator as Navigator & { locks?: LockManager }).locks;
+  return locks ? (locks.request("tollgate-session", work) as Promise<T>) : work();
 }
 
 /** The message to show for a failed call: the problem's detail, or the first field error. */

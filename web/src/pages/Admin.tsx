@@ -18,19 +18,23 @@ export function Admin() {
   const [metrics, setMetrics] = useState<Metrics | null>(null);
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
+    // A window chosen later wins: an earlier request still running is ignored when it answers.
+    let current = true;
     const to = new Date();
     const from = new Date(to.getTime() - days * 86_400_000);
     setMetrics(null);
+    setError(null);
     void api
       .GET("/v1/admin/metrics", { params: { query: { from: from.toISOString(), to: to.toISOString() } } })
-      .then(({ data, error }) => (data ? setMetrics(data) : setError(problemMessage(error))));
+      .then(({ data, error }) => {
+        if (!current) return;
+        if (data) setMetrics(data);
+        else setError(problemMessage(error));
+      });
+    return () => {
+      current = false;
+    };
   }, [days]);
-  if (error)
-    return (
-      <p className="error" role="alert">
-        {error}
-      </p>
-    );
   const percent = (value: number | null) => (value === null ? "—" : `${Math.round(value * 1000) / 10}%`);
   return (
     <>
@@ -45,7 +49,11 @@ export function Admin() {
           ))}
         </select>
       </label>
-      {!metrics ? (
+      {error ? (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      ) : !metrics ? (
         <Loading label="Loading metrics…" />
       ) : (
         <>

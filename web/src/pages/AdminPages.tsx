@@ -272,9 +272,15 @@ export function AdminBroadcast() {
   const [audience, setAudience] = useState("all");
   const [result, setResult] = useState<string | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
   const send = async (event: React.FormEvent<HTMLFormElement>) => {
     event.preventDefault();
+    if (busy) return;
     const form = new FormData(event.currentTarget);
+    const who =
+      audience === "all" ? "every user" : audience === "owners" ? "every org owner" : "that plan's orgs";
+    if (!window.confirm(`Send this message to ${who}? It cannot be taken back.`)) return;
+    setBusy(true);
     setError(null);
     setResult(null);
     const { data, error } = await api.POST("/v1/admin/broadcast", {
@@ -285,6 +291,7 @@ export function AdminBroadcast() {
           audience === "plan" ? { plan: String(form.get("plan") ?? "") } : (audience as "all" | "owners"),
       },
     });
+    setBusy(false);
     if (!data) return setError(problemMessage(error));
     setResult(`Sent to ${data.recipients} ${data.recipients === 1 ? "address" : "addresses"}.`);
   };
@@ -314,7 +321,9 @@ export function AdminBroadcast() {
           <label htmlFor={ids.body}>Message</label>
           <textarea id={ids.body} name="body" required maxLength={20000} rows={8} />
         </div>
-        <button type="submit">Send</button>
+        <button type="submit" disabled={busy}>
+          {busy ? "Sending…" : "Send"}
+        </button>
         {result && (
           <p className="notice" role="status">
             {result}

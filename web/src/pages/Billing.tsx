@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import { useSearchParams } from "wouter";
 import { Loading } from "../App";
 import { accessToken, api, problemMessage, type Schemas } from "../api/client";
@@ -15,6 +15,11 @@ export function Billing({ orgId }: { orgId: string }) {
   const [error, setError] = useState<string | null>(null);
   const [preview, setPreview] = useState<{ plan: Plan; quote: Preview } | null>(null);
   const [busy, setBusy] = useState(false);
+  // A new preview takes the focus once (not on every re-render), so keyboard users land on it.
+  const previewHeading = useRef<HTMLHeadingElement>(null);
+  useEffect(() => {
+    if (preview) previewHeading.current?.focus();
+  }, [preview]);
   // A denied check's upgrade URL lands here with ?feature=…&plan=…: the plan that gives more.
   const [params] = useSearchParams();
   const suggested = params.get("plan");
@@ -137,7 +142,7 @@ export function Billing({ orgId }: { orgId: string }) {
 
       {preview && (
         <section className="panel issued" aria-labelledby="preview-title">
-          <h2 id="preview-title" tabIndex={-1} ref={(heading) => heading?.focus()}>
+          <h2 id="preview-title" tabIndex={-1} ref={previewHeading}>
             Switch to {preview.plan.name}:{" "}
             {preview.quote.timing === "now" ? "now" : `on ${day(preview.quote.effective_at)}`}
           </h2>

@@ -32,7 +32,8 @@ export function Login() {
         </button>
       </form>
       <p>
-        No account yet? <Link href="/signup">Create one</Link>.
+        No account yet? <Link href="/signup">Create one</Link>.{" "}
+        <Link href="/forgot-password">Forgot your password?</Link>
       </p>
     </main>
   );

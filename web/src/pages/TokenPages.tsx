@@ -1,4 +1,4 @@
-import { useEffect, useRef, useState } from "react";
+import { useEffect, useId, useRef, useState } from "react";
 import { Link, useLocation, useParams, useSearchParams } from "wouter";
 import { useSignedIn } from "../App";
 import { api, problemMessage } from "../api/client";
@@ -71,6 +71,94 @@ export function AcceptInvitation() {
         <p className="error" role="alert">
           {error}
         </p>
+      )}
+    </main>
+  );
+}
+
+/** The password reset link: a new password, then sign in with it (every session was ended). */
+export function ResetPassword() {
+  const [params] = useSearchParams();
+  const token = params.get("token") ?? "";
+  const passwordId = useId();
+  const [state, setState] = useState<"form" | "busy" | "done">("form");
+  const [error, setError] = useState<string | null>(null);
+  const submit = async (event: React.FormEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    const password = String(new FormData(event.currentTarget).get("password") ?? "");
+    setState("busy");
+    setError(null);
+    const { error } = await api.POST("/v1/auth/reset-password", { body: { token, password } });
+    if (error) {
+      setState("form");
+      return setError(problemMessage(error));
+    }
+    setState("done");
+  };
+  return (
+    <main className="narrow">
+      <h1>Choose a new password</h1>
+      {state === "done" ? (
+        <p role="status">
+          Your password is changed. <Link href="/login">Sign in</Link> with it.
+        </p>
+      ) : (
+        <form onSubmit={submit}>
+          <div className="field">
+            <label htmlFor={passwordId}>New password</label>
+            <input
+              id={passwordId}
+              name="password"
+              type="password"
+              autoComplete="new-password"
+              minLength={10}
+              required
+            />
+          </div>
+          {error && (
+            <p className="error" role="alert">
+              {error}
+            </p>
+          )}
+          <button type="submit" disabled={state === "busy"}>
+            Set the password
+          </button>
+        </form>
+      )}
+    </main>
+  );
+}
+
+/** Asks for a reset link; the answer is the same whether or not the address has an account. */
+export function ForgotPassword() {
+  const emailId = useId();
+  const [sent, setSent] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const submit = async (event: React.FormEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    const email = String(new FormData(event.currentTarget).get("email") ?? "");
+    const { error } = await api.POST("/v1/auth/forgot-password", { body: { email } });
+    if (error) return setError(problemMessage(error));
+    setSent(true);
+  };
+  return (
+    <main className="narrow">
+      <h1>Reset your password</h1>
+      {sent ? (
+        <p role="status">If an account uses that address, a link to reset its password is on its way.</p>
+      ) : (
+        <form onSubmit={submit}>
+          <div className="field">
+            <label htmlFor={emailId}>E-mail</label>
+            <input id={emailId} name="email" type="email" autoComplete="email" required />
+          </div>
+          {error && (
+            <p className="error" role="alert">
+              {error}
+            </p>
+          )}
+          <button type="submit">Send the link</button>
+        </form>
       )}
     </main>
   );
