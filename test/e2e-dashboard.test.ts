@@ -236,6 +236,22 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     const saved = path.join(dataDir, "invoice.pdf");
     await file.saveAs(saved);
     expect(readFileSync(saved).subarray(0, 5).toString()).toBe("%PDF-");
+
+    // A coupon, then cancel at the period end, then change one's mind.
+    const coupon = await server.call("POST", "/v1/admin/coupons", {
+      auth: ADMIN_KEY,
+      body: { code: "WELCOME20", type: "percentage", percent_off: "20", duration: "forever" },
+    });
+    expect(coupon.status, coupon.text).toBe(201);
+    await page.getByLabel("Coupon code").fill("WELCOME20");
+    await page.getByRole("button", { name: "Redeem" }).click();
+    await expect
+      .poll(() => page.getByRole("region", { name: "Coupons and credit" }).textContent())
+      .toContain("WELCOME20 — 20% off (forever)");
+    page.once("dialog", (dialog) => void dialog.accept());
+    await page.getByRole("button", { name: "Cancel the subscription" }).click();
+    await page.getByRole("button", { name: "Keep my subscription" }).click();
+    await page.getByRole("button", { name: "Cancel the subscription" }).waitFor();
     await page.close();
   });
 

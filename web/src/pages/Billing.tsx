@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useRef, useState } from "react";
+import { useCallback, useEffect, useId, useRef, useState } from "react";
 import { useSearchParams } from "wouter";
 import { Loading } from "../App";
 import { accessToken, api, problemMessage, type Schemas } from "../api/client";
@@ -14,6 +14,11 @@ export function Billing({ orgId }: { orgId: string }) {
   const [invoices, setInvoices] = useState<Invoice[] | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [preview, setPreview] = useState<{ plan: Plan; quote: Preview } | null>(null);
+  const [interval, setInterval] = useState<"month" | "year">("month");
+  const [extras, setExtras] = useState<{
+    coupons: Schemas["AppliedCoupon"][];
+    credits: Schemas["Credits"];
+  } | null>(null);
   const [busy, setBusy] = useState(false);
   // A new preview takes the focus once (not on every re-render), so keyboard users land on it.
   const previewHeading = useRef<HTMLHeadingElement>(null);
@@ -37,8 +42,14 @@ export function Billing({ orgId }: { orgId: string }) {
       return;
     }
     setSubscription(sub.data);
+    setInterval(sub.data.interval);
     setPlans(catalog.data.data);
     setInvoices(list.data.data);
+    const [coupons, credits] = await Promise.all([
+      api.GET("/v1/orgs/{org}/coupons", { params: { path } }),
+      api.GET("/v1/orgs/{org}/credits", { params: { path } }),
+    ]);
+    if (coupons.data && credits.data) setExtras({ coupons: coupons.data.data, credits: credits.data });
   }, [orgId]);
   useEffect(() => {
     void load();
@@ -49,7 +60,7 @@ export function Billing({ orgId }: { orgId: string }) {
     setBusy(true);
     const { data, error } = await api.POST("/v1/orgs/{org}/subscription/preview", {
       params: { path: { org: orgId } },
-      body: { plan: plan.key },
+      body: { plan: plan.key, ...(sells(plan, interval) ? { interval } : {}) },
     });
     setBusy(false);
     if (!data) return setError(problemMessage(error));
@@ -61,7 +72,7 @@ export function Billing({ orgId }: { orgId: string }) {
     setBusy(true);
     const { data, error } = await api.POST("/v1/orgs/{org}/subscription", {
       params: { path: { org: orgId } },
-      body: { plan: preview.plan.key },
+      body: { plan: preview.plan.key, ...(sells(preview.plan, interval) ? { interval } : {}) },
     });
     setBusy(false);
     if (!data) return setError(problemMessage(error));
@@ -99,7 +110,9 @@ export function Billing({ orgId }: { orgId: string }) {
             Changes to {subscription.pending_change.plan} on {day(subscription.pending_change.effective_at)}.
           </p>
         )}
+        <SubscriptionActions orgId={orgId} subscription={subscription} onChanged={load} onError={setError} />
       </section>
+      {extras && <CouponsAndCredits orgId={orgId} extras={extras} onChanged={load} />}
 
       {suggested && limited && suggested !== subscription.plan && (
         <p className="panel suggestion" role="status">
@@ -109,6 +122,22 @@ export function Billing({ orgId }: { orgId: string }) {
       )}
 
       <h2>Plans</h2>
+      {plans.some((plan) => plan.price.year !== undefined) && (
+        <fieldset className="toggle">
+          <legend>Billing period</legend>
+          {(["month", "year"] as const).map((value) => (
+            <label key={value} className="check">
+              <input
+                type="radio"
+                name="interval"
+                checked={interval === value}
+                onChange={() => setInterval(value)}
+              />{" "}
+              {value === "month" ? "Monthly" : "Annual"}
+            </label>
+          ))}
+        </fieldset>
+      )}
       <ul className="cards" aria-label="Plans">
         {plans.map((plan) => (
           <li
@@ -122,12 +151,10 @@ export function Billing({ orgId }: { orgId: string }) {
               </p>
             )}
             <h3>{plan.name}</h3>
-            <p className="figure">
-              {plan.price.month !== undefined ? `${plan.currency} ${plan.price.month}` : "—"}
-              <span className="muted"> / month</span>
-            </p>
+            <p className="figure">{priceLabel(plan, interval)}</p>
             {plan.description && <p className="muted">{plan.description}</p>}
-            {plan.key === subscription.plan ? (
+            {plan.key === subscription.plan &&
+            (subscription.interval === interval || !sells(plan, interval)) ? (
               <p>
                 <strong>Your plan</strong>
               </p>
@@ -226,6 +253,127 @@ export function Billing({ orgId }: { orgId: string }) {
 }
 
 const day = (iso: string) => new Date(iso).toISOString().slice(0, 10);
+
+/** Whether the plan is sold by this interval. */
+const sells = (plan: Plan, interval: "month" | "year") => plan.price[interval] !== undefined;
+
+function priceLabel(plan: Plan, interval: "month" | "year"): string {
+  const price = plan.price[interval] ?? plan.price.month ?? plan.price.year;
+  const per =
+    plan.price[interval] !== undefined ? interval : plan.price.month !== undefined ? "month" : "year";
+  return `${plan.currency} ${price} / ${per}`;
+}
+
+/** Cancel (at the period end, or now) or undo a scheduled cancellation or downgrade. */
+function SubscriptionActions({
+  orgId,
+  subscription,
+  onChanged,
+  onError,
+}: {
+  orgId: string;
+  subscription: Schemas["Subscription"];
+  onChanged: () => Promise<void>;
+  onError: (message: string) => void;
+}) {
+  const paid =
+    subscription.price !== null && Number(subscription.price) > 0 && subscription.status !== "canceled";
+  if (subscription.cancel_at_period_end || subscription.pending_change) {
+    const resume = async () => {
+      const { error } = await api.POST("/v1/orgs/{org}/subscription/resume", {
+        params: { path: { org: orgId } },
+      });
+      if (error) return onError(problemMessage(error));
+      await onChanged();
+    };
+    return (
+      <button type="button" className="secondary" onClick={resume}>
+        {subscription.cancel_at_period_end ? "Keep my subscription" : "Undo the scheduled change"}
+      </button>
+    );
+  }
+  if (!paid) return null;
+  const cancel = async () => {
+    if (!window.confirm(`Cancel at the end of the period (${day(subscription.current_period_end)})?`)) return;
+    const { error } = await api.POST("/v1/orgs/{org}/subscription/cancel", {
+      params: { path: { org: orgId } },
+      body: { at_period_end: true },
+    });
+    if (error) return onError(problemMessage(error));
+    await onChanged();
+  };
+  return (
+    <button type="button" className="danger" onClick={cancel}>
+      Cancel the subscription
+    </button>
+  );
+}
+
+/** Coupons on the account (and redeeming one), and the credit balance. */
+function CouponsAndCredits({
+  orgId,
+  extras,
+  onChanged,
+}: {
+  orgId: string;
+  extras: { coupons: Schemas["AppliedCoupon"][]; credits: Schemas["Credits"] };
+  onChanged: () => Promise<void>;
+}) {
+  const codeId = useId();
+  const [error, setError] = useState<string | null>(null);
+  const redeem = async (event: React.FormEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    const form = event.currentTarget;
+    const code = String(new FormData(form).get("code") ?? "").trim();
+    setError(null);
+    const { error } = await api.POST("/v1/orgs/{org}/coupons", {
+      params: { path: { org: orgId } },
+      body: { code },
+    });
+    if (error) return setError(problemMessage(error));
+    form.reset();
+    await onChanged();
+  };
+  return (
+    <section className="panel" aria-labelledby={`${codeId}-title`}>
+      <h2 id={`${codeId}-title`}>Coupons and credit</h2>
+      <p>
+        Credit balance:{" "}
+        <strong>
+          {extras.credits.currency} {extras.credits.balance}
+        </strong>
+      </p>
+      {extras.coupons.length > 0 && (
+        <ul>
+          {extras.coupons.map((applied) => (
+            <li key={applied.id}>
+              <code>{applied.coupon.code}</code>
+              {applied.coupon.percent_off ? ` — ${applied.coupon.percent_off}% off` : ""}
+              {applied.coupon.amount_off
+                ? ` — ${applied.coupon.currency} ${applied.coupon.amount_off} off`
+                : ""}{" "}
+              ({applied.coupon.duration})
+            </li>
+          ))}
+        </ul>
+      )}
+      <form className="inline" onSubmit={redeem}>
+        <div className="field">
+          <label htmlFor={codeId}>Coupon code</label>
+          <input id={codeId} name="code" required maxLength={100} />
+        </div>
+        <button type="submit" className="secondary">
+          Redeem
+        </button>
+      </form>
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+    </section>
+  );
+}
 
 /** The PDF needs the session's credentials, so it is fetched and handed to the browser as a file. */
 function PdfButton({ orgId, invoice }: { orgId: string; invoice: Invoice }) {

@@ -83,17 +83,7 @@ export function Team({ orgId }: { orgId: string }) {
                   <td>{member.email}</td>
                   <td>
                     {canManage ? (
-                      <select
-                        aria-label={`Role of ${member.email}`}
-                        value={member.role}
-                        onChange={(event) => changeRole(member.user_id, event.target.value as Role)}
-                      >
-                        {ROLES.map(({ role, label }) => (
-                          <option key={role} value={role}>
-                            {label}
-                          </option>
-                        ))}
-                      </select>
+                      <RoleEditor member={member} onSave={(role) => changeRole(member.user_id, role)} />
                     ) : (
                       member.role
                     )}
@@ -156,5 +146,36 @@ function InviteForm({ orgId, onInvited }: { orgId: string; onInvited: (email: st
         </p>
       )}
     </form>
+  );
+}
+
+/** A role picker that changes nothing until saved: arrowing through it with a keyboard is safe. */
+function RoleEditor({
+  member,
+  onSave,
+}: {
+  member: Schemas["Member"];
+  onSave: (role: Role) => Promise<void>;
+}) {
+  const [role, setRole] = useState<Role>(member.role);
+  return (
+    <span className="actions">
+      <select
+        aria-label={`Role of ${member.email}`}
+        value={role}
+        onChange={(event) => setRole(event.target.value as Role)}
+      >
+        {ROLES.map(({ role: value, label }) => (
+          <option key={value} value={value}>
+            {label}
+          </option>
+        ))}
+      </select>
+      {role !== member.role && (
+        <button type="button" className="secondary" onClick={() => onSave(role)}>
+          Save<span className="visually-hidden"> the role of {member.email}</span>
+        </button>
+      )}
+    </span>
   );
 }
