@@ -14,6 +14,7 @@ const MATRIX: Record<string, Role[]> = {
   "keys:read": ["owner", "admin", "member"],
   "keys:manage": ["owner", "admin"],
   "members:manage": ["owner", "admin"],
+  "org:update": ["owner", "admin"],
   "webhooks:read": ["owner", "admin", "member"],
   "webhooks:manage": ["owner", "admin"],
 };

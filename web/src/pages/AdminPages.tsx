@@ -2,6 +2,7 @@ import { useCallback, useEffect, useId, useState } from "react";
 import { Link, useLocation } from "wouter";
 import { Loading } from "../App";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { ErrorLine } from "../components/ErrorLine";
 
 /** The operator's pages next to Revenue: orgs, users, the mail outbox, dead jobs, broadcasts. */
 export function AdminNav() {
@@ -43,14 +44,6 @@ function Search({ label, onSearch }: { label: string; onSearch: (q: string) => v
       <button type="submit">Search</button>
     </form>
   );
-}
-
-function ErrorLine({ error }: { error: string | null }) {
-  return error ? (
-    <p className="error" role="alert">
-      {error}
-    </p>
-  ) : null;
 }
 
 export function AdminOrgs() {

@@ -2,6 +2,7 @@ import { useCallback, useEffect, useId, useState } from "react";
 import { Loading } from "../App";
 import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { ErrorLine } from "../components/ErrorLine";
 
 type ApiKey = Schemas["ApiKey"];
 type Scope = Schemas["ApiKeyCreate"]["scopes"][number];
@@ -66,11 +67,7 @@ export function ApiKeys({ orgId }: { orgId: string }) {
           }}
         />
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       {keys === null ? (
         <Loading label="Loading keys…" />
       ) : keys.length === 0 ? (
@@ -169,11 +166,7 @@ function CreateKey({
           </label>
         ))}
       </fieldset>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       <button type="submit" disabled={busy}>
         {busy ? "Creating…" : "Create key"}
       </button>

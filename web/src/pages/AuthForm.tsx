@@ -47,11 +47,4 @@ export function useSubmit(action: (fields: Record<string, string>) => Promise<st
   return { error, busy, onSubmit };
 }
 
-export function FormError({ error }: { error: string | null }) {
-  if (!error) return null;
-  return (
-    <p className="error" role="alert">
-      {error}
-    </p>
-  );
-}
+export { ErrorLine as FormError } from "../components/ErrorLine";

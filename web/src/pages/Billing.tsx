@@ -2,6 +2,7 @@ import { useCallback, useEffect, useId, useRef, useState } from "react";
 import { useSearchParams } from "wouter";
 import { Loading } from "../App";
 import { accessToken, api, problemMessage, type Schemas } from "../api/client";
+import { ErrorLine } from "../components/ErrorLine";
 
 type Plan = Schemas["Plan"];
 type Preview = Schemas["SubscriptionChangePreview"];
@@ -204,11 +205,7 @@ export function Billing({ orgId }: { orgId: string }) {
           </button>
         </section>
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
 
       <h2>Invoices</h2>
       {invoices.length === 0 ? (
@@ -366,11 +363,7 @@ function CouponsAndCredits({
           Redeem
         </button>
       </form>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
     </section>
   );
 }

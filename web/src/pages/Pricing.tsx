@@ -2,6 +2,7 @@ import { useEffect, useId, useState } from "react";
 import { Link } from "wouter";
 import { Loading } from "../App";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { ErrorLine } from "../components/ErrorLine";
 
 type Plan = Schemas["Plan"];
 type Catalog = {
@@ -164,11 +165,7 @@ function Estimator({ plans, meters }: { plans: Plan[]; meters: { key: string; na
         ))}
         <button type="submit">Estimate</button>
       </form>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       {result && (
         <div role="status" aria-live="polite">
           <table className="table">

@@ -2,6 +2,7 @@ import { useContext, useEffect, useId, useState } from "react";
 import { Loading } from "../App";
 import { BrandingContext, can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { ErrorLine } from "../components/ErrorLine";
 
 type Branding = Schemas["Branding"];
 const MAX_LOGO_BYTES = 256 * 1024;
@@ -9,7 +10,7 @@ const MAX_LOGO_BYTES = 256 * 1024;
 /** The org's white-label branding: applied to this dashboard, the org's e-mails and its pages. */
 export function Settings({ orgId }: { orgId: string }) {
   const onBranding = useContext(BrandingContext);
-  const canEdit = can(useRole(orgId), "members:manage"); // org:update: owners and admins
+  const canEdit = can(useRole(orgId), "org:update");
   const [branding, setBranding] = useState<Branding | null>(null);
   const [logo, setLogo] = useState<string | null | undefined>(undefined);
   const [error, setError] = useState<string | null>(null);
@@ -113,11 +114,7 @@ export function Settings({ orgId }: { orgId: string }) {
             Saved.
           </p>
         )}
-        {error && (
-          <p className="error" role="alert">
-            {error}
-          </p>
-        )}
+        <ErrorLine error={error} />
       </form>
     </>
   );

@@ -2,6 +2,7 @@ import { useCallback, useEffect, useId, useState } from "react";
 import { Loading } from "../App";
 import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { ErrorLine } from "../components/ErrorLine";
 
 type Role = Schemas["Member"]["role"];
 const ROLES: { role: Role; label: string }[] = [
@@ -55,11 +56,7 @@ export function Team({ orgId }: { orgId: string }) {
           {notice}
         </p>
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       {members === null ? (
         <Loading label="Loading members…" />
       ) : (
@@ -140,11 +137,7 @@ function InviteForm({ orgId, onInvited }: { orgId: string; onInvited: (email: st
         </select>
       </div>
       <button type="submit">Send invitation</button>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
     </form>
   );
 }

@@ -2,6 +2,7 @@ import { useEffect, useId, useRef, useState } from "react";
 import { Link, useLocation, useParams, useSearchParams } from "wouter";
 import { useSignedIn } from "../App";
 import { api, problemMessage } from "../api/client";
+import { ErrorLine } from "../components/ErrorLine";
 
 /** The e-mail verification link: the token is posted once, and the answer shown. */
 export function VerifyEmail() {
@@ -67,11 +68,7 @@ export function AcceptInvitation() {
           e-mail address to accept it.
         </p>
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
     </main>
   );
 }
@@ -115,11 +112,7 @@ export function ResetPassword() {
               required
             />
           </div>
-          {error && (
-            <p className="error" role="alert">
-              {error}
-            </p>
-          )}
+          <ErrorLine error={error} />
           <button type="submit" disabled={state === "busy"}>
             Set the password
           </button>
@@ -152,11 +145,7 @@ export function ForgotPassword() {
             <label htmlFor={emailId}>E-mail</label>
             <input id={emailId} name="email" type="email" autoComplete="email" required />
           </div>
-          {error && (
-            <p className="error" role="alert">
-              {error}
-            </p>
-          )}
+          <ErrorLine error={error} />
           <button type="submit">Send the link</button>
         </form>
       )}

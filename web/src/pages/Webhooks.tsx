@@ -2,6 +2,7 @@ import { useCallback, useEffect, useId, useState } from "react";
 import { Loading } from "../App";
 import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { ErrorLine } from "../components/ErrorLine";
 
 type Endpoint = Schemas["WebhookEndpoint"];
 type Delivery = Schemas["WebhookDelivery"];
@@ -92,11 +93,7 @@ export function Webhooks({ orgId }: { orgId: string }) {
           <button type="submit">Add endpoint</button>
         </form>
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ErrorLine error={error} />
       {endpoints === null ? (
         <Loading label="Loading endpoints…" />
       ) : endpoints.length === 0 ? (
