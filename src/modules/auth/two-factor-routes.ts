@@ -1,8 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { and, eq, isNull, min } from "drizzle-orm";
-import type { Context } from "hono";
-import { recoveryCodes, refreshTokens, users } from "../../db/schema.js";
-import type { AppEnv } from "../../deps.js";
+import { and, eq, isNull } from "drizzle-orm";
+import { recoveryCodes, users } from "../../db/schema.js";
 import { AppError } from "../../lib/errors.js";
 import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { newId } from "../../lib/ids.js";
@@ -10,7 +8,7 @@ import { recordUserAudit } from "../audit/service.js";
 import { guardAttempt } from "./abuse.js";
 import { createApiRouter, requireCaller } from "./caller.js";
 import { clientIp } from "./client-ip.js";
-import { verifyPassword } from "./passwords.js";
+import { currentUser, reauthenticate } from "./reauth.js";
 import { revokeUserSessions } from "./sessions.js";
 import {
   checkSecondFactor,
@@ -28,48 +26,6 @@ const wrongCode = (field: string) =>
   new AppError("validation_failed", "The code is not correct.", {
     errors: [{ field, message: "is not correct", code: "invalid_code", location: "body" }],
   });
-
-async function currentUser(c: Context<AppEnv>) {
-  const caller = await requireCaller(c, "user");
-  const [user] = await c.get("deps").database.db.select().from(users).where(eq(users.id, caller.userId));
-  if (!user) throw new AppError("unauthenticated", "This account no longer exists.");
-  return user;
-}
-
-/** SSO-only accounts (no password) prove themselves by having signed in within this long. */
-const RECENT_SIGN_IN_MS = 10 * 60_000;
-
-/** Asks for the password again (or, without one, a sign-in moments ago) before sensitive changes. */
-async function reauthenticate(
-  c: Context<AppEnv>,
-  user: typeof users.$inferSelect,
-  password: string | undefined,
-) {
-  const deps = c.get("deps");
-  if (user.passwordHash) {
-    if (!password) {
-      throw new AppError("validation_failed", "Confirm with your password.", {
-        errors: [{ field: "password", message: "is required", code: "required", location: "body" }],
-      });
-    }
-    await guardAttempt(deps, "login", user.email, clientIp(c));
-    if (!(await verifyPassword(user.passwordHash, password))) {
-      throw new AppError("forbidden", "The password is not correct.");
-    }
-    return;
-  }
-  const caller = await requireCaller(c, "user");
-  const [started] = await deps.database.db
-    .select({ at: min(refreshTokens.createdAt) })
-    .from(refreshTokens)
-    .where(eq(refreshTokens.familyId, caller.sessionId));
-  if (!started?.at || deps.clock.nowMs() - started.at.getTime() > RECENT_SIGN_IN_MS) {
-    throw new AppError(
-      "forbidden",
-      "Sign in again (within the last 10 minutes) to change two-factor authentication.",
-    );
-  }
-}
 
 /**
  * Two-factor authentication (TOTP, with ten single-use recovery codes): set up, confirm with a
@@ -124,7 +80,7 @@ export function twoFactorRoutes() {
         );
       }
       // A stolen session must not be able to put its own authenticator on the account.
-      await reauthenticate(c, user, c.req.valid("json").password);
+      await reauthenticate(c, user, c.req.valid("json").password, "change two-factor authentication");
       const { sealed, secret, uri } = newTotpSecret(deps, user.email);
       await deps.database.db
         .update(users)
