@@ -11,6 +11,7 @@ import { metricsRoutes } from "./modules/admin/metrics.js";
 import { apiKeyRoutes } from "./modules/api-keys/routes.js";
 import { emailFlowRoutes } from "./modules/auth/email-routes.js";
 import { oidcRoutes } from "./modules/auth/oidc-routes.js";
+import { profileRoutes } from "./modules/auth/profile-routes.js";
 import { authRoutes } from "./modules/auth/routes.js";
 import { twoFactorRoutes } from "./modules/auth/two-factor-routes.js";
 import {
@@ -30,6 +31,7 @@ import { broadcastRoutes } from "./modules/notifications/broadcast.js";
 import { brandingRoutes } from "./modules/orgs/branding.js";
 import { orgRoutes } from "./modules/orgs/routes.js";
 import { planRoutes, subscriptionRoutes } from "./modules/plans/routes.js";
+import { privacyRoutes } from "./modules/privacy/routes.js";
 import { testClockRoutes } from "./modules/test-clock/routes.js";
 import { mountWeb } from "./modules/web/routes.js";
 import { webhookRoutes } from "./modules/webhooks/routes.js";
@@ -127,6 +129,8 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.route("/", authRoutes());
   app.route("/", oidcRoutes());
   app.route("/", twoFactorRoutes());
+  app.route("/", privacyRoutes());
+  app.route("/", profileRoutes());
   app.route("/", orgRoutes());
   app.route("/", brandingRoutes());
   app.route("/", planRoutes());

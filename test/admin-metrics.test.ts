@@ -87,6 +87,16 @@ describe.each(appModes)("revenue metrics ($name)", (mode) => {
     expect(m.conversion_rate).toBe(0.5);
   });
 
+  it("takes the window as a number of days ending at the server's now (its test clock here)", async () => {
+    const byDays = await t.call("GET", "/v1/admin/metrics?days=25", { auth: "operator" });
+    expect(byDays.status, byDays.text).toBe(200);
+    expect(byDays.body).toEqual(await metrics(t0, t0 + 25 * DAY));
+    const both = await t.call("GET", `/v1/admin/metrics?days=5&from=${iso(t0)}`, { auth: "operator" });
+    expect(both.status).toBe(400);
+    expect(both.body.errors[0].field).toBe("days");
+    expect((await t.call("GET", "/v1/admin/metrics?days=0", { auth: "operator" })).status).toBe(400);
+  });
+
   it("computes churn, and LTV from it, over a window that starts with paying orgs", async () => {
     // Day 5: A and B pay. Day 25: B still does, A does not; C converted, D did not.
     const m = await metrics(t0 + 5 * DAY, t0 + 25 * DAY);

@@ -59,7 +59,9 @@ describe.each(appModes)("accounts and sessions ($name)", (mode) => {
       two_factor_enabled: false,
     });
     expect(me.body.orgs).toEqual([expect.objectContaining({ id: u.orgId, role: "owner", personal: true })]);
-    expect(JSON.stringify(me.body)).not.toMatch(/password|hash/i);
+    // Whether a password is set is shown (has_password); the password or its hash never is.
+    expect(JSON.stringify(me.body)).not.toMatch(/hash|argon2|correct horse/i);
+    expect(me.body.user.has_password).toBe(true);
   });
 
   it("rejects short passwords, bad e-mails and a second account for one e-mail", async () => {

@@ -20,6 +20,7 @@ const PUBLIC_OPERATIONS = new Set([
   // Single sign-on: the browser arrives without credentials, and comes back from the provider.
   "GET /v1/auth/oauth/{provider}/start",
   "GET /v1/auth/oauth/{provider}/callback",
+  "GET /v1/auth/providers",
   // E-mail links: whoever holds the token (or asks for a reset) is not signed in.
   "POST /v1/auth/verify-email",
   "POST /v1/auth/forgot-password",

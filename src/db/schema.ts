@@ -98,6 +98,12 @@ export const users = pgTable(
     totpEnabledAt: at("totp_enabled_at"),
     ...timestamps,
     updatedAt: at("updated_at").notNull().defaultNow(),
+    /**
+     * Set when the account was erased (DELETE /v1/me): the row stays because ids are referenced
+     * everywhere, anonymised (`erased+<id>@erased.invalid`, no password, no second factor), and
+     * nothing signs in to it again.
+     */
+    erasedAt: at("erased_at"),
   },
   (t) => [uniqueIndex("users_email_idx").on(t.email)],
 );

@@ -1,13 +1,20 @@
-import { eq } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import nodemailer from "nodemailer";
 import type { DatabaseHandle } from "../../db/client.js";
 import { emails } from "../../db/schema.js";
 import { type Clock, systemClock } from "../../lib/clock.js";
 import { newId } from "../../lib/ids.js";
 import type { Logger } from "../../lib/logger.js";
-import type { EmailMessage, EmailStatus, Mailer, SentEmail } from "./types.js";
+import {
+  type EmailMessage,
+  type EmailStatus,
+  type Mailer,
+  RECIPIENT_ERASED,
+  type SentEmail,
+} from "./types.js";
 
 export type { EmailMessage, EmailStatus, Mailer, SentEmail } from "./types.js";
+export { RECIPIENT_ERASED } from "./types.js";
 
 export interface MailerOptions {
   database: DatabaseHandle;
@@ -37,6 +44,9 @@ const SMTP_TIMEOUTS = { connectionTimeout: 10_000, greetingTimeout: 10_000, sock
 const MAX_ERROR_LENGTH = 1000;
 
 const newEmailId = () => newId("email");
+
+const erased = (row: { status: string; error: string | null }) =>
+  row.status === "failed" && row.error === RECIPIENT_ERASED;
 
 /** What a delivered message's body is replaced with. */
 export const SENT_BODY = "[delivered; the body is not kept]";
@@ -99,7 +109,11 @@ export function createMailer(options: MailerOptions): Mailer {
 
   const setOutcome = async (id: string, outcome: Partial<typeof emails.$inferInsert>) => {
     try {
-      await database.db.update(emails).set(outcome).where(eq(emails.id, id));
+      // An erasure that happened meanwhile keeps its mark (and the message stays emptied).
+      await database.db
+        .update(emails)
+        .set(outcome)
+        .where(and(eq(emails.id, id), sql`${emails.error} is distinct from ${RECIPIENT_ERASED}`));
     } catch (error) {
       // The delivery itself is settled; only its bookkeeping is lost.
       log.error(
@@ -114,9 +128,9 @@ export function createMailer(options: MailerOptions): Mailer {
     options: { final?: boolean; throwOnFinal?: boolean } = {},
   ): Promise<EmailStatus | "skipped"> => {
     const [row] = await database.db.select().from(emails).where(eq(emails.id, id));
-    // Delivered already (a job run twice): nothing to do. A `failed` message is sent again: only an
-    // admin's retry of its dead job asks for that.
-    if (!row || row.status === "sent") return "skipped";
+    // Delivered already (a job run twice), or its recipient erased: nothing to do. Another `failed`
+    // message is sent again: only an admin's retry of its dead job asks for that.
+    if (!row || row.status === "sent" || erased(row)) return "skipped";
     try {
       await transport.sendMail({
         ...(row.fromName ? { from: { name: row.fromName, address: senderAddress } } : {}),

@@ -12,6 +12,12 @@ export interface EmailMessage {
   orgId?: string | undefined;
 }
 
+/**
+ * The `error` of a message whose recipient erased their account before it was sent: it is `failed`,
+ * emptied, and never sent (not even by an admin's retry of its job).
+ */
+export const RECIPIENT_ERASED = "recipient erased";
+
 /** `outbox`: kept, not (yet) sent; `sent`: accepted by the SMTP server; `failed`: it refused or was unreachable. */
 export type EmailStatus = "outbox" | "sent" | "failed";
 
@@ -36,8 +42,8 @@ export interface Mailer {
   /**
    * Delivers a recorded message not sent yet (the `email.deliver` job's work). A failure throws so
    * the job retries; the `final` attempt marks the message `failed` (and throws too with
-   * `throwOnFinal`, so the job is dead-lettered). "skipped": nothing to send (already sent, or no
-   * SMTP server configured).
+   * `throwOnFinal`, so the job is dead-lettered). "skipped": nothing to send (already sent, its
+   * recipient erased, or no SMTP server configured).
    */
   deliver(
     id: string,

@@ -197,13 +197,21 @@ export function metricsRoutes() {
       path: "/v1/admin/metrics",
       tags: ["Admin"],
       summary: "Revenue metrics: MRR, ARR, subscriptions, churn, conversion, ARPU, LTV, and MRR over time",
-      description: "Definitions in docs/dashboard.md. Default window: the 30 days before now.",
+      description:
+        "Definitions in docs/dashboard.md. The window ends at `to` (default: now, by the server's clock) and starts at `from`, or `days` before `to` (default 30 days).",
       security,
       middleware: platformAdminOnly,
       request: {
         query: z.object({
           from: z.iso.datetime({ offset: true }).optional(),
           to: z.iso.datetime({ offset: true }).optional(),
+          days: z.coerce
+            .number()
+            .int()
+            .min(1)
+            .max(1826)
+            .optional()
+            .openapi({ description: "The window's length in days, ending at `to`; instead of `from`." }),
         }),
       },
       responses: { 200: jsonResponse(Metrics, "The metrics"), ...errorResponses(400, 401, 403) },
@@ -212,7 +220,14 @@ export function metricsRoutes() {
       const deps = c.get("deps");
       const query = c.req.valid("query");
       const to = query.to ? new Date(query.to) : deps.clock.now();
-      const from = query.from ? new Date(query.from) : new Date(to.getTime() - 30 * DAY);
+      if (query.from !== undefined && query.days !== undefined) {
+        throw new AppError("validation_failed", "Give `from` or `days`, not both.", {
+          errors: [
+            { field: "days", message: "cannot be combined with from", code: "conflict", location: "query" },
+          ],
+        });
+      }
+      const from = query.from ? new Date(query.from) : new Date(to.getTime() - (query.days ?? 30) * DAY);
       if (from >= to || to.getTime() - from.getTime() > MAX_WINDOW_MS) {
         throw new AppError("validation_failed", "`from` must be before `to`, at most five years apart.", {
           errors: [

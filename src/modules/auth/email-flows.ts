@@ -133,7 +133,7 @@ export async function requestPasswordReset(deps: Deps, email: string): Promise<v
     const [user] = await deps.database.db
       .select({ id: users.id, email: users.email, name: users.name })
       .from(users)
-      .where(eq(users.email, email));
+      .where(and(eq(users.email, email), isNull(users.erasedAt)));
     if (!user) {
       sha256Hex(randomToken(32));
       return;

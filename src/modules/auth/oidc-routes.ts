@@ -128,26 +128,34 @@ export function oidcRoutes() {
       const pending = openPendingSignIn(deps, provider.key, sealed);
       checkState(pending, query.state);
       await claimState(deps, pending.state);
-      if (query.error) {
-        throw new AppError("forbidden", `The provider did not sign you in (${query.error.slice(0, 100)}).`);
-      }
-      if (!query.code) throw new AppError("validation_failed", "The provider's answer has no code.");
+      try {
+        if (query.error) {
+          throw new AppError("forbidden", `The provider did not sign you in (${query.error.slice(0, 100)}).`);
+        }
+        if (!query.code) throw new AppError("validation_failed", "The provider's answer has no code.");
 
-      const identity = await completeSignIn(deps, provider, pending, new URL(c.req.url).search);
-      const ip = clientIp(c);
-      const { user, created, linked } = await resolveAccount(deps, provider.key, identity, ip);
-      const tokens = await signInWithProvider(deps, provider.key, user, ip, c.req.header("user-agent"));
+        const identity = await completeSignIn(deps, provider, pending, new URL(c.req.url).search);
+        const ip = clientIp(c);
+        const { user, created, linked } = await resolveAccount(deps, provider.key, identity, ip);
+        const tokens = await signInWithProvider(deps, provider.key, user, ip, c.req.header("user-agent"));
 
-      if (pending.redirectTo) {
-        const fragment = new URLSearchParams({
-          access_token: tokens.access_token,
-          refresh_token: tokens.refresh_token,
-          token_type: tokens.token_type,
-          expires_in: String(tokens.expires_in),
-        });
+        if (pending.redirectTo) {
+          const fragment = new URLSearchParams({
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            token_type: tokens.token_type,
+            expires_in: String(tokens.expires_in),
+          });
+          return c.redirect(`${deps.env.publicUrl}${pending.redirectTo}#${fragment}`, 302);
+        }
+        return c.json({ user: userOut(user), ...tokens, created, linked }, 200);
+      } catch (error) {
+        // A browser sign-in goes back to the page it came from, which shows why it failed; the
+        // fragment never reaches a server or a Referer.
+        if (!pending.redirectTo || !(error instanceof AppError)) throw error;
+        const fragment = new URLSearchParams({ error: error.code, error_description: error.message });
         return c.redirect(`${deps.env.publicUrl}${pending.redirectTo}#${fragment}`, 302);
       }
-      return c.json({ user: userOut(user), ...tokens, created, linked }, 200);
     },
   );
 

@@ -300,6 +300,26 @@ describe.each(appModes)("single sign-on ($name)", (mode) => {
     expect(me.body.user.email).toBe(email);
   });
 
+  it("with redirect_to, sends a failed sign-in back there too, with the reason in the fragment", async () => {
+    const res = await t.app.request("/v1/auth/oauth/mock/start?redirect_to=%2Flogin%3Fplan%3Dpro");
+    const cookie = (res.headers.get("set-cookie") ?? "").split(";")[0] ?? "";
+    const state = new URL(res.headers.get("location") ?? "").searchParams.get("state") ?? "";
+    const back = await callback(`/v1/auth/oauth/mock/callback?error=access_denied&state=${state}`, cookie);
+    expect(back.status).toBe(302);
+    const target = new URL(back.headers.get("location") ?? "");
+    expect(`${target.pathname}${target.search}`).toBe("/login?plan=pro");
+    const fragment = new URLSearchParams(target.hash.slice(1));
+    expect(fragment.get("error")).toBe("forbidden");
+    expect(fragment.get("error_description")).toContain("access_denied");
+    expect(fragment.has("access_token")).toBe(false);
+  });
+
+  it("lists the provider for the sign-in page", async () => {
+    const res = await t.call("GET", "/v1/auth/providers");
+    expect(res.status).toBe(200);
+    expect(res.body.providers).toEqual([{ key: "mock", name: "Mock" }]);
+  });
+
   it("answers the provider's own refusal (error=access_denied) with 403", async () => {
     const { location, cookie } = await start();
     const state = location.searchParams.get("state") ?? "";

@@ -265,6 +265,7 @@ export async function resolveAccount(
     .innerJoin(users, eq(users.id, identities.userId))
     .where(and(eq(identities.provider, providerKey), eq(identities.subject, identity.subject)));
   if (linked) {
+    refuseErasedAccounts(linked.user);
     refuseSecondFactorAccounts(linked.user);
     return { user: linked.user, created: false, linked: false };
   }
@@ -291,6 +292,7 @@ export async function resolveAccount(
   }
 
   if (existing) {
+    refuseErasedAccounts(existing);
     refuseSecondFactorAccounts(existing);
     const user = await linkIdentity(deps, providerKey, identity, existing, ip);
     return { user, created: false, linked: true };
@@ -318,6 +320,11 @@ export async function resolveAccount(
     },
   );
   return { user, created: true, linked: true };
+}
+
+/** Erasure deletes an account's identities and anonymises its address: nothing should lead to it. */
+function refuseErasedAccounts(user: User): void {
+  if (user.erasedAt) throw new AppError("forbidden", "This account was deleted.");
 }
 
 function refuseSecondFactorAccounts(user: User): void {

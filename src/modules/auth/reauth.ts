@@ -22,19 +22,20 @@ export const RECENT_SIGN_IN_MS = 10 * 60_000;
 /**
  * Asks for the password again (or, without one, a sign-in moments ago) before sensitive changes:
  * a stolen session alone must not be able to take over or destroy the account. `purpose` finishes
- * the sentence "Sign in again (within the last 10 minutes) to …".
+ * the sentence "Sign in again (within the last 10 minutes) to …"; `field` names the body's password field.
  */
 export async function reauthenticate(
   c: Context<AppEnv>,
   user: typeof users.$inferSelect,
   password: string | undefined,
   purpose: string,
+  field = "password",
 ) {
   const deps = c.get("deps");
   if (user.passwordHash) {
     if (!password) {
       throw new AppError("validation_failed", "Confirm with your password.", {
-        errors: [{ field: "password", message: "is required", code: "required", location: "body" }],
+        errors: [{ field, message: "is required", code: "required", location: "body" }],
       });
     }
     await guardAttempt(deps, "login", user.email, clientIp(c));

@@ -42,6 +42,9 @@ export const UserOut = z
     name: z.string(),
     email_verified: z.boolean(),
     two_factor_enabled: z.boolean(),
+    has_password: z
+      .boolean()
+      .openapi({ description: "False for accounts that only sign in through single sign-on" }),
     created_at: z.string(),
   })
   .openapi("User");
@@ -68,6 +71,7 @@ export function userOut(user: typeof users.$inferSelect): z.infer<typeof UserOut
     name: user.name,
     email_verified: user.emailVerifiedAt !== null,
     two_factor_enabled: user.totpEnabledAt !== null,
+    has_password: user.passwordHash !== null,
     created_at: user.createdAt.toISOString(),
   };
 }

@@ -1,4 +1,4 @@
-import { eq } from "drizzle-orm";
+import { and, eq, isNull } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import { memberships, orgs, users } from "../../db/schema.js";
 import type { Deps } from "../../deps.js";
@@ -37,6 +37,7 @@ export async function createAccount(
     totpEnabledAt: null,
     createdAt: now,
     updatedAt: now,
+    erasedAt: null,
   };
   const org = { id: newId("org"), name: `${input.name}'s organization`, personal: true, createdAt: now };
   try {
@@ -113,7 +114,8 @@ export async function login(
   const passwordOk = user?.passwordHash
     ? await verifyPassword(user.passwordHash, input.password)
     : await verifyDecoy(input.password);
-  if (!user || !passwordOk)
+  // An erased account has no password, so it fails above already; said again for whoever changes that.
+  if (!user || !passwordOk || user.erasedAt)
     throw new AppError("unauthenticated", "The e-mail address or password is not correct.");
   if (user.totpEnabledAt) {
     if (!input.totp_code && !input.recovery_code) {
@@ -141,6 +143,6 @@ export async function loadSessionUser(deps: Deps, userId: string): Promise<Sessi
   const [user] = await deps.database.db
     .select({ id: users.id, email: users.email, emailVerifiedAt: users.emailVerifiedAt })
     .from(users)
-    .where(eq(users.id, userId));
+    .where(and(eq(users.id, userId), isNull(users.erasedAt)));
   return user;
 }

@@ -108,8 +108,10 @@ export async function rotateRefreshToken(
       .from(refreshTokens)
       .where(eq(refreshTokens.familyId, row.familyId))
       .for("update");
-    if (family.some((t) => t.revokedAt)) return "revoked" as const;
-    if (family.find((t) => t.id === row.id)?.usedAt) return "reused" as const;
+    const current = family.find((t) => t.id === row.id);
+    // Deleted meanwhile (the account was erased): as dead as a revoked one.
+    if (!current || family.some((t) => t.revokedAt)) return "revoked" as const;
+    if (current.usedAt) return "reused" as const;
     await tx.update(refreshTokens).set({ usedAt: deps.clock.now() }).where(eq(refreshTokens.id, row.id));
     return issue(deps, tx, user, { id: row.familyId, secondFactor: row.secondFactor }, userAgent);
   });

@@ -13,7 +13,7 @@ import type { Deps } from "../../deps.js";
 import { randomToken, sha256Hex } from "../../lib/crypto.js";
 import { AppError } from "../../lib/errors.js";
 import { newId } from "../../lib/ids.js";
-import { recordAudit } from "../audit/service.js";
+import { type AuditEntry, recordAudit } from "../audit/service.js";
 import type { Caller } from "../auth/caller.js";
 import { insertDefaultSubscription, subscriptionChanged } from "../plans/subscriptions.js";
 import { emitEvent } from "../webhooks/events.js";
@@ -100,15 +100,27 @@ export async function updateOrg(
  */
 export async function deleteOrg(deps: Deps, access: OrgAccess): Promise<void> {
   const now = deps.clock.now();
-  await deps.database.db.transaction(async (tx) => {
-    await tx.update(orgs).set({ deletedAt: now }).where(eq(orgs.id, access.orgId));
-    await tx
-      .update(subscriptions)
-      .set({ status: "canceled", updatedAt: now })
-      .where(eq(subscriptions.orgId, access.orgId));
-    await recordAudit(tx, { orgId: access.orgId, actor: actorOf(access.caller), action: "org.deleted" });
-  });
+  await deps.database.db.transaction((tx) => deleteOrgInTx(tx, now, access.orgId, actorOf(access.caller)));
   await subscriptionChanged(deps, access.orgId);
+}
+
+/**
+ * What deleting an org changes, in the caller's transaction: the tombstone, the canceled
+ * subscription and the `org.deleted` entry. The caller calls `subscriptionChanged` once it commits.
+ */
+export async function deleteOrgInTx(
+  tx: Database,
+  now: Date,
+  orgId: string,
+  actor: AuditEntry["actor"],
+  metadata?: Record<string, unknown>,
+): Promise<void> {
+  await tx.update(orgs).set({ deletedAt: now }).where(eq(orgs.id, orgId));
+  await tx
+    .update(subscriptions)
+    .set({ status: "canceled", updatedAt: now })
+    .where(eq(subscriptions.orgId, orgId));
+  await recordAudit(tx, { orgId, actor, action: "org.deleted", ...(metadata ? { metadata } : {}) });
 }
 
 export async function listMembers(db: Database, orgId: string) {
@@ -143,7 +155,7 @@ async function membershipOf(db: Database, orgId: string, userId: string) {
 }
 
 /** Serialises membership changes of one org (two owners demoting each other at once leave one). */
-async function lockOrg(db: Database, orgId: string): Promise<void> {
+export async function lockOrg(db: Database, orgId: string): Promise<void> {
   await db.select({ id: orgs.id }).from(orgs).where(eq(orgs.id, orgId)).for("update");
 }
 

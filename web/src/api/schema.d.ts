@@ -687,11 +687,13 @@ export interface paths {
         };
         /**
          * Revenue metrics: MRR, ARR, subscriptions, churn, conversion, ARPU, LTV, and MRR over time
-         * @description Definitions in docs/dashboard.md. Default window: the 30 days before now.
+         * @description Definitions in docs/dashboard.md. The window ends at `to` (default: now, by the server's clock) and starts at `from`, or `days` before `to` (default 30 days).
          */
         get: {
             parameters: {
                 query?: {
+                    /** @description The window's length in days, ending at `to`; instead of `from`. */
+                    days?: number;
                     from?: string;
                     to?: string;
                 };
@@ -1439,7 +1441,52 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Change the signed-in user's profile (the name)
+         * @description The e-mail address is the account's identity for sign-in, invitations and SSO linking; it is not changed here.
+         */
+        patch: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["ProfileUpdate"];
+                };
+            };
+            responses: {
+                /** @description The updated user */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["User"];
+                    };
+                };
+                /** @description Validation failed */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Missing or invalid credentials */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
         trace?: never;
     };
     "/v1/auth/oauth/{provider}/callback": {
@@ -1606,6 +1653,122 @@ export interface paths {
                     };
                     content: {
                         "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Change (or, for an SSO-only account, set) the password
+         * @description Needs the current password; an account without one needs a sign-in within the last 10 minutes. Every other session of the account ends; this one stays.
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["PasswordChange"];
+                };
+            };
+            responses: {
+                /** @description The password is changed */
+                204: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+                /** @description Validation failed */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Missing or invalid credentials */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Not allowed for this caller */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Rate limited or quota exceeded */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The single sign-on providers this instance offers
+         * @description Each is started at `/v1/auth/oauth/{key}/start`. Public: the sign-in page lists them before anyone is signed in.
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description The providers, by key */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["SignInProviders"];
                     };
                 };
             };
@@ -2314,6 +2477,151 @@ export interface paths {
                 };
             };
         };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Erase the signed-in user's account and personal data
+         * @description Confirm with the account's e-mail address, the password (an account without one: a sign-in within the last 10 minutes) and, when two-factor authentication is on, a current code or a recovery code. Orgs where the user is the last member are deleted; other orgs are left. Refused with 409 (nothing changed, `orgs` lists them) while the user is the only owner of an org that others still belong to. The account is anonymised, every session ends (this one too), and the address is removed from invitations, mail, audit details, webhook payloads and branding. Invoices, credit notes and payments are kept, as the law requires, with the org and the amounts only.
+         */
+        delete: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["AccountErasureRequest"];
+                };
+            };
+            responses: {
+                /** @description The account is erased; every session has ended */
+                204: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+                /** @description Validation failed */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Missing or invalid credentials */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Not allowed for this caller */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Conflict */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Rate limited or quota exceeded */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/me/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Everything held about the signed-in user, as one JSON file
+         * @description The account, memberships, linked sign-in providers, sessions, API keys created, invitations sent and received, the user's own audit-log entries and the mail addressed to them. Never a password hash, key hash, token or TOTP secret. Lists are not paged: each keeps its newest entries up to a cap (audit_log 10 000, emails 1 000, sessions 1 000, identities 1 000, the others 10 000), and `truncated` names those that reached it. Served as an attachment (`tollgate-export-<yyyy-mm-dd>.json`), never cached. Recorded in the audit log as `user.data_exported`.
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description The export */
+                200: {
+                    headers: {
+                        /** @description attachment; filename="tollgate-export-<yyyy-mm-dd>.json" */
+                        "Content-Disposition"?: string;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["PersonalDataExport"];
+                    };
+                };
+                /** @description Missing or invalid credentials */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Not allowed for this caller */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -5828,6 +6136,20 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        AccountErasureRequest: {
+            /**
+             * @description With two-factor authentication on: a current code from the authenticator app, or a recovery code
+             * @example 123456
+             */
+            code?: string;
+            /**
+             * @description The account's e-mail address, typed again
+             * @example ada@example.com
+             */
+            confirm_email: string;
+            /** @description The account's password (required when it has one) */
+            password?: string;
+        };
         AdminOrg: {
             created_at: string;
             id: string;
@@ -6379,6 +6701,11 @@ export interface components {
             text: string;
             to: string;
         };
+        PasswordChange: {
+            current_password?: string;
+            /** @example correct horse battery staple */
+            new_password: string;
+        };
         PasswordReset: {
             /** @enum {boolean} */
             reset: true;
@@ -6388,6 +6715,217 @@ export interface components {
             last4: string;
             /** @enum {string} */
             provider: "local" | "stripe";
+        };
+        PersonalDataExport: {
+            api_keys_created: {
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                created_at: string;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                expires_at: string | null;
+                id: string;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                last_used_at: string | null;
+                name: string;
+                org_id: string;
+                prefix: string;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                revoked_at: string | null;
+                scopes: string[];
+            }[];
+            /** @description What this user did, newest first */
+            audit_log: {
+                action: string;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                created_at: string;
+                id: string;
+                ip: string | null;
+                metadata: {
+                    [key: string]: unknown;
+                };
+                org_id: string | null;
+                target: {
+                    id: string | null;
+                    type: string;
+                } | null;
+            }[];
+            /** @description Messages addressed to this user, newest first */
+            emails: {
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                created_at: string;
+                id: string;
+                org_id: string | null;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                sent_at: string | null;
+                status: string;
+                subject: string;
+                template: string;
+                /** @description The plain-text body (a placeholder once delivered over SMTP: bodies are not kept) */
+                text: string;
+                to: string;
+            }[];
+            /** @enum {string} */
+            format: "tollgate.personal-data.v1";
+            /**
+             * Format: date-time
+             * @example 2026-11-24T13:00:00.000Z
+             */
+            generated_at: string;
+            /** @description Accounts at single sign-on providers linked to this user */
+            identities: {
+                email: string | null;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                linked_at: string;
+                provider: string;
+                subject: string;
+            }[];
+            invitations: {
+                /** @description Invitations addressed to this user's e-mail address */
+                received: {
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-24T13:00:00.000Z
+                     */
+                    accepted_at: string | null;
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-24T13:00:00.000Z
+                     */
+                    created_at: string;
+                    email: string;
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-24T13:00:00.000Z
+                     */
+                    expires_at: string;
+                    id: string;
+                    org_id: string;
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-24T13:00:00.000Z
+                     */
+                    revoked_at: string | null;
+                    role: string;
+                }[];
+                /** @description Invitations this user sent */
+                sent: {
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-24T13:00:00.000Z
+                     */
+                    accepted_at: string | null;
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-24T13:00:00.000Z
+                     */
+                    created_at: string;
+                    email: string;
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-24T13:00:00.000Z
+                     */
+                    expires_at: string;
+                    id: string;
+                    org_id: string;
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-24T13:00:00.000Z
+                     */
+                    revoked_at: string | null;
+                    role: string;
+                }[];
+            };
+            memberships: {
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                joined_at: string;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                org_deleted_at: string | null;
+                org_id: string;
+                org_name: string;
+                org_personal: boolean;
+                role: string;
+            }[];
+            /** @description Sign-in sessions (refresh-token families), newest first */
+            sessions: {
+                /** @description The session this export was asked from */
+                current: boolean;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                expires_at: string;
+                id: string;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                last_refreshed_at: string | null;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                revoked_at: string | null;
+                second_factor: boolean;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                started_at: string;
+                user_agent: string | null;
+            }[];
+            /** @description Lists that reached their cap (audit_log 10 000, emails 1 000, sessions 1 000, …): only the newest entries are in this file. */
+            truncated: string[];
+            user: {
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                created_at: string;
+                email: string;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                email_verified_at: string | null;
+                has_password: boolean;
+                id: string;
+                name: string;
+                two_factor_enabled: boolean;
+                /**
+                 * Format: date-time
+                 * @example 2026-11-24T13:00:00.000Z
+                 */
+                updated_at: string;
+            };
         };
         Plan: {
             charges: unknown[];
@@ -6602,6 +7140,9 @@ export interface components {
             title: string;
             type: string;
         };
+        ProfileUpdate: {
+            name: string;
+        };
         Readiness: {
             checks: {
                 [key: string]: {
@@ -6697,6 +7238,14 @@ export interface components {
             /** @description The provider identity was linked in this sign-in */
             linked: boolean;
             user: components["schemas"]["User"];
+        };
+        SignInProviders: {
+            providers: {
+                /** @example google */
+                key: string;
+                /** @example Google */
+                name: string;
+            }[];
         };
         StripeWebhookResult: {
             duplicate: boolean;
@@ -6874,6 +7423,8 @@ export interface components {
             created_at: string;
             email: string;
             email_verified: boolean;
+            /** @description False for accounts that only sign in through single sign-on */
+            has_password: boolean;
             id: string;
             name: string;
             two_factor_enabled: boolean;
