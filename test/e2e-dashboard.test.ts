@@ -1,9 +1,10 @@
-import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { OAuth2Server } from "oauth2-mock-server";
+import { generateSync } from "otplib";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -36,16 +37,9 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
   let dataDir: string;
   let receiver: Server;
   let receiverUrl: string;
+  let sso: OAuth2Server;
   beforeAll(async () => {
-    // The page under test is built from the current sources.
-    execFileSync(
-      process.execPath,
-      [path.join(root, "node_modules/vite/bin/vite.js"), "build", "web", "--logLevel", "warn"],
-      {
-        cwd: root,
-        stdio: "inherit",
-      },
-    );
+    // The pages under test were built from the current sources by test/support/global-setup.ts.
     dataDir = mkdtempSync(path.join(os.tmpdir(), "tollgate-e2e-"));
     receiver = createServer((req, res) => {
       req.resume();
@@ -53,6 +47,19 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     });
     await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", () => resolve()));
     receiverUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`;
+    // A real OIDC provider on loopback for the single sign-on button; it signs in whoever asks.
+    sso = new OAuth2Server();
+    await sso.issuer.keys.generate("RS256");
+    await sso.start(0, "127.0.0.1");
+    sso.service.on("beforeTokenSigning", (token: { payload: Record<string, unknown> }) => {
+      if (token.payload.aud !== "e2e-client") return;
+      Object.assign(token.payload, {
+        sub: "sso-hedy",
+        email: "hedy@example.com",
+        email_verified: true,
+        name: "Hedy Lamarr",
+      });
+    });
     // Links in pages (checkout's way back) must lead to the origin the browser signed in on.
     const port = await freePort();
     server = await startTollgate({
@@ -62,6 +69,9 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
       TOLLGATE_PUBLIC_URL: `http://127.0.0.1:${port}`,
       TOLLGATE_DATA_DIR: dataDir,
       TOLLGATE_ADMIN_KEY: ADMIN_KEY,
+      TOLLGATE_OIDC_MOCK_ISSUER: sso.issuer.url ?? "",
+      TOLLGATE_OIDC_MOCK_CLIENT_ID: "e2e-client",
+      TOLLGATE_OIDC_MOCK_CLIENT_SECRET: "e2e-client-secret",
     });
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox"] });
     mkdirSync(shots, { recursive: true });
@@ -69,6 +79,7 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
   afterAll(async () => {
     await browser?.close();
     await killAllTollgates();
+    await sso?.stop();
     receiver?.closeAllConnections();
     await new Promise((resolve) => receiver?.close(resolve));
     if (dataDir) rmSync(dataDir, { recursive: true, force: true });
@@ -510,6 +521,119 @@ describe.runIf(existsSync(CHROMIUM))("the dashboard in Chromium", () => {
     await page.getByLabel("Password").fill("not the password");
     await page.getByRole("button", { name: "Sign in" }).click();
     await expect.poll(() => page.getByRole("alert").textContent()).toMatch(/password|credentials/i);
+    await page.close();
+  });
+
+  it("keeps the account: profile, two-factor (then signing in with it), a data export, and deletion", async () => {
+    const email = "margaret@example.com";
+    const password = "correct horse battery staple";
+    const registered = await server.call("POST", "/v1/auth/register", {
+      body: { email, password, name: "Grace" },
+    });
+    expect(registered.status, registered.text).toBe(201);
+    const page = await browser.newPage({ viewport: DESKTOP, acceptDownloads: true });
+    const signIn = async (code?: string) => {
+      await page.goto(`${server.url}/login`);
+      await page.getByLabel("E-mail").fill(email);
+      await page.getByLabel("Password", { exact: true }).fill(password);
+      await page.getByRole("button", { name: "Sign in" }).click();
+      if (code === undefined) return;
+      await page.getByLabel("Two-factor code (or a recovery code)").fill(code);
+      await page.getByRole("button", { name: "Sign in" }).click();
+    };
+    await signIn();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await page.getByRole("banner").getByRole("link", { name: email }).click();
+    await page.getByRole("heading", { name: "Your account", exact: true }).waitFor();
+
+    await page.getByLabel("Name").fill("Grace Hopper");
+    await page.getByRole("button", { name: "Save profile" }).click();
+    await expect.poll(() => page.getByRole("status").first().textContent()).toBe("Saved.");
+
+    // Two-factor: the password again, then the QR code and its key, then a code from the "app".
+    await page.getByLabel("Confirm your password").fill(password);
+    await page.getByRole("button", { name: "Set up two-factor authentication" }).click();
+    await page.getByRole("img", { name: "QR code for your authenticator app" }).waitFor();
+    const secret = (await page.locator("code.secret").textContent()) ?? "";
+    expect(secret).toMatch(/^[A-Z2-7]{16,}$/);
+    await page.getByLabel("Code from the app").fill(generateSync({ secret }));
+    await page.getByRole("button", { name: "Turn on" }).click();
+    const codes = page.getByRole("list", { name: "Recovery codes" }).getByRole("listitem");
+    await expect.poll(() => codes.count()).toBe(10);
+    const recovery = await codes.allTextContents();
+    await shoot(page, "account");
+    await page.getByRole("button", { name: "I have saved them" }).click();
+    await page.getByText("Signing in asks for a code from your authenticator app.").waitFor();
+
+    // Signing in now asks for the second factor (a recovery code here: single use).
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await signIn(recovery[0]);
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+
+    // The export: everything about Grace, no secrets.
+    await page.goto(`${server.url}/dashboard/account`);
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      page.getByRole("button", { name: "Download my data" }).click(),
+    ]);
+    expect(download.suggestedFilename()).toMatch(/^tollgate-export-\d{4}-\d{2}-\d{2}\.json$/);
+    const exported = readFileSync((await download.path()) ?? "", "utf8");
+    expect(JSON.parse(exported).user).toMatchObject({ email, name: "Grace Hopper" });
+    expect(exported).not.toMatch(/_hash|totp_secret|argon2/);
+
+    // Deletion: the e-mail typed out, the password and a second factor.
+    const deletion = page.getByRole("region", { name: "Delete your account" });
+    await deletion.getByLabel("Type your e-mail address to confirm").fill(email);
+    await deletion.getByLabel("Password", { exact: true }).fill(password);
+    await deletion.getByLabel("Two-factor code").fill(recovery[1] ?? "");
+    page.once("dialog", (dialog) => void dialog.accept());
+    await page.getByRole("button", { name: "Delete my account" }).click();
+    await page.getByText("Your account has been deleted.").waitFor();
+    expect(new URL(page.url()).pathname).toBe("/login");
+    const again = await server.call("POST", "/v1/auth/login", {
+      body: { email, password, recovery_code: recovery[2] },
+    });
+    expect(again.status).toBe(401);
+    await page.close();
+  });
+
+  it("signs in with single sign-on, and the account can then set a password", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP });
+    await page.goto(`${server.url}/login`);
+    await page.getByRole("link", { name: "Continue with Mock" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    // The tokens came in the fragment, which is gone from the address bar.
+    expect(new URL(page.url()).hash).toBe("");
+    await page.getByRole("banner").getByRole("link", { name: "hedy@example.com" }).click();
+    await page.getByRole("heading", { name: "Your account", exact: true }).waitFor();
+    expect(await page.getByLabel("Current password").count()).toBe(0);
+    await page.getByLabel("New password (at least 10 characters)").fill("frequency hopping rocks");
+    await page.getByRole("button", { name: "Set password" }).click();
+    await expect.poll(() => page.getByRole("status").first().textContent()).toMatch(/^Password saved/);
+    const login = await server.call("POST", "/v1/auth/login", {
+      body: { email: "hedy@example.com", password: "frequency hopping rocks" },
+    });
+    expect(login.status).toBe(200);
+    await page.close();
+  });
+
+  it("carries the plan picked on /pricing through sign-up to billing", async () => {
+    const page = await browser.newPage({ viewport: DESKTOP });
+    await page.goto(`${server.url}/pricing`);
+    await page.getByRole("link", { name: "Get started with Pro" }).click();
+    await page.getByRole("heading", { name: "Create your account" }).waitFor();
+    await page.getByLabel("Name").fill("Annie");
+    await page.getByLabel("E-mail").fill("annie@example.com");
+    await page.getByLabel("Password").fill("correct horse battery staple");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByText("The plan you picked").waitFor();
+    // The demo catalog sells monthly only; an annual pick would come through as interval=year.
+    expect(page.url()).toMatch(/\/dashboard\/orgs\/org_\w+\/billing\?plan=pro&interval=month$/);
+    const picked = page
+      .getByRole("list", { name: "Plans" })
+      .getByRole("listitem")
+      .filter({ hasText: "The plan you picked" });
+    expect(await picked.getByRole("heading").textContent()).toBe("Pro");
     await page.close();
   });
 

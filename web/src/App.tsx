@@ -3,6 +3,7 @@ import { Redirect, Route, Switch, useLocation, useSearch } from "wouter";
 import { MeContext } from "./access";
 import { resume, session } from "./api/client";
 import { Layout } from "./Layout";
+import { Account } from "./pages/Account";
 import { Admin } from "./pages/Admin";
 import { AdminBroadcast, AdminJobs, AdminOrgs, AdminOutbox, AdminUsers } from "./pages/AdminPages";
 import { ApiKeys } from "./pages/ApiKeys";
@@ -49,6 +50,7 @@ export function App() {
         <Private>
           <Layout>
             <Switch>
+              <Route path="/account" component={Account} />
               <Route path="/admin" component={Admin} />
               <Route path="/admin/orgs" component={AdminOrgs} />
               <Route path="/admin/users" component={AdminUsers} />
@@ -91,10 +93,11 @@ function Private({ children }: { children: React.ReactNode }) {
 /** `/orgs/first/<page>`: the page of the user's first org (for links that cannot name one). */
 function FirstOrg({ page }: { page: string }) {
   const me = useContext(MeContext);
+  const search = useSearch();
   if (!me) return <Loading label="Loading…" />;
   const org = me.orgs[0];
   return org ? (
-    <Redirect to={`/orgs/${org.id}/${page}`} replace />
+    <Redirect to={`/orgs/${org.id}/${page}${search ? `?${search}` : ""}`} replace />
   ) : (
     <p>You are not a member of any organization yet.</p>
   );

@@ -2,6 +2,7 @@ import { useEffect, useState } from "react";
 import { Link, useLocation } from "wouter";
 import { BrandingContext, can, MeContext } from "./access";
 import { api, type Schemas, session } from "./api/client";
+import { readableBrand } from "./contrast";
 import { AdminNav } from "./pages/AdminPages";
 
 type MyOrg = Schemas["Me"]["orgs"][number];
@@ -20,8 +21,11 @@ export function Layout({ children }: { children: React.ReactNode }) {
       .then(({ data }) => setBrand(data ?? null));
   }, [org]);
   useEffect(() => {
-    // Through the CSSOM (allowed by the page's CSP, unlike a style attribute).
-    document.documentElement.style.setProperty("--brand", brand?.primary_color ?? "#1a56db");
+    // Through the CSSOM (allowed by the page's CSP, unlike a style attribute). The colour as picked
+    // for borders; darkened where it must be read (text, white text on it, the focus ring).
+    const colour = brand?.primary_color ?? "#1a56db";
+    document.documentElement.style.setProperty("--brand", colour);
+    document.documentElement.style.setProperty("--brand-ink", readableBrand(colour));
   }, [brand]);
   useEffect(() => {
     void api.GET("/v1/auth/me").then(({ data }) => setMe(data ?? null));
@@ -33,6 +37,10 @@ export function Layout({ children }: { children: React.ReactNode }) {
   };
   return (
     <div className="shell">
+      {/* The first Tab stop: past the top bar and the tabs, straight to the page's content. */}
+      <a href="#main" className="skip-link">
+        Skip to content
+      </a>
       <header className="topbar">
         <Link href="/" className="brand">
           {brand?.logo && <img src={brand.logo} alt="" className="brand-logo" />}
@@ -44,7 +52,9 @@ export function Layout({ children }: { children: React.ReactNode }) {
             Revenue
           </Link>
         )}
-        <span className="who">{me?.user.email}</span>
+        <Link href="/account" className="who" aria-current={location === "/account" ? "page" : undefined}>
+          {me?.user.email ?? "Your account"}
+        </Link>
         <button type="button" className="link" onClick={signOut}>
           Sign out
         </button>
@@ -52,7 +62,9 @@ export function Layout({ children }: { children: React.ReactNode }) {
       {me && (location.startsWith("/admin") ? <AdminNav /> : <OrgNav orgs={me.orgs} />)}
       <MeContext.Provider value={me}>
         <BrandingContext.Provider value={setBrand}>
-          <main id="main">{children}</main>
+          <main id="main" tabIndex={-1}>
+            {children}
+          </main>
         </BrandingContext.Provider>
       </MeContext.Provider>
     </div>

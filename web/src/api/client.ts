@@ -44,9 +44,6 @@ export const session = {
   },
 };
 
-/** The current access token, for the few requests made outside the client (file downloads). */
-export const accessToken = () => accessToken_;
-
 /**
  * Every request carries the access token; one answered 401 (the token expired: they last minutes)
  * is sent once more after a refresh. Sign-in and refresh calls themselves are never retried.
@@ -63,6 +60,24 @@ async function authorizedFetch(request: Request): Promise<Response> {
 }
 
 export const api = createClient<paths>({ baseUrl: window.location.origin, fetch: authorizedFetch });
+
+/**
+ * Fetches a file that needs the session's credentials (a PDF, a data export) and hands it to the
+ * browser as a download. False when the server refused or could not be reached.
+ */
+export async function download(path: string, filename: string): Promise<boolean> {
+  const response = await authorizedFetch(new Request(new URL(path, window.location.origin))).catch(
+    () => undefined,
+  );
+  if (!response?.ok) return false;
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = filename;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  return true;
+}
 
 let refreshing: Promise<boolean> | null = null;
 

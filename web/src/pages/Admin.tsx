@@ -2,6 +2,7 @@ import { useEffect, useRef, useState } from "react";
 import uPlot from "uplot";
 import { Loading } from "../App";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { TableWrap } from "../components/TableWrap";
 import { useChart } from "../components/useChart";
 
 type Metrics = Schemas["RevenueMetrics"];
@@ -20,12 +21,11 @@ export function Admin() {
   useEffect(() => {
     // A window chosen later wins: an earlier request still running is ignored when it answers.
     let current = true;
-    const to = new Date();
-    const from = new Date(to.getTime() - days * 86_400_000);
     setMetrics(null);
     setError(null);
     void api
-      .GET("/v1/admin/metrics", { params: { query: { from: from.toISOString(), to: to.toISOString() } } })
+      // The window ends at the server's now (its clock may be a test clock), not this browser's.
+      .GET("/v1/admin/metrics", { params: { query: { days } } })
       .then(({ data, error }) => {
         if (!current) return;
         if (data) setMetrics(data);
@@ -68,29 +68,33 @@ export function Admin() {
           </dl>
           <MrrChart metrics={metrics} />
           <h2>By plan</h2>
-          <div className="table-wrap">
-            <table className="table">
-              <caption className="visually-hidden">Paying subscriptions by plan</caption>
-              <thead>
-                <tr>
-                  <th scope="col">Plan</th>
-                  <th scope="col">Subscriptions</th>
-                  <th scope="col">MRR</th>
-                </tr>
-              </thead>
-              <tbody>
-                {Object.entries(metrics.by_plan).map(([plan, row]) => (
-                  <tr key={plan}>
-                    <td>{plan}</td>
-                    <td>{row.subscriptions}</td>
-                    <td className="num">
-                      {metrics.currency} {row.mrr}
-                    </td>
+          {Object.keys(metrics.by_plan).length === 0 ? (
+            <p>No paying subscriptions at the end of this window.</p>
+          ) : (
+            <TableWrap label="Paying subscriptions by plan">
+              <table className="table">
+                <caption className="visually-hidden">Paying subscriptions by plan</caption>
+                <thead>
+                  <tr>
+                    <th scope="col">Plan</th>
+                    <th scope="col">Subscriptions</th>
+                    <th scope="col">MRR</th>
                   </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
+                </thead>
+                <tbody>
+                  {Object.entries(metrics.by_plan).map(([plan, row]) => (
+                    <tr key={plan}>
+                      <td>{plan}</td>
+                      <td>{row.subscriptions}</td>
+                      <td className="num">
+                        {metrics.currency} {row.mrr}
+                      </td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </TableWrap>
+          )}
         </>
       )}
     </>

@@ -1,8 +1,9 @@
-import { useCallback, useEffect, useId, useState } from "react";
+import { useCallback, useEffect, useId, useRef, useState } from "react";
 import { Link, useLocation } from "wouter";
 import { Loading } from "../App";
 import { api, problemMessage, type Schemas } from "../api/client";
 import { ErrorLine } from "../components/ErrorLine";
+import { TableWrap } from "../components/TableWrap";
 
 /** The operator's pages next to Revenue: orgs, users, the mail outbox, dead jobs, broadcasts. */
 export function AdminNav() {
@@ -23,6 +24,70 @@ export function AdminNav() {
         </Link>
       ))}
     </nav>
+  );
+}
+
+type Page<T> = { data?: { data: T[]; next_before: string | null }; error?: unknown };
+
+/**
+ * A list read page by page (`before` = the last page's `next_before`): the first page when `key`
+ * changes (a new search), the next one appended on "Load more". A search typed while a page is
+ * loading wins: the older answer is dropped.
+ */
+function usePages<T>(fetchPage: (before: string | undefined) => Promise<Page<T>>, key: string) {
+  const [rows, setRows] = useState<T[] | null>(null);
+  const [next, setNext] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const generation = useRef(0);
+  const fetcher = useRef(fetchPage);
+  fetcher.current = fetchPage;
+  const load = useCallback(async (before: string | undefined, mine: number) => {
+    setBusy(true);
+    const { data, error } = await fetcher.current(before);
+    if (mine !== generation.current) return;
+    setBusy(false);
+    if (!data) return setError(problemMessage(error));
+    setError(null);
+    setRows((shown) => (before && shown ? [...shown, ...data.data] : data.data));
+    setNext(data.next_before);
+  }, []);
+  // biome-ignore lint/correctness/useExhaustiveDependencies: key is what starts a new list
+  useEffect(() => {
+    generation.current += 1;
+    setRows(null);
+    setNext(null);
+    void load(undefined, generation.current);
+  }, [key, load]);
+  const more = () => {
+    if (next && !busy) void load(next, generation.current);
+  };
+  return { rows, error, more, hasMore: next !== null, busy };
+}
+
+/** Appends the next page; the new rows are announced by the count. */
+function LoadMore({
+  shown,
+  hasMore,
+  busy,
+  onMore,
+}: {
+  shown: number;
+  hasMore: boolean;
+  busy: boolean;
+  onMore: () => void;
+}) {
+  return (
+    <p className="more">
+      <span role="status">
+        {shown} shown{hasMore ? "" : ", all of them"}.
+      </span>{" "}
+      {hasMore && (
+        <button type="button" className="secondary" onClick={onMore} disabled={busy}>
+          {busy ? "Loading…" : "Load more"}
+        </button>
+      )}
+    </p>
   );
 }
 
@@ -48,14 +113,10 @@ function Search({ label, onSearch }: { label: string; onSearch: (q: string) => v
 
 export function AdminOrgs() {
   const [q, setQ] = useState("");
-  const [rows, setRows] = useState<Schemas["AdminOrg"][] | null>(null);
-  const [error, setError] = useState<string | null>(null);
-  useEffect(() => {
-    setRows(null);
-    void api
-      .GET("/v1/admin/orgs", { params: { query: { q: q || undefined, limit: 100 } } })
-      .then(({ data, error }) => (data ? setRows(data.data) : setError(problemMessage(error))));
-  }, [q]);
+  const { rows, error, more, hasMore, busy } = usePages(
+    (before) => api.GET("/v1/admin/orgs", { params: { query: { q: q || undefined, before, limit: 100 } } }),
+    q,
+  );
   return (
     <>
       <h1>Organizations</h1>
@@ -66,7 +127,7 @@ export function AdminOrgs() {
       ) : rows.length === 0 ? (
         <p>No organization matches.</p>
       ) : (
-        <div className="table-wrap">
+        <TableWrap label="Organizations">
           <table className="table">
             <caption className="visually-hidden">Organizations</caption>
             <thead>
@@ -94,7 +155,10 @@ export function AdminOrgs() {
               ))}
             </tbody>
           </table>
-        </div>
+        </TableWrap>
+      )}
+      {rows && rows.length > 0 && (
+        <LoadMore shown={rows.length} hasMore={hasMore} busy={busy} onMore={more} />
       )}
     </>
   );
@@ -102,14 +166,10 @@ export function AdminOrgs() {
 
 export function AdminUsers() {
   const [q, setQ] = useState("");
-  const [rows, setRows] = useState<Schemas["AdminUser"][] | null>(null);
-  const [error, setError] = useState<string | null>(null);
-  useEffect(() => {
-    setRows(null);
-    void api
-      .GET("/v1/admin/users", { params: { query: { q: q || undefined, limit: 100 } } })
-      .then(({ data, error }) => (data ? setRows(data.data) : setError(problemMessage(error))));
-  }, [q]);
+  const { rows, error, more, hasMore, busy } = usePages(
+    (before) => api.GET("/v1/admin/users", { params: { query: { q: q || undefined, before, limit: 100 } } }),
+    q,
+  );
   return (
     <>
       <h1>Users</h1>
@@ -120,7 +180,7 @@ export function AdminUsers() {
       ) : rows.length === 0 ? (
         <p>No user matches.</p>
       ) : (
-        <div className="table-wrap">
+        <TableWrap label="Users">
           <table className="table">
             <caption className="visually-hidden">Users</caption>
             <thead>
@@ -146,20 +206,20 @@ export function AdminUsers() {
               ))}
             </tbody>
           </table>
-        </div>
+        </TableWrap>
+      )}
+      {rows && rows.length > 0 && (
+        <LoadMore shown={rows.length} hasMore={hasMore} busy={busy} onMore={more} />
       )}
     </>
   );
 }
 
 export function AdminOutbox() {
-  const [rows, setRows] = useState<Schemas["OutboxEmail"][] | null>(null);
-  const [error, setError] = useState<string | null>(null);
-  useEffect(() => {
-    void api
-      .GET("/v1/admin/emails", { params: { query: { limit: 100 } } })
-      .then(({ data, error }) => (data ? setRows(data.data) : setError(problemMessage(error))));
-  }, []);
+  const { rows, error, more, hasMore, busy } = usePages(
+    (before) => api.GET("/v1/admin/emails", { params: { query: { before, limit: 100 } } }),
+    "",
+  );
   return (
     <>
       <h1>Mail outbox</h1>
@@ -185,6 +245,9 @@ export function AdminOutbox() {
             </li>
           ))}
         </ul>
+      )}
+      {rows && rows.length > 0 && (
+        <LoadMore shown={rows.length} hasMore={hasMore} busy={busy} onMore={more} />
       )}
     </>
   );
@@ -220,7 +283,7 @@ export function AdminJobs() {
       ) : rows.length === 0 ? (
         <p>No dead jobs.</p>
       ) : (
-        <div className="table-wrap">
+        <TableWrap label="Dead jobs">
           <table className="table">
             <caption className="visually-hidden">Dead jobs</caption>
             <thead>
@@ -254,7 +317,7 @@ export function AdminJobs() {
               ))}
             </tbody>
           </table>
-        </div>
+        </TableWrap>
       )}
     </>
   );

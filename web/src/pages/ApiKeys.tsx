@@ -3,6 +3,7 @@ import { Loading } from "../App";
 import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
 import { ErrorLine } from "../components/ErrorLine";
+import { TableWrap } from "../components/TableWrap";
 
 type ApiKey = Schemas["ApiKey"];
 type Scope = Schemas["ApiKeyCreate"]["scopes"][number];
@@ -73,7 +74,7 @@ export function ApiKeys({ orgId }: { orgId: string }) {
       ) : keys.length === 0 ? (
         <p>No keys yet.</p>
       ) : (
-        <div className="table-wrap">
+        <TableWrap label="API keys">
           <table className="table">
             <caption className="visually-hidden">API keys</caption>
             <thead>
@@ -117,7 +118,7 @@ export function ApiKeys({ orgId }: { orgId: string }) {
               })}
             </tbody>
           </table>
-        </div>
+        </TableWrap>
       )}
     </>
   );

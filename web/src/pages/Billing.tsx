@@ -1,8 +1,9 @@
 import { useCallback, useEffect, useId, useRef, useState } from "react";
 import { useSearchParams } from "wouter";
 import { Loading } from "../App";
-import { accessToken, api, problemMessage, type Schemas } from "../api/client";
+import { api, download, problemMessage, type Schemas } from "../api/client";
 import { ErrorLine } from "../components/ErrorLine";
+import { TableWrap } from "../components/TableWrap";
 
 type Plan = Schemas["Plan"];
 type Preview = Schemas["SubscriptionChangePreview"];
@@ -30,6 +31,7 @@ export function Billing({ orgId }: { orgId: string }) {
   const [params] = useSearchParams();
   const suggested = params.get("plan");
   const limited = params.get("feature");
+  const wantedInterval = params.get("interval");
 
   const load = useCallback(async () => {
     const path = { org: orgId };
@@ -43,7 +45,8 @@ export function Billing({ orgId }: { orgId: string }) {
       return;
     }
     setSubscription(sub.data);
-    setInterval(sub.data.interval);
+    // The interval picked on the pricing page, until the visitor changes it here.
+    setInterval(wantedInterval === "month" || wantedInterval === "year" ? wantedInterval : sub.data.interval);
     setPlans(catalog.data.data);
     setInvoices(list.data.data);
     const [coupons, credits] = await Promise.all([
@@ -51,7 +54,7 @@ export function Billing({ orgId }: { orgId: string }) {
       api.GET("/v1/orgs/{org}/credits", { params: { path } }),
     ]);
     if (coupons.data && credits.data) setExtras({ coupons: coupons.data.data, credits: credits.data });
-  }, [orgId]);
+  }, [orgId, wantedInterval]);
   useEffect(() => {
     void load();
   }, [load]);
@@ -148,7 +151,7 @@ export function Billing({ orgId }: { orgId: string }) {
           >
             {plan.key === suggested && plan.key !== subscription.plan && (
               <p id="suggested-note" className="badge">
-                Recommended for you
+                {limited ? "Recommended for you" : "The plan you picked"}
               </p>
             )}
             <h3>{plan.name}</h3>
@@ -211,7 +214,7 @@ export function Billing({ orgId }: { orgId: string }) {
       {invoices.length === 0 ? (
         <p>No invoices yet.</p>
       ) : (
-        <div className="table-wrap">
+        <TableWrap label="Invoices">
           <table className="table">
             <caption className="visually-hidden">Invoices</caption>
             <thead>
@@ -243,7 +246,7 @@ export function Billing({ orgId }: { orgId: string }) {
               ))}
             </tbody>
           </table>
-        </div>
+        </TableWrap>
       )}
     </>
   );
@@ -371,22 +374,17 @@ function CouponsAndCredits({
 /** The PDF needs the session's credentials, so it is fetched and handed to the browser as a file. */
 function PdfButton({ orgId, invoice }: { orgId: string; invoice: Invoice }) {
   const [failed, setFailed] = useState(false);
-  const download = async () => {
+  const fetchPdf = async () => {
     setFailed(false);
-    const res = await fetch(`/v1/orgs/${orgId}/invoices/${invoice.id}.pdf`, {
-      headers: { authorization: `Bearer ${accessToken() ?? ""}` },
-    });
-    if (!res.ok) return setFailed(true);
-    const url = URL.createObjectURL(await res.blob());
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = `${invoice.number ?? invoice.id}.pdf`;
-    link.click();
-    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    const ok = await download(
+      `/v1/orgs/${orgId}/invoices/${invoice.id}.pdf`,
+      `${invoice.number ?? invoice.id}.pdf`,
+    );
+    setFailed(!ok);
   };
   return (
     <>
-      <button type="button" className="secondary" onClick={download}>
+      <button type="button" className="secondary" onClick={fetchPdf}>
         PDF<span className="visually-hidden"> of invoice {invoice.number ?? invoice.id}</span>
       </button>
       {failed && (

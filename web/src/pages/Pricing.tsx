@@ -3,6 +3,7 @@ import { Link } from "wouter";
 import { Loading } from "../App";
 import { api, problemMessage, type Schemas } from "../api/client";
 import { ErrorLine } from "../components/ErrorLine";
+import { TableWrap } from "../components/TableWrap";
 
 type Plan = Schemas["Plan"];
 type Catalog = {
@@ -60,7 +61,7 @@ export function Pricing() {
             <p className="figure">{priceOf(plan, interval)}</p>
             {plan.description && <p className="muted">{plan.description}</p>}
             {plan.trial_days > 0 && <p>{plan.trial_days}-day free trial</p>}
-            <Link href={`/signup?plan=${plan.key}`} className="button">
+            <Link href={`/signup?plan=${plan.key}&interval=${interval}`} className="button">
               Get started<span className="visually-hidden"> with {plan.name}</span>
             </Link>
           </li>
@@ -68,7 +69,7 @@ export function Pricing() {
       </ul>
 
       <h2>Compare plans</h2>
-      <div className="table-wrap">
+      <TableWrap label="What each plan includes">
         <table className="table">
           <caption className="visually-hidden">What each plan includes</caption>
           <thead>
@@ -92,7 +93,7 @@ export function Pricing() {
             ))}
           </tbody>
         </table>
-      </div>
+      </TableWrap>
 
       {usageBased.length > 0 && <Estimator plans={usageBased} meters={catalog.meters} />}
     </main>

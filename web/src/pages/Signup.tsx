@@ -1,7 +1,7 @@
 import { Link, useLocation, useSearchParams } from "wouter";
 import { api, problemMessage, session } from "../api/client";
 import { Field, FormError, useSubmit } from "./AuthForm";
-import { nextPath } from "./Login";
+import { landingPath, SsoButtons } from "./Login";
 
 export function Signup() {
   const [, navigate] = useLocation();
@@ -12,12 +12,13 @@ export function Signup() {
     });
     if (!data) return problemMessage(error);
     session.set(data);
-    navigate(params.has("next") ? nextPath(params) : `/dashboard/orgs/${data.org.id}`, { replace: true });
+    navigate(landingPath(params, data.org.id), { replace: true });
     return null;
   });
   return (
     <main className="narrow">
       <h1>Create your account</h1>
+      <SsoButtons params={params} verb="Sign up" />
       <form onSubmit={onSubmit}>
         <Field label="Name" name="name" autoComplete="name" />
         <Field label="E-mail" name="email" type="email" autoComplete="email" />

@@ -3,6 +3,7 @@ import { Loading } from "../App";
 import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
 import { ErrorLine } from "../components/ErrorLine";
+import { TableWrap } from "../components/TableWrap";
 
 type Role = Schemas["Member"]["role"];
 const ROLES: { role: Role; label: string }[] = [
@@ -60,7 +61,7 @@ export function Team({ orgId }: { orgId: string }) {
       {members === null ? (
         <Loading label="Loading members…" />
       ) : (
-        <div className="table-wrap">
+        <TableWrap label="Members">
           <table className="table">
             <caption className="visually-hidden">Members</caption>
             <thead>
@@ -96,7 +97,7 @@ export function Team({ orgId }: { orgId: string }) {
               ))}
             </tbody>
           </table>
-        </div>
+        </TableWrap>
       )}
     </>
   );

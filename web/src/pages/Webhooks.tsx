@@ -3,6 +3,7 @@ import { Loading } from "../App";
 import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
 import { ErrorLine } from "../components/ErrorLine";
+import { TableWrap } from "../components/TableWrap";
 
 type Endpoint = Schemas["WebhookEndpoint"];
 type Delivery = Schemas["WebhookDelivery"];
@@ -160,7 +161,7 @@ function Deliveries({
   return (
     <>
       {notice && <p role="status">{notice}</p>}
-      <div className="table-wrap">
+      <TableWrap label={`Recent deliveries to ${endpoint.url}`}>
         <table className="table">
           <caption className="visually-hidden">Recent deliveries to {endpoint.url}</caption>
           <thead>
@@ -199,7 +200,7 @@ function Deliveries({
             ))}
           </tbody>
         </table>
-      </div>
+      </TableWrap>
     </>
   );
 }
