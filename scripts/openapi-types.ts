@@ -8,12 +8,14 @@ import { parseEnv } from "../src/lib/env.js";
 import { createLogger } from "../src/lib/logger.js";
 
 /**
- * The dashboard's API types, generated from the served OpenAPI document (itself generated from the
- * zod schemas that validate requests), so the dashboard and the API cannot drift:
- * `npm run gen:api` rewrites web/src/api/schema.d.ts, and test/web-api.test.ts fails when it is stale.
+ * The API types of the dashboard and of the SDK (`@tollgate/sdk`), generated from the served OpenAPI
+ * document (itself generated from the zod schemas that validate requests), so neither can drift from
+ * the API: `npm run gen:api` rewrites web/src/api/schema.d.ts and packages/sdk/src/schema.d.ts, and
+ * test/web-api.test.ts fails when either is stale.
  */
 
 export const SCHEMA_FILE = path.resolve(import.meta.dirname, "../web/src/api/schema.d.ts");
+export const SDK_SCHEMA_FILE = path.resolve(import.meta.dirname, "../packages/sdk/src/schema.d.ts");
 
 /** The TypeScript declarations for the current OpenAPI document. */
 export async function generateApiTypes(document?: unknown): Promise<string> {
@@ -37,6 +39,9 @@ async function servedDocument(): Promise<unknown> {
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) {
-  writeFileSync(SCHEMA_FILE, await generateApiTypes());
-  process.stdout.write(`wrote ${path.relative(process.cwd(), SCHEMA_FILE)}\n`);
+  const types = await generateApiTypes();
+  for (const file of [SCHEMA_FILE, SDK_SCHEMA_FILE]) {
+    writeFileSync(file, types);
+    process.stdout.write(`wrote ${path.relative(process.cwd(), file)}\n`);
+  }
 }

@@ -331,6 +331,97 @@ describe.each(appModes)("API keys ($name)", (mode) => {
       expect(over.body.check).toMatchObject({ allowed: false, reason: "quota_exceeded", used: 3 });
     });
 
+    it("verifies a key and checks several features in one call, all consumed or none", async () => {
+      const own = await newOrg(t, "Initech");
+      const key = await newKey(["usage:read"], own);
+      const verifyMany = (features: unknown[], extra: Record<string, unknown> = {}) =>
+        t.call("POST", "/v1/keys/verify", { auth: "operator", body: { key: key.key, features, ...extra } });
+
+      const res = await verifyMany([{ feature: "api_requests" }, { feature: "kolekts", amount: 4 }]);
+      expect(res.status, res.text).toBe(200);
+      expect(res.body).toMatchObject({ valid: true, org_id: own, key_id: key.id, plan: "free" });
+      expect(res.body.check).toBeUndefined();
+      expect(res.body.checks).toEqual({
+        allowed: true,
+        results: [
+          expect.objectContaining({ allowed: true, feature: "api_requests", type: "rate", limit: 10 }),
+          expect.objectContaining({ allowed: true, feature: "kolekts", used: 4, remaining: 6 }),
+        ],
+      });
+      // The same RateLimit headers as /v1/check.
+      expect(res.headers.get("ratelimit-policy")).toBe('"api_requests";q=10;w=60');
+      expect(res.headers.get("ratelimit")).toMatch(/^"api_requests";r=9;t=\d+$/);
+
+      // One denied feature denies the call: nothing is consumed, the rate limiter included.
+      const denied = await verifyMany([{ feature: "api_requests" }, { feature: "kolekts", amount: 7 }]);
+      expect(denied.status, denied.text).toBe(200);
+      expect(denied.body.checks.allowed).toBe(false);
+      expect(denied.body.checks.results[1]).toMatchObject({
+        allowed: false,
+        feature: "kolekts",
+        reason: "quota_exceeded",
+        used: 4,
+        upgrade_plan: expect.any(String),
+        upgrade_url: expect.stringContaining(`/orgs/${own}/billing?feature=kolekts`),
+      });
+      expect(denied.headers.get("ratelimit")).toMatch(/^"api_requests";r=9;t=\d+$/);
+      const dry = await verifyMany([{ feature: "kolekts" }, { feature: "premium_templates" }], {
+        consume: false,
+      });
+      expect(dry.body.checks.allowed).toBe(false);
+      expect(dry.body.checks.results).toEqual([
+        expect.objectContaining({ allowed: true, feature: "kolekts", used: 4 }),
+        expect.objectContaining({
+          allowed: false,
+          feature: "premium_templates",
+          reason: "feature_not_in_plan",
+        }),
+      ]);
+
+      // Idempotent as /v1/check: the repeat replays the first answer and consumes nothing more.
+      const body = { features: [{ feature: "kolekts", amount: 2 }], idempotency_key: "verify-many-1" };
+      const first = await verifyMany(body.features, { idempotency_key: body.idempotency_key });
+      const again = await verifyMany(body.features, { idempotency_key: body.idempotency_key });
+      expect(first.body.checks.results[0]).toMatchObject({ allowed: true, used: 6 });
+      expect(again.body.checks).toEqual(first.body.checks);
+      expect(again.headers.get("idempotent-replayed")).toBe("true");
+      const after = await t.call("GET", `/v1/orgs/${own}/entitlements`, { auth: "operator" });
+      expect(after.body.features.find((f: { feature: string }) => f.feature === "kolekts").used).toBe(6);
+
+      // An invalid key is still just a verdict, whatever the features.
+      const invalid = await t.call("POST", "/v1/keys/verify", {
+        auth: "operator",
+        body: { key: typo(key.key), features: [{ feature: "kolekts" }] },
+      });
+      expect(invalid.body).toEqual({ valid: false, reason: "malformed" });
+    });
+
+    it("refuses feature with features, amount with features, and names a bad feature by index", async () => {
+      const key = await newKey();
+      const call = (body: Record<string, unknown>) =>
+        t.call("POST", "/v1/keys/verify", { auth: "operator", body: { key: key.key, ...body } });
+      const both = await call({ feature: "kolekts", features: [{ feature: "kolekts" }] });
+      expect(both.status).toBe(400);
+      expect(both.body.code).toBe("validation_failed");
+      expect(both.body.errors).toEqual([
+        expect.objectContaining({ field: "features", message: expect.stringContaining("feature") }),
+      ]);
+      const amount = await call({ amount: 2, features: [{ feature: "kolekts" }] });
+      expect(amount.status).toBe(400);
+      expect(amount.body.errors.map((e: { field: string }) => e.field)).toEqual(["amount"]);
+      const empty = await call({ features: [] });
+      expect(empty.status).toBe(400);
+      expect(empty.body.errors.map((e: { field: string }) => e.field)).toEqual(["features"]);
+      const unknown = await call({ features: [{ feature: "kolekts" }, { feature: "nope" }] });
+      expect(unknown.status).toBe(400);
+      expect(unknown.body.errors).toEqual([
+        expect.objectContaining({ field: "features.1.feature", code: "unknown_feature" }),
+      ]);
+      const extra = await call({ features: [{ feature: "kolekts", amont: 1 }] });
+      expect(extra.status).toBe(400);
+      expect(extra.body.errors.map((e: { field: string }) => e.field)).toEqual(["features.0.amont"]);
+    });
+
     it("refuses a grace period over a week, and rotating a key twice or after revocation", async () => {
       const key = await newKey();
       expect((await rotate(key.id, { grace_period_seconds: 8 * 86_400 })).status).toBe(400);

@@ -80,8 +80,12 @@ const RotateRequest = z
 
 const Rotated = IssuedApiKey.extend({ replaced: ApiKey }).openapi("RotatedApiKey");
 
-// feature/amount (the check in the same round trip) arrive with the metering issue; until then
-// they are unknown fields, refused like any other.
+/** One feature of a multi-feature check in `/v1/keys/verify` (as in `/v1/check`). */
+const VerifyFeature = z.strictObject({
+  feature: z.string().min(1).max(128),
+  amount: Amount.optional(),
+});
+
 const VerifyRequest = z
   .strictObject({
     key: z
@@ -95,8 +99,29 @@ const VerifyRequest = z
       .optional()
       .openapi({ description: "Also run a check of this feature for the key's org, in the same call." }),
     amount: Amount.optional(),
+    features: z.array(VerifyFeature).min(1).max(20).optional().openapi({
+      description:
+        "Also check several features for the key's org, all consumed or none (as `POST /v1/check` with `features`). Not with `feature`.",
+    }),
     consume: z.boolean().optional().openapi({ description: "For the check; default true." }),
     idempotency_key: storableString(255).optional(),
+  })
+  .superRefine((body, ctx) => {
+    if (body.features === undefined) return;
+    if (body.feature !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["features"],
+        message: "cannot be combined with feature: give one feature, or several in features",
+      });
+    }
+    if (body.amount !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["amount"],
+        message: "goes with feature; with features, give each its own amount",
+      });
+    }
   })
   .openapi("KeyVerifyRequest");
 
@@ -109,6 +134,13 @@ const VerifyResult = z
       scopes: z.array(z.string()),
       plan: z.string().openapi({ description: "The org's plan key." }),
       check: CheckResult.optional().openapi({ description: "When `feature` was given." }),
+      checks: z
+        .object({ allowed: z.boolean(), results: z.array(CheckResult) })
+        .optional()
+        .openapi({
+          description:
+            "When `features` was given: all allowed (and consumed) or none, each result in request order.",
+        }),
     }),
     z.object({ valid: z.literal(false), reason: z.enum(["malformed", "unknown", "revoked", "expired"]) }),
   ])
@@ -240,11 +272,14 @@ export function apiKeyRoutes() {
       tags,
       summary: "Verify an org's API key (operator)",
       description:
-        "Answers 200 whether or not the key is valid: an invalid key comes back as `valid: false` with the reason.",
+        "Answers 200 whether or not the key is valid: an invalid key comes back as `valid: false` with the reason. With `feature` (or `features`), also runs that check for the key's org in the same round trip, exactly as `POST /v1/check` does, with the same `RateLimit` headers.",
       security: operatorSecurity,
       middleware: operatorOnly,
       request: { body: jsonBody(VerifyRequest) },
-      responses: { 200: jsonResponse(VerifyResult, "The verdict"), ...errorResponses(400, 401, 403, 503) },
+      responses: {
+        200: jsonResponse(VerifyResult, "The verdict"),
+        ...errorResponses(400, 401, 403, 409, 503),
+      },
     }),
     async (c) => {
       const deps = c.get("deps");
@@ -254,16 +289,23 @@ export function apiKeyRoutes() {
       const org = await orgPlan(deps, result.orgId, deps.clock.nowMs());
       if (!org) return c.json({ valid: false as const, reason: "revoked" as const }, 200);
       let check: (FeatureResult & { allowed: boolean }) | undefined;
-      if (body.feature !== undefined) {
+      let checks: { allowed: boolean; results: FeatureResult[] } | undefined;
+      const items =
+        body.features?.map((f) => ({ feature: f.feature, amount: f.amount ?? 1 })) ??
+        (body.feature !== undefined ? [{ feature: body.feature, amount: body.amount ?? 1 }] : undefined);
+      if (items) {
+        const single = body.features === undefined;
         const answer = await runCheck(deps, {
           orgId: result.orgId,
-          items: [{ feature: body.feature, amount: body.amount ?? 1 }],
+          items,
           consume: body.consume ?? true,
           idempotencyKey: body.idempotency_key,
-          fieldOf: (_i, field) => field,
+          fieldOf: single ? (_i, field) => field : (i, field) => `features.${i}.${field}`,
         });
         setRateHeaders(c, answer.rate);
-        check = { ...(answer.results[0] as FeatureResult), allowed: answer.allowed };
+        if (answer.replayed) c.header("idempotent-replayed", "true");
+        if (single) check = { ...(answer.results[0] as FeatureResult), allowed: answer.allowed };
+        else checks = { allowed: answer.allowed, results: answer.results };
       }
       return c.json(
         {
@@ -273,6 +315,7 @@ export function apiKeyRoutes() {
           scopes: result.scopes,
           plan: org.planKey,
           ...(check ? { check } : {}),
+          ...(checks ? { checks } : {}),
         },
         200,
       );

@@ -2415,7 +2415,7 @@ export interface paths {
         put?: never;
         /**
          * Verify an org's API key (operator)
-         * @description Answers 200 whether or not the key is valid: an invalid key comes back as `valid: false` with the reason.
+         * @description Answers 200 whether or not the key is valid: an invalid key comes back as `valid: false` with the reason. With `feature` (or `features`), also runs that check for the key's org in the same round trip, exactly as `POST /v1/check` does, with the same `RateLimit` headers.
          */
         post: {
             parameters: {
@@ -2459,6 +2459,15 @@ export interface paths {
                 };
                 /** @description Not allowed for this caller */
                 403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Conflict */
+                409: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -6610,6 +6619,11 @@ export interface components {
         };
         KeyVerification: {
             check?: components["schemas"]["CheckResult"];
+            /** @description When `features` was given: all allowed (and consumed) or none, each result in request order. */
+            checks?: {
+                allowed: boolean;
+                results: components["schemas"]["CheckResult"][];
+            };
             key_id: string;
             org_id: string;
             /** @description The org's plan key. */
@@ -6633,6 +6647,15 @@ export interface components {
             consume?: boolean;
             /** @description Also run a check of this feature for the key's org, in the same call. */
             feature?: string;
+            /** @description Also check several features for the key's org, all consumed or none (as `POST /v1/check` with `features`). Not with `feature`. */
+            features?: {
+                /**
+                 * @description Units to consume (default 1): a whole number for count meters, limit and rate features; up to 6 decimals for sum meters. A negative amount releases a limit feature's allocation.
+                 * @example 1
+                 */
+                amount?: number | string;
+                feature: string;
+            }[];
             idempotency_key?: string;
             /** @example tg_… */
             key: string;

@@ -1,0 +1,195 @@
+import { type Problem, TollgateError, TollgateUnavailableError } from "./errors.js";
+
+/**
+ * The SDK's own requests (check, events, verify, entitlements): fetch with JSON, the operator's
+ * bearer token and a timeout that covers the whole exchange, body included. Only web-standard APIs
+ * (fetch, AbortController, setTimeout), so it runs in edge runtimes as well as on Node.
+ */
+
+/** The `fetch` the SDK calls: the global one unless one is given. */
+export type FetchLike = (input: Request | string | URL, init?: RequestInit) => Promise<Response>;
+
+export interface Answer<T> {
+  status: number;
+  headers: Headers;
+  body: T;
+}
+
+/** Node's timers keep the process alive unless unref'd; other runtimes have nothing to unref. */
+export function unref(timer: unknown): void {
+  (timer as { unref?: () => void } | undefined)?.unref?.();
+}
+
+export class Transport {
+  private readonly headers: Record<string, string>;
+  private readonly doFetch: FetchLike;
+
+  constructor(
+    readonly baseUrl: string,
+    apiKey: string,
+    fetchImpl: FetchLike | undefined,
+  ) {
+    this.headers = { authorization: `Bearer ${apiKey}`, accept: "application/json" };
+    // Called as a plain function: some runtimes refuse fetch called as another object's method.
+    this.doFetch = fetchImpl ?? ((input, init) => fetch(input, init));
+  }
+
+  /**
+   * One request. Resolves with a 2xx answer; throws TollgateError for a 4xx (but 408 and 429),
+   * TollgateUnavailableError for everything that means "not now" (timeout, network, 408, 429, 5xx),
+   * and the caller's own abort reason when `signal` aborts.
+   */
+  async send<T>(
+    method: "GET" | "POST",
+    path: string,
+    body: unknown,
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<Answer<T>> {
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(
+      () => {
+        timedOut = true;
+        controller.abort();
+      },
+      Math.max(1, timeoutMs),
+    );
+    unref(timer);
+    const onAbort = () => controller.abort(signal?.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal?.aborted) onAbort();
+    let status: number;
+    let headers: Headers;
+    let text: string;
+    try {
+      const init: RequestInit = { method, headers: this.headers, signal: controller.signal };
+      if (body !== undefined) {
+        init.body = JSON.stringify(body);
+        init.headers = { ...this.headers, "content-type": "application/json" };
+      }
+      const response = await this.doFetch(this.baseUrl + path, init);
+      status = response.status;
+      headers = response.headers;
+      text = await response.text();
+    } catch (error) {
+      if (timedOut) {
+        throw new TollgateUnavailableError(
+          "timeout",
+          `Tollgate did not answer ${method} ${path} within ${timeoutMs} ms`,
+          {
+            cause: error,
+          },
+        );
+      }
+      if (signal?.aborted) throw signal.reason ?? error;
+      throw new TollgateUnavailableError(
+        "network",
+        `Tollgate could not be reached (${method} ${path}): ${messageOf(error)}`,
+        {
+          cause: error,
+        },
+      );
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    }
+    return answerOf<T>(method, path, status, headers, text);
+  }
+}
+
+function answerOf<T>(
+  method: string,
+  path: string,
+  status: number,
+  headers: Headers,
+  text: string,
+): Answer<T> {
+  let parsed: unknown;
+  try {
+    parsed = text === "" ? undefined : JSON.parse(text);
+  } catch {
+    parsed = undefined;
+  }
+  if (status >= 200 && status < 300) {
+    if (parsed === undefined && text !== "") {
+      // A proxy's page, or a truncated body: not an answer from Tollgate.
+      throw new TollgateUnavailableError("status", `${method} ${path} answered ${status} without JSON`, {
+        status,
+      });
+    }
+    return { status, headers, body: parsed as T };
+  }
+  const problem = problemOf(parsed, status, text);
+  if (status === 408 || status === 429 || status >= 500) {
+    const retryAfterMs = retryAfterOf(headers.get("retry-after"));
+    throw new TollgateUnavailableError("status", `${method} ${path} answered ${status}: ${problem.detail}`, {
+      status,
+      problem,
+      ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
+    });
+  }
+  throw new TollgateError(problem);
+}
+
+/** The problem document, or one made up from the status when the body is not one (a proxy's page). */
+function problemOf(parsed: unknown, status: number, text: string): Problem {
+  if (parsed && typeof parsed === "object" && typeof (parsed as Problem).code === "string") {
+    const p = parsed as Problem;
+    return { ...p, status: typeof p.status === "number" ? p.status : status };
+  }
+  return {
+    type: "about:blank",
+    title: `HTTP ${status}`,
+    status,
+    code: `http_${status}`,
+    detail: text.slice(0, 200) || `HTTP ${status}`,
+  };
+}
+
+/** `Retry-After` in milliseconds: delay-seconds or an HTTP date. */
+export function retryAfterOf(value: string | null): number | undefined {
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
+}
+
+export function messageOf(error: unknown): string {
+  if (error instanceof Error) {
+    const cause = (error as { cause?: unknown }).cause;
+    return cause instanceof Error ? `${error.message} (${cause.message})` : error.message;
+  }
+  return String(error);
+}
+
+/**
+ * A signal that aborts after `timeoutMs` or when `outer` aborts, whichever comes first (for the
+ * typed `api` client, where the body is read after fetch returns: the timer must outlive it).
+ */
+export function timeoutSignal(timeoutMs: number, outer?: AbortSignal | null): AbortSignal {
+  const timeout =
+    typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(timeoutMs) : manualTimeout(timeoutMs);
+  if (!outer) return timeout;
+  if (typeof AbortSignal.any === "function") return AbortSignal.any([outer, timeout]);
+  const controller = new AbortController();
+  const abort = (source: AbortSignal) => () => controller.abort(source.reason);
+  if (outer.aborted) controller.abort(outer.reason);
+  outer.addEventListener("abort", abort(outer), { once: true });
+  timeout.addEventListener("abort", abort(timeout), { once: true });
+  return controller.signal;
+}
+
+function manualTimeout(timeoutMs: number): AbortSignal {
+  const controller = new AbortController();
+  unref(setTimeout(() => controller.abort(new TimeoutErrorLike(timeoutMs)), timeoutMs));
+  return controller.signal;
+}
+
+class TimeoutErrorLike extends Error {
+  override readonly name = "TimeoutError";
+  constructor(timeoutMs: number) {
+    super(`The request did not complete within ${timeoutMs} ms`);
+  }
+}

@@ -1,0 +1,338 @@
+import { TollgateError, TollgateUnavailableError } from "./errors.js";
+import { messageOf, type Transport, unref } from "./http.js";
+import type { Schemas, TrackEvent, TrackOptions, TrackProblem, UsageEvent } from "./types.js";
+
+/**
+ * `track()`: events are queued and sent in the background to `POST /v1/events` in batches — as soon
+ * as a batch is full, and every `flushIntervalMs` otherwise. Every event has an id from the moment it
+ * is tracked, and a retry sends the same ids: Tollgate counts each id once per org, so a batch whose
+ * answer was lost can be sent again without counting twice.
+ *
+ * A delivery is tried `maxAttempts` times with exponential backoff and jitter on timeouts, network
+ * errors, 408, 429 and 5xx; if all fail, its events go back to the front of the queue for the next
+ * flush. Nothing is dropped while Tollgate is away unless the queue fills up (then the oldest go,
+ * reported to `onError`).
+ */
+
+/** The API's batch limit. */
+export const MAX_BATCH = 1000;
+
+interface Queued {
+  seq: number;
+  event: UsageEvent;
+}
+
+/** What a flush achieved. */
+export interface FlushResult {
+  /** Events tracked before the flush that are still queued (their delivery failed; retried later). */
+  pending: number;
+}
+
+/** Counters since the client was created. */
+export interface TrackStats {
+  /** Events given to `track()`. */
+  tracked: number;
+  /** Events Tollgate recorded. */
+  accepted: number;
+  /** Events Tollgate already had (a retry of a batch whose answer was lost, or an id sent twice). */
+  duplicates: number;
+  /** Events Tollgate refused (reported as `rejected`). */
+  rejected: number;
+  /** Events the SDK dropped (queue full, or a batch refused as a whole). */
+  dropped: number;
+  /** Requests made to `POST /v1/events`, retries included. */
+  requests: number;
+  /** Events waiting in the queue now. */
+  queued: number;
+}
+
+type Outcome = "done" | "failed";
+
+export class Tracker {
+  private readonly batchSize: number;
+  private readonly intervalMs: number;
+  private readonly maxQueue: number;
+  private readonly maxAttempts: number;
+  private readonly initialBackoffMs: number;
+  private readonly maxBackoffMs: number;
+  private readonly timeoutMs: number;
+  private readonly onError: (problem: TrackProblem) => void;
+
+  private queue: Queued[] = [];
+  private seq = 0;
+  private timer: ReturnType<typeof setInterval> | undefined;
+  /** The delivery round under way, if any (one at a time: batches go out in order). */
+  private round: Promise<Outcome> | undefined;
+  /** Wakes a round sleeping in backoff (a flush wants it now). */
+  private wake: (() => void) | undefined;
+  private sleepTimer: ReturnType<typeof setTimeout> | undefined;
+  /** While a flush() waits, backoff timers keep the process alive. */
+  private flushing = 0;
+  private closed = false;
+  private readonly counters = {
+    tracked: 0,
+    accepted: 0,
+    duplicates: 0,
+    rejected: 0,
+    dropped: 0,
+    requests: 0,
+  };
+
+  constructor(
+    private readonly transport: Transport,
+    options: TrackOptions = {},
+  ) {
+    this.batchSize = clamp(options.batchSize ?? 100, 1, MAX_BATCH);
+    this.intervalMs = Math.max(1, options.flushIntervalMs ?? 1000);
+    this.maxQueue = Math.max(1, options.maxQueue ?? 10_000);
+    this.maxAttempts = Math.max(1, options.maxAttempts ?? 5);
+    this.initialBackoffMs = Math.max(0, options.initialBackoffMs ?? 200);
+    this.maxBackoffMs = Math.max(this.initialBackoffMs, options.maxBackoffMs ?? 5000);
+    this.timeoutMs = Math.max(1, options.timeoutMs ?? 10_000);
+    this.onError = options.onError ?? warn;
+  }
+
+  get stats(): TrackStats {
+    return { ...this.counters, queued: this.queue.length };
+  }
+
+  track(input: TrackEvent): string {
+    if (this.closed) throw new Error("This Tollgate client was shut down: track() no longer sends anything.");
+    if (typeof input.orgId !== "string" || input.orgId === "")
+      throw new TypeError("track(): orgId is required");
+    if (typeof input.meter !== "string" || input.meter === "")
+      throw new TypeError("track(): meter is required");
+    if (input.value !== undefined && typeof input.value !== "number" && typeof input.value !== "string") {
+      throw new TypeError("track(): value must be a number or a decimal string");
+    }
+    if (input.id !== undefined && typeof input.id !== "string")
+      throw new TypeError("track(): id must be a string");
+    if (input.properties !== undefined) {
+      // A body that cannot be serialized would block the queue behind it: refused here instead.
+      try {
+        JSON.stringify(input.properties);
+      } catch (error) {
+        throw new TypeError(`track(): properties must be JSON-serializable (${messageOf(error)})`);
+      }
+    }
+    const id = input.id ?? crypto.randomUUID();
+    const timestamp =
+      input.timestamp === undefined
+        ? new Date().toISOString()
+        : input.timestamp instanceof Date
+          ? input.timestamp.toISOString()
+          : input.timestamp;
+    const event: UsageEvent = {
+      id,
+      org_id: input.orgId,
+      meter: input.meter,
+      value: input.value ?? 1,
+      timestamp,
+      ...(input.properties !== undefined ? { properties: input.properties } : {}),
+    };
+    this.counters.tracked++;
+    this.queue.push({ seq: ++this.seq, event });
+    this.trim();
+    this.startTimer();
+    if (this.queue.length >= this.batchSize && this.round === undefined) this.startRound();
+    return id;
+  }
+
+  /**
+   * Sends everything queued so far. Resolves once each of those events was delivered, refused, or
+   * its delivery failed `maxAttempts` times (it then stays queued: see `pending`).
+   */
+  async flush(): Promise<FlushResult> {
+    const target = this.seq;
+    this.flushing++;
+    this.keepAlive();
+    try {
+      for (;;) {
+        if (this.round) {
+          this.wake?.();
+          await this.round;
+          continue;
+        }
+        if (this.queue.length === 0 || (this.queue[0] as Queued).seq > target) break;
+        if ((await this.startRound(target)) === "failed") break;
+      }
+    } finally {
+      this.flushing--;
+    }
+    let pending = 0;
+    for (const item of this.queue) if (item.seq <= target) pending++;
+    return { pending };
+  }
+
+  /** Stops the timer and flushes; `track()` throws afterwards. */
+  async shutdown(): Promise<FlushResult> {
+    this.closed = true;
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timer = undefined;
+    return this.flush();
+  }
+
+  private startTimer(): void {
+    if (this.timer !== undefined) return;
+    this.timer = setInterval(() => {
+      if (this.round === undefined && this.queue.length > 0) this.startRound(this.seq);
+    }, this.intervalMs);
+    // The background timer never keeps a Node process alive (shutdown() sends what is left).
+    unref(this.timer);
+  }
+
+  /**
+   * Sends batches one after another: every event up to `target` (a flush, a tick of the interval),
+   * or, without a target, as long as there are full batches. "failed" when a delivery gave up (its
+   * events went back to the queue).
+   */
+  private startRound(target?: number): Promise<Outcome> {
+    const round = (async (): Promise<Outcome> => {
+      for (;;) {
+        const head = this.queue[0];
+        if (head === undefined) return "done";
+        if (target === undefined ? this.queue.length < this.batchSize : head.seq > target) return "done";
+        const batch = this.queue.splice(0, this.batchSize);
+        if ((await this.deliver(batch)) === "failed") return "failed";
+      }
+    })();
+    const tracked = round
+      .catch((error: unknown): Outcome => {
+        // Not expected (deliver() handles every failure); never an unhandled rejection.
+        this.report({
+          kind: "retrying",
+          events: [],
+          error: error instanceof Error ? error : new Error(String(error)),
+        });
+        return "failed";
+      })
+      .finally(() => {
+        this.round = undefined;
+      });
+    this.round = tracked;
+    return tracked;
+  }
+
+  /** One batch, with retries; a batch too large for the server is split. */
+  private async deliver(batch: Queued[]): Promise<Outcome> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        this.counters.requests++;
+        const answer = await this.transport.send<Schemas["EventsAccepted"]>(
+          "POST",
+          "/v1/events",
+          { events: batch.map((q) => q.event) } satisfies Schemas["UsageEvents"],
+          this.timeoutMs,
+        );
+        this.accepted(batch, answer.body);
+        return "done";
+      } catch (error) {
+        if (error instanceof TollgateError) {
+          if (error.status === 413 && batch.length > 1) {
+            const half = Math.ceil(batch.length / 2);
+            if ((await this.deliver(batch.slice(0, half))) === "failed") {
+              this.requeue(batch.slice(half));
+              return "failed";
+            }
+            return this.deliver(batch.slice(half));
+          }
+          if (error.status === 401 || error.status === 403) {
+            // The operator key is wrong: keep the events (a fixed deployment may still send them).
+            this.giveUp(batch, error);
+            return "failed";
+          }
+          this.counters.dropped += batch.length;
+          this.report({ kind: "dropped", reason: "refused", events: batch.map((q) => q.event), error });
+          return "done";
+        }
+        if (!(error instanceof TollgateUnavailableError) || attempt >= this.maxAttempts) {
+          this.giveUp(batch, error instanceof Error ? error : new Error(messageOf(error)));
+          return "failed";
+        }
+        await this.sleep(this.backoff(attempt, error.retryAfterMs));
+      }
+    }
+  }
+
+  private accepted(batch: Queued[], body: Schemas["EventsAccepted"]): void {
+    this.counters.accepted += body?.accepted ?? 0;
+    this.counters.duplicates += body?.duplicates ?? 0;
+    const rejected = body?.rejected ?? [];
+    if (rejected.length === 0) return;
+    this.counters.rejected += rejected.length;
+    const events = rejected.flatMap((r) => {
+      const item = batch[r.index];
+      return item ? [{ ...item.event, code: r.code, detail: r.detail }] : [];
+    });
+    this.report({ kind: "rejected", events });
+  }
+
+  private giveUp(batch: Queued[], error: Error): void {
+    this.requeue(batch);
+    this.report({ kind: "retrying", events: batch.map((q) => q.event), error });
+  }
+
+  /** Back to the front of the queue, in order, with the same ids. */
+  private requeue(batch: Queued[]): void {
+    this.queue = batch.concat(this.queue);
+    this.trim();
+  }
+
+  /** Drops the oldest events past maxQueue. */
+  private trim(): void {
+    const excess = this.queue.length - this.maxQueue;
+    if (excess <= 0) return;
+    const dropped = this.queue.splice(0, excess);
+    this.counters.dropped += dropped.length;
+    this.report({ kind: "dropped", reason: "queue_full", events: dropped.map((q) => q.event) });
+  }
+
+  /** Exponential with jitter (half fixed, half random), at least a server's Retry-After. */
+  private backoff(attempt: number, retryAfterMs: number | undefined): number {
+    const ceiling = Math.min(this.maxBackoffMs, this.initialBackoffMs * 2 ** (attempt - 1));
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    return Math.min(this.maxBackoffMs, Math.max(delay, retryAfterMs ?? 0));
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(this.sleepTimer);
+        this.sleepTimer = undefined;
+        this.wake = undefined;
+        resolve();
+      };
+      this.wake = done;
+      this.sleepTimer = setTimeout(done, ms);
+      if (this.flushing === 0) unref(this.sleepTimer);
+    });
+  }
+
+  /** A flush is waiting: a backoff under way must keep the process alive until it is done. */
+  private keepAlive(): void {
+    (this.sleepTimer as { ref?: () => void } | undefined)?.ref?.();
+  }
+
+  private report(problem: TrackProblem): void {
+    try {
+      this.onError(problem);
+    } catch {
+      // A throwing callback must not break delivery.
+    }
+  }
+}
+
+function clamp(value: number, min: number, max: number): number {
+  return Math.min(max, Math.max(min, Math.floor(value)));
+}
+
+function warn(problem: TrackProblem): void {
+  const count = problem.events.length;
+  const detail =
+    problem.kind === "rejected"
+      ? `rejected by Tollgate (${[...new Set(problem.events.map((e) => e.code))].join(", ")})`
+      : problem.kind === "dropped"
+        ? `dropped (${problem.reason})`
+        : `not delivered yet, will retry: ${problem.error.message}`;
+  console.warn(`@tollgate/sdk: ${count} usage event(s) ${detail}`);
+}

@@ -1,0 +1,355 @@
+import { spawnSync } from "node:child_process";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import path from "node:path";
+import { Webhook } from "standardwebhooks";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EVENT_TYPES } from "../../../src/modules/webhooks/events.js";
+import {
+  Tollgate,
+  TollgateError,
+  TollgateUnavailableError,
+  TollgateWebhookError,
+  type TrackProblem,
+  verifyWebhook,
+  WEBHOOK_EVENT_TYPES,
+} from "../src/index.js";
+import { sleep, until } from "./support.js";
+
+/**
+ * Failures a real Tollgate cannot be made to show on demand: a server that accepts connections and
+ * never answers, one that answers 503 or a proxy's error page, a batch too large for it. The
+ * stand-in is a local node:http server; everything the SDK does is real.
+ */
+
+type Handler = (req: IncomingMessage, body: string, res: ServerResponse) => void;
+
+let handler: Handler = () => {};
+let server: Server;
+let baseUrl = "";
+const received: { path: string; body: string }[] = [];
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    let body = "";
+    req.setEncoding("utf8");
+    req.on("data", (chunk: string) => {
+      body += chunk;
+    });
+    req.on("end", () => {
+      received.push({ path: req.url ?? "", body });
+      handler(req, body, res);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+afterAll(async () => {
+  server.closeAllConnections();
+  await new Promise((resolve) => server.close(resolve));
+});
+
+const hang: Handler = () => {
+  // Never answered: the connection stays open until the client gives up.
+};
+const json = (status: number, body: unknown, headers: Record<string, string> = {}): Handler => {
+  return (_req, _body, res) => {
+    res.writeHead(status, { "content-type": "application/json", ...headers }).end(JSON.stringify(body));
+  };
+};
+const unavailable = json(
+  503,
+  { type: "about:blank", title: "Unavailable", status: 503, code: "unavailable", detail: "Try again" },
+  { "retry-after": "0" },
+);
+
+describe("a Tollgate that never answers", () => {
+  it("check() resolves by failMode within the timeout", async () => {
+    handler = hang;
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", timeoutMs: 200, cacheTtlMs: 0 });
+    const started = Date.now();
+    const closed = await tollgate.check("org_1", "kolekts");
+    const open = await tollgate.check("org_1", "kolekts", { failMode: "open" });
+    const many = await tollgate.check("org_1", [{ feature: "kolekts" }, { feature: "seats", amount: 2 }]);
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThanOrEqual(3 * 190);
+    expect(elapsed).toBeLessThan(3 * 200 + 2000);
+    expect(closed).toMatchObject({
+      allowed: false,
+      feature: "kolekts",
+      type: null,
+      reason: "unavailable",
+      source: "fail-closed",
+      limit: null,
+      used: null,
+      remaining: null,
+      resets_at: null,
+    });
+    expect(closed.error).toBeInstanceOf(TollgateUnavailableError);
+    expect(closed.error?.kind).toBe("timeout");
+    expect(open).toMatchObject({ allowed: true, source: "fail-open" });
+    expect(open.reason).toBeUndefined();
+    expect(many).toMatchObject({ allowed: false, source: "fail-closed" });
+    expect(many.results.map((r) => [r.feature, r.allowed, r.reason])).toEqual([
+      ["kolekts", false, "unavailable"],
+      ["seats", false, "unavailable"],
+    ]);
+  });
+
+  it("check() counts a cache fill against the same budget", async () => {
+    handler = hang;
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", timeoutMs: 5000, failMode: "open" });
+    const started = Date.now();
+    const answer = await tollgate.check("org_1", "premium_templates", { timeoutMs: 150 });
+    expect(Date.now() - started).toBeLessThan(2500);
+    expect(answer).toMatchObject({ allowed: true, source: "fail-open" });
+  });
+
+  it("verifyKey() fails closed (a key never seen cannot fail open)", async () => {
+    handler = hang;
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", timeoutMs: 200 });
+    const started = Date.now();
+    expect(await tollgate.verifyKey("tg_x", { feature: "kolekts" })).toMatchObject({
+      valid: false,
+      reason: "unavailable",
+      source: "fail-closed",
+      error: expect.any(TollgateUnavailableError),
+    });
+    expect(await tollgate.verifyKey("tg_x", { failMode: "open" })).toMatchObject({
+      valid: false,
+      reason: "unavailable",
+      source: "fail-closed",
+    });
+    expect(Date.now() - started).toBeLessThan(2 * 200 + 2000);
+  });
+
+  it("the typed api times out too", async () => {
+    handler = hang;
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", apiTimeoutMs: 200 });
+    const started = Date.now();
+    await expect(tollgate.api.GET("/v1/plans")).rejects.toMatchObject({ name: "TimeoutError" });
+    expect(Date.now() - started).toBeLessThan(2200);
+    // A caller's own signal still works alongside.
+    const controller = new AbortController();
+    const call = tollgate.api.GET("/v1/plans", { signal: controller.signal });
+    controller.abort(new Error("not needed any more"));
+    await expect(call).rejects.toThrow("not needed any more");
+  });
+
+  it("a caller's signal rejects the call instead of failing open", async () => {
+    handler = hang;
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", failMode: "open", cacheTtlMs: 0 });
+    const controller = new AbortController();
+    const call = tollgate.check("org_1", "kolekts", { signal: controller.signal });
+    controller.abort(new Error("client went away"));
+    await expect(call).rejects.toThrow("client went away");
+  });
+
+  it("track() keeps events queued when every attempt times out, and flush() returns", async () => {
+    handler = hang;
+    const problems: TrackProblem[] = [];
+    const tollgate = new Tollgate({
+      baseUrl,
+      apiKey: "k",
+      track: {
+        timeoutMs: 100,
+        maxAttempts: 2,
+        initialBackoffMs: 10,
+        flushIntervalMs: 60_000,
+        onError: (p) => problems.push(p),
+      },
+    });
+    const ids = [1, 2, 3].map(() => tollgate.track({ orgId: "org_1", meter: "api_calls" }));
+    const started = Date.now();
+    expect(await tollgate.flush()).toEqual({ pending: 3 });
+    expect(Date.now() - started).toBeLessThan(4000);
+    expect(problems).toEqual([
+      { kind: "retrying", events: expect.any(Array), error: expect.any(TollgateUnavailableError) },
+    ]);
+    expect(problems[0]?.events.map((e) => e.id)).toEqual(ids);
+    expect(tollgate.stats).toMatchObject({ tracked: 3, queued: 3, requests: 2, dropped: 0 });
+  });
+});
+
+describe("a Tollgate that answers errors", () => {
+  it("resolves 5xx by failMode, with the status and problem", async () => {
+    handler = unavailable;
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", cacheTtlMs: 0 });
+    const answer = await tollgate.check("org_1", "kolekts", { failMode: "open" });
+    expect(answer).toMatchObject({ allowed: true, source: "fail-open" });
+    expect(answer.error).toMatchObject({ kind: "status", status: 503, problem: { code: "unavailable" } });
+  });
+
+  it("throws a TollgateError for a 4xx, even a proxy's page", async () => {
+    handler = (_req, _body, res) => {
+      res.writeHead(404, { "content-type": "text/html" }).end("<h1>Not here</h1>");
+    };
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", cacheTtlMs: 0 });
+    const error = await tollgate.check("org_1", "kolekts").catch((e) => e);
+    expect(error).toBeInstanceOf(TollgateError);
+    expect(error).toMatchObject({ status: 404, code: "http_404", detail: "<h1>Not here</h1>" });
+  });
+
+  it("retries a batch with the same ids, with backoff, until it is accepted", async () => {
+    let failures = 2;
+    handler = (req, body, res) => {
+      if (failures-- > 0) return unavailable(req, body, res);
+      const events = (JSON.parse(body) as { events: unknown[] }).events;
+      json(202, { accepted: events.length, duplicates: 0, rejected: [] })(req, body, res);
+    };
+    received.length = 0;
+    const tollgate = new Tollgate({
+      baseUrl,
+      apiKey: "k",
+      track: { initialBackoffMs: 20, flushIntervalMs: 60_000, onError: () => {} },
+    });
+    const ids = [1, 2].map(() => tollgate.track({ orgId: "org_1", meter: "api_calls" }));
+    expect(await tollgate.flush()).toEqual({ pending: 0 });
+    expect(received).toHaveLength(3);
+    for (const request of received) {
+      expect(request.path).toBe("/v1/events");
+      expect(JSON.parse(request.body).events.map((e: { id: string }) => e.id)).toEqual(ids);
+    }
+    expect(tollgate.stats).toMatchObject({ accepted: 2, requests: 3, queued: 0 });
+  });
+
+  it("splits a batch the server finds too large", async () => {
+    handler = (req, body, res) => {
+      const events = (JSON.parse(body) as { events: unknown[] }).events;
+      if (events.length > 3) {
+        json(413, {
+          type: "about:blank",
+          title: "Too large",
+          status: 413,
+          code: "payload_too_large",
+          detail: "",
+        })(req, body, res);
+      } else json(202, { accepted: events.length, duplicates: 0, rejected: [] })(req, body, res);
+    };
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", track: { flushIntervalMs: 60_000 } });
+    for (let i = 0; i < 10; i++) tollgate.track({ orgId: "org_1", meter: "api_calls" });
+    expect(await tollgate.flush()).toEqual({ pending: 0 });
+    expect(tollgate.stats).toMatchObject({ accepted: 10, dropped: 0 });
+  });
+
+  it("refuses at once an event that could never be sent", () => {
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k" });
+    const circular: Record<string, unknown> = {};
+    circular.self = circular;
+    expect(() => tollgate.track({ orgId: "org_1", meter: "api_calls", properties: circular })).toThrow(
+      /JSON-serializable/,
+    );
+    expect(() => tollgate.track({ orgId: "", meter: "api_calls" })).toThrow(/orgId/);
+    expect(() =>
+      tollgate.track({ orgId: "org_1", meter: "api_calls", value: 10n as unknown as number }),
+    ).toThrow(/value/);
+    expect(tollgate.stats).toMatchObject({ tracked: 0, queued: 0 });
+  });
+
+  it("drops the oldest events when the queue is full, and says so", async () => {
+    handler = unavailable;
+    const problems: TrackProblem[] = [];
+    const tollgate = new Tollgate({
+      baseUrl,
+      apiKey: "k",
+      track: { maxQueue: 5, maxAttempts: 1, flushIntervalMs: 60_000, onError: (p) => problems.push(p) },
+    });
+    const ids = Array.from({ length: 8 }, () => tollgate.track({ orgId: "org_1", meter: "api_calls" }));
+    expect(problems.flatMap((p) => (p.kind === "dropped" ? p.events.map((e) => e.id) : []))).toEqual(
+      ids.slice(0, 3),
+    );
+    expect(problems.every((p) => p.kind === "dropped" && p.reason === "queue_full")).toBe(true);
+    expect(tollgate.stats).toMatchObject({ tracked: 8, dropped: 3, queued: 5 });
+  });
+});
+
+describe("webhooks", () => {
+  const secret = `whsec_${btoa("0123456789abcdef0123456789abcdef")}`;
+  const sign = (body: string, id = "msg_1", at = new Date()) => {
+    const signature = new Webhook(secret).sign(id, at, body);
+    return {
+      "webhook-id": id,
+      "webhook-timestamp": String(Math.floor(at.getTime() / 1000)),
+      "webhook-signature": signature,
+    };
+  };
+
+  it("verifies a signed event from Headers, a plain record or bytes", () => {
+    const body = JSON.stringify({
+      type: "invoice.paid",
+      timestamp: "2026-01-01T00:00:00.000Z",
+      data: { org_id: "org_1" },
+    });
+    const headers = sign(body);
+    const expected = {
+      id: "msg_1",
+      type: "invoice.paid",
+      timestamp: "2026-01-01T00:00:00.000Z",
+      data: { org_id: "org_1" },
+    };
+    expect(verifyWebhook(body, new Headers(headers), secret)).toEqual(expected);
+    expect(
+      verifyWebhook(new TextEncoder().encode(body), { ...headers, "Webhook-Id": undefined }, secret),
+    ).toEqual(expected);
+  });
+
+  it("refuses a wrong secret, a stale timestamp and missing headers", () => {
+    const body = JSON.stringify({ type: "invoice.paid", timestamp: "", data: {} });
+    const other = `whsec_${btoa("another secret, another endpoint")}`;
+    expect(() => verifyWebhook(body, sign(body), other)).toThrow(TollgateWebhookError);
+    const old = sign(body, "msg_2", new Date(Date.now() - 10 * 60_000));
+    expect(() => verifyWebhook(body, old, secret)).toThrow(/too old/);
+    expect(() => verifyWebhook(body, {}, secret)).toThrow(TollgateWebhookError);
+  });
+
+  it("drops the org's cache on subscription events only", () => {
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k" });
+    const dropped: (string | undefined)[] = [];
+    tollgate.invalidate = (org?: string) => {
+      dropped.push(org);
+    };
+    for (const type of ["subscription.updated", "invoice.paid", "subscription.canceled"]) {
+      const body = JSON.stringify({ type, timestamp: "", data: { org_id: "org_7" } });
+      tollgate.handleWebhook(body, sign(body), secret);
+    }
+    expect(dropped).toEqual(["org_7", "org_7"]);
+  });
+
+  it("knows every event type the server sends", () => {
+    expect([...WEBHOOK_EVENT_TYPES]).toEqual([...EVENT_TYPES]);
+  });
+});
+
+describe("in a Node process", () => {
+  it("never keeps the process alive with queued events (the timer is unref'd)", async () => {
+    handler = hang;
+    const root = path.resolve(import.meta.dirname, "../../..");
+    const script = `
+      import { Tollgate } from "./packages/sdk/src/index.ts";
+      const tollgate = new Tollgate({ baseUrl: ${JSON.stringify(baseUrl)}, apiKey: "k", track: { flushIntervalMs: 100_000 } });
+      tollgate.track({ orgId: "org_1", meter: "api_calls" });
+      console.log("tracked");
+    `;
+    const started = Date.now();
+    const child = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      cwd: root,
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    expect(child.stderr).toBe("");
+    expect(child.stdout.trim()).toBe("tracked");
+    expect(child.status).toBe(0);
+    expect(Date.now() - started).toBeLessThan(15_000);
+  });
+
+  it("exposes its stats while it works", async () => {
+    handler = json(202, { accepted: 1, duplicates: 0, rejected: [] });
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", track: { batchSize: 1 } });
+    tollgate.track({ orgId: "org_1", meter: "api_calls" });
+    await until(() => tollgate.stats.accepted === 1);
+    await sleep(10);
+    expect(tollgate.stats).toMatchObject({ tracked: 1, accepted: 1, queued: 0 });
+    await tollgate.shutdown();
+  });
+});

@@ -1,0 +1,131 @@
+import fs from "node:fs";
+import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { createTestDatabase, hasRedis, requireRedisUrl } from "../../../test/support/storage.js";
+import { deleteRedisKeys } from "../../../test/support/tollgate-process.js";
+import type { FetchLike } from "../src/index.js";
+
+/**
+ * What the SDK's tests share: the storage modes a real Tollgate runs in, a fetch that records every
+ * request the SDK makes, and a local webhook receiver.
+ */
+
+export const ADMIN_KEY = "sdk-test-operator-key-0123456789abcdef";
+export const SECRET = "test-secret-0123456789abcdef0123456789";
+
+export interface Storage {
+  /** Environment for `tollgate start`: where its data lives. */
+  env: Record<string, string>;
+  /** Removes the data (and the Redis keys of these orgs). */
+  cleanup(orgs: string[]): Promise<void>;
+}
+
+export interface StorageMode {
+  name: string;
+  redis: boolean;
+  setup(): Promise<Storage>;
+}
+
+/** Embedded always; Postgres + Redis when DATABASE_URL and REDIS_URL are set (as CI does). */
+export const storageModes: StorageMode[] = [
+  {
+    name: "embedded: PGlite, in-process counters",
+    redis: false,
+    setup: async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollgate-sdk-"));
+      return {
+        env: { TOLLGATE_DATA_DIR: dir },
+        cleanup: async () => fs.rmSync(dir, { recursive: true, force: true }),
+      };
+    },
+  },
+  ...(process.env.DATABASE_URL && hasRedis
+    ? [
+        {
+          name: "postgres + redis",
+          redis: true,
+          setup: async (): Promise<Storage> => {
+            const db = await createTestDatabase("postgres");
+            await db.handle.close();
+            return {
+              env: { DATABASE_URL: db.url as string, REDIS_URL: requireRedisUrl() },
+              cleanup: async (orgs) => {
+                // Real servers use the default prefix; only these orgs' keys are ours.
+                for (const org of orgs) await deleteRedisKeys(`tg:*${org}*`);
+                await db.drop();
+              },
+            };
+          },
+        },
+      ]
+    : []),
+];
+
+export interface RecordedCall {
+  method: string;
+  path: string;
+  body: any;
+}
+
+/** A fetch that records each request (method, path, JSON body) before sending it. */
+export function recordingFetch(): { fetch: FetchLike; calls: RecordedCall[] } {
+  const calls: RecordedCall[] = [];
+  const recording: FetchLike = async (input, init) => {
+    const request = input instanceof Request ? input : undefined;
+    const url = new URL(request ? request.url : String(input));
+    const body = typeof init?.body === "string" ? JSON.parse(init.body) : undefined;
+    calls.push({ method: init?.method ?? request?.method ?? "GET", path: url.pathname, body });
+    return fetch(input, init);
+  };
+  return { fetch: recording, calls };
+}
+
+export interface Delivery {
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+/** An HTTP server that records what it receives and answers 200 (a webhook endpoint). */
+export async function startReceiver(): Promise<{
+  url: string;
+  port: number;
+  deliveries: Delivery[];
+  close(): Promise<void>;
+}> {
+  const deliveries: Delivery[] = [];
+  const server: Server = createServer((req, res) => {
+    let body = "";
+    req.setEncoding("utf8");
+    req.on("data", (chunk: string) => {
+      body += chunk;
+    });
+    req.on("end", () => {
+      deliveries.push({ headers: req.headers, body });
+      res.writeHead(200).end("ok");
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/hooks/tollgate`,
+    port,
+    deliveries,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls until `check` holds; throws after `timeoutMs`. */
+export async function until(check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await sleep(20);
+  }
+}
