@@ -4,13 +4,13 @@ import { CALLER_REQUEST_ID, DEFAULT_BODY_LIMIT } from "./app.js";
 import type { Deps } from "./deps.js";
 import { errorParts, invalidJsonParts, type PlainResponse, validationParts } from "./lib/http.js";
 import { newId } from "./lib/ids.js";
-import { runCheck } from "./modules/metering/check.js";
 import {
   type CheckBody,
   CheckRequest,
   checkInputOf,
   checkResponseOf,
   quickSingleCheck,
+  runRouteCheck,
 } from "./modules/metering/check-http.js";
 import { bearerToken, isOperatorKey } from "./modules/operator/auth.js";
 
@@ -147,7 +147,7 @@ function answer(deps: Deps, text: string, requestId: string): Reply | Promise<Re
     valid = parsed.data;
   }
   const { input, single } = checkInputOf(valid);
-  return runCheck(deps, input).then((result) => {
+  return runRouteCheck(deps, input).then((result) => {
     const { json, headers } = checkResponseOf(result, single);
     return { status: 200, headers, body: JSON.stringify(json), json: true as const };
   });

@@ -44,6 +44,22 @@ const cases: Case[] = [
     fast: true,
   },
   {
+    name: "several features, one only checked",
+    body: {
+      org_id: ORG,
+      features: [{ feature: "api_requests" }, { feature: "kolekts", consume: false }],
+    },
+    fast: true,
+  },
+  {
+    name: "a checked item denied, nothing consumed",
+    body: {
+      org_id: ORG,
+      features: [{ feature: "api_requests" }, { feature: "premium_templates", consume: false }],
+    },
+    fast: true,
+  },
+  {
     name: "an idempotent allocation",
     body: { org_id: ORG, feature: "team_members", amount: -1, idempotency_key: "seat-1" },
     fast: true,

@@ -623,6 +623,121 @@ describe.each(appModes)("POST /v1/check, subscriptions and API keys ($name)", (m
     });
   });
 
+  describe("items checked without being consumed (features[].consume)", () => {
+    /** The request rate taken now, the monthly quota only checked (tracked later by the caller). */
+    const rateAndQuota = (org: string, extra: Record<string, unknown> = {}, quota: object = {}) =>
+      api.check({
+        org_id: org,
+        features: [{ feature: "api_requests" }, { feature: "kolekts", consume: false, ...quota }],
+        ...extra,
+      });
+
+    it("consume the consumed items only, and never the checked ones", async () => {
+      const org = await api.newOrg();
+      const res = await rateAndQuota(org, {}, { amount: 3 });
+      expect(res.status, res.text).toBe(200);
+      expect(res.body).toEqual({
+        allowed: true,
+        results: [
+          expect.objectContaining({ feature: "api_requests", allowed: true, remaining: 9 }),
+          expect.objectContaining({ feature: "kolekts", allowed: true, used: 0, remaining: 10 }),
+        ],
+      });
+      expect(rateLimitHeader(res.headers.get("ratelimit")).r).toBe(9);
+      expect(await api.peek(org, "kolekts")).toMatchObject({ used: 0 });
+      // The request's consume is the default an item overrides, both ways.
+      const inverted = await api.check({
+        org_id: org,
+        consume: false,
+        features: [{ feature: "api_requests", consume: true }, { feature: "kolekts" }],
+      });
+      expect(inverted.body.allowed).toBe(true);
+      expect(inverted.body.results[0]).toMatchObject({ feature: "api_requests", remaining: 8 });
+      expect(await api.peek(org, "api_requests")).toMatchObject({ remaining: 8 });
+      expect(await api.peek(org, "kolekts")).toMatchObject({ used: 0 });
+    });
+
+    it("consume nothing when a checked item is denied: all or nothing", async () => {
+      const org = await api.newOrg();
+      await api.use(org, "kolekts", { amount: 10 });
+      for (const quota of [{}, { amount: 1 }]) {
+        const res = await rateAndQuota(org, {}, quota);
+        expect(res.status, res.text).toBe(200);
+        expect(res.body.allowed).toBe(false);
+        expect(res.body.results).toEqual([
+          expect.objectContaining({ feature: "api_requests", allowed: true, remaining: 10 }),
+          expect.objectContaining({
+            feature: "kolekts",
+            allowed: false,
+            reason: "quota_exceeded",
+            used: 10,
+            upgrade_url: expect.stringContaining(`/orgs/${org}/billing?feature=kolekts`),
+          }),
+        ]);
+        // The rate was not taken: the whole burst is still there.
+        expect(rateLimitHeader(res.headers.get("ratelimit")).r).toBe(10);
+      }
+      expect(await api.peek(org, "api_requests")).toMatchObject({ remaining: 10 });
+      expect(await api.peek(org, "kolekts")).toMatchObject({ used: 10 });
+      // A boolean the plan lacks, checked, blocks the rate as well.
+      const other = await api.newOrg();
+      const withBoolean = await api.check({
+        org_id: other,
+        features: [{ feature: "api_requests" }, { feature: "premium_templates", consume: false }],
+      });
+      expect(withBoolean.body).toMatchObject({
+        allowed: false,
+        results: [{ remaining: 10 }, { reason: "feature_not_in_plan" }],
+      });
+      expect(await api.peek(other, "api_requests")).toMatchObject({ remaining: 10 });
+    });
+
+    it("deny with Retry-After when the consumed rate is exhausted, the quota untouched", async () => {
+      const org = await api.newOrg();
+      await api.use(org, "api_requests", { amount: 10 });
+      const res = await rateAndQuota(org);
+      expect(res.body).toMatchObject({
+        allowed: false,
+        results: [
+          { feature: "api_requests", allowed: false, reason: "rate_limited" },
+          { feature: "kolekts", allowed: true, used: 0 },
+        ],
+      });
+      expect(res.body.results[0].retry_after_ms).toBeGreaterThan(0);
+      expect(Number(res.headers.get("retry-after"))).toBeGreaterThan(0);
+      expect(await api.peek(org, "kolekts")).toMatchObject({ used: 0 });
+    });
+
+    it("apply an idempotency key to the consumed items", async () => {
+      const org = await api.newOrg();
+      const first = await rateAndQuota(org, { idempotency_key: "req-1" });
+      expect(first.body.results[0]).toMatchObject({ remaining: 9 });
+      const again = await rateAndQuota(org, { idempotency_key: "req-1" });
+      expect(again.headers.get("idempotent-replayed")).toBe("true");
+      expect(again.body).toEqual(first.body);
+      expect(await api.peek(org, "api_requests")).toMatchObject({ remaining: 9 });
+    });
+
+    it("validate every item at once, named by its index", async () => {
+      const org = await api.newOrg();
+      const res = await api.check({
+        org_id: org,
+        features: [
+          { feature: "kolekts", amount: 1.5 },
+          { feature: "nope", consume: false },
+        ],
+      });
+      expectProblem(res, 400, "validation_failed");
+      expect(res.body.errors.map((e: { field: string }) => e.field)).toEqual([
+        "features.0.amount",
+        "features.1.feature",
+      ]);
+      const wrongType = await api.check({ org_id: org, features: [{ feature: "kolekts", consume: "no" }] });
+      expectProblem(wrongType, 400, "validation_failed");
+      expect(wrongType.body.errors.map((e: { field: string }) => e.field)).toEqual(["features.0.consume"]);
+    });
+  });
+
   describe("idempotency keys", () => {
     it("make a retry return the first answer and consume once", async () => {
       const org = await api.newOrg();
@@ -855,6 +970,12 @@ describe.each(appModes)("POST /v1/check, subscriptions and API keys ($name)", (m
         meter: "kolekts",
       });
       expect(res.body.meters.map((m: any) => m.key)).toContain("api_calls");
+      // With how each meter aggregates (the SDK's middleware tracks a quota's amount by it).
+      expect(res.body.meters).toContainEqual({
+        key: "kolekts",
+        name: "Kolekts formatted",
+        aggregation: "count",
+      });
       const free = plans[0];
       expect(free).toMatchObject({
         name: "Free",

@@ -1,8 +1,9 @@
 import createClient, { type Client } from "openapi-fetch";
 import { EntitlementCache } from "./cache.js";
 import { TollgateUnavailableError } from "./errors.js";
-import { type FetchLike, Transport, timeoutSignal, unref } from "./http.js";
+import { type Answer, type FetchLike, Transport, timeoutSignal, unref } from "./http.js";
 import type { paths } from "./schema.js";
+import { sha256Key } from "./sha256.js";
 import { type FlushResult, Tracker, type TrackStats } from "./tracker.js";
 import type {
   CheckOptions,
@@ -12,6 +13,7 @@ import type {
   InvalidKey,
   KeyVerification,
   MultiCheckResult,
+  RateHeaders,
   Schemas,
   TollgateOptions,
   TrackEvent,
@@ -29,6 +31,8 @@ interface KnownKey {
   verdict: ValidKey;
   /** Reused until then. */
   freshUntil: number;
+  /** Past this (half the TTL), a hit also verifies the key again in the background. */
+  refreshAt: number;
   /** Kept until then for `failMode: "open"` while Tollgate is unreachable. */
   keepUntil: number;
 }
@@ -64,6 +68,8 @@ export class Tollgate {
   private readonly tracker: Tracker;
   private readonly keyCacheTtlMs: number;
   private readonly keys = new Map<string, KnownKey>();
+  /** Verifications (without checks) under way, by key hash: concurrent callers share one request. */
+  private readonly verifying = new Map<string, Promise<Answer<Schemas["KeyVerification"]>>>();
 
   constructor(options: TollgateOptions) {
     if (!options || typeof options.apiKey !== "string" || options.apiKey === "") {
@@ -132,11 +138,27 @@ export class Tollgate {
 
   /**
    * The cached answer for a boolean or limit feature (as a non-consuming check of 1 unit), or
-   * undefined when the org is not in the cache (or has expired). Never makes a request: a Map lookup,
-   * for hot paths. Fill an org with `preload()` or any `check()`.
+   * undefined when the org is not in the cache (or has expired). Never waits for a request: a Map
+   * lookup, for hot paths. Fill an org with `preload()` or any `check()`; an org read in the last
+   * fifth of `cacheTtlMs` is refilled in the background, as `check()` does.
    */
   checkCached(orgId: string, feature: string): CheckResult | undefined {
     return this.cache.lookup(orgId, feature);
+  }
+
+  /**
+   * The verdict of a key verified valid less than `keyCacheTtlMs` ago, or undefined: the part of
+   * `verifyKey()` that needs no I/O (a hash and a Map lookup), for hot paths such as the middleware.
+   * Past half the TTL, the key is verified again in the background, as `verifyKey()` does.
+   */
+  verifyKeyCached(key: string): ValidKey | undefined {
+    const hash = sha256Key(key);
+    const known = this.keys.get(hash);
+    if (known === undefined) return undefined;
+    const now = Date.now();
+    if (known.freshUntil <= now) return undefined;
+    if (known.refreshAt <= now) this.refreshKey(key, hash, this.timeoutMs);
+    return known.verdict;
   }
 
   /**
@@ -221,11 +243,16 @@ export class Tollgate {
   async verifyKey(key: string, options: VerifyKeyOptions = {}): Promise<KeyVerification> {
     const failMode = options.failMode ?? this.failMode;
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
-    const hash = await keyHash(key);
+    const hash = sha256Key(key);
     const known = this.keys.get(hash);
     const wantsChecks = options.feature !== undefined || options.features !== undefined;
-    if (known !== undefined && known.freshUntil > Date.now()) {
-      if (!wantsChecks) return known.verdict;
+    const now = Date.now();
+    if (known !== undefined && known.freshUntil > now) {
+      if (!wantsChecks) {
+        // Verified again ahead of expiry, so a steady stream of requests never waits on Tollgate.
+        if (known.refreshAt <= now) this.refreshKey(key, hash, timeoutMs);
+        return known.verdict;
+      }
       const local = this.checksFromCache(known.verdict.org_id, options);
       if (local) return { ...known.verdict, ...local, source: "cache" };
     }
@@ -236,18 +263,56 @@ export class Tollgate {
     if (options.consume !== undefined) body.consume = options.consume;
     if (options.idempotencyKey !== undefined) body.idempotency_key = options.idempotencyKey;
     try {
-      const answer = await this.transport.send<Schemas["KeyVerification"]>(
-        "POST",
-        "/v1/keys/verify",
-        body,
-        timeoutMs,
-        options.signal,
-      );
-      return this.verified(hash, answer.body, options);
+      const answer =
+        !wantsChecks && options.signal === undefined
+          ? await this.verifyShared(key, hash, timeoutMs)
+          : await this.transport.send<Schemas["KeyVerification"]>(
+              "POST",
+              "/v1/keys/verify",
+              body,
+              timeoutMs,
+              options.signal,
+            );
+      return this.verified(hash, answer.body, options, answer.headers);
     } catch (error) {
       if (!(error instanceof TollgateUnavailableError)) throw error;
       return this.verifyFailed(known, options, failMode, error);
     }
+  }
+
+  /** One `POST /v1/keys/verify {key}` at a time per key: concurrent callers share its answer. */
+  private verifyShared(
+    key: string,
+    hash: string,
+    timeoutMs: number,
+  ): Promise<Answer<Schemas["KeyVerification"]>> {
+    let pending = this.verifying.get(hash);
+    if (pending === undefined) {
+      const started = this.transport.send<Schemas["KeyVerification"]>(
+        "POST",
+        "/v1/keys/verify",
+        { key },
+        timeoutMs,
+      );
+      pending = started;
+      this.verifying.set(hash, started);
+      const done = () => {
+        if (this.verifying.get(hash) === started) this.verifying.delete(hash);
+      };
+      started.then(done, done);
+    }
+    return pending;
+  }
+
+  /** Verifies a cached key again in the background; failures leave the verdict to expire. */
+  private refreshKey(key: string, hash: string, timeoutMs: number): void {
+    if (this.verifying.has(hash)) return;
+    this.verifyShared(key, hash, timeoutMs).then(
+      (answer) => {
+        this.verified(hash, answer.body, {}, answer.headers);
+      },
+      () => {},
+    );
   }
 
   private async checkOne(orgId: string, feature: string, options: CheckOptions): Promise<CheckResult> {
@@ -317,7 +382,7 @@ export class Tollgate {
         options.signal,
       );
       const results = answer.body.results.map((r): CheckResult => ({ ...r, source: "tollgate" }));
-      this.cache.observe(orgId, results, consume, answer.body.allowed, false);
+      this.cache.observe(orgId, results, anyConsumed(items, consume), answer.body.allowed, false);
       return { allowed: answer.body.allowed, results, source: "tollgate" };
     } catch (error) {
       if (error instanceof TollgateUnavailableError) {
@@ -361,7 +426,7 @@ export class Tollgate {
       const item = items[i] as FeatureRequest;
       // A feature named twice is applied twice in one step: only Tollgate knows the combined answer.
       for (let j = 0; j < i; j++) if ((items[j] as FeatureRequest).feature === item.feature) return null;
-      const hit = this.fromCache(orgId, item.feature, item.amount ?? 1, consume);
+      const hit = this.fromCache(orgId, item.feature, item.amount ?? 1, item.consume ?? consume);
       if (hit === null) return null;
       if (hit === undefined) fill = true;
       else results.push(hit);
@@ -436,6 +501,7 @@ export class Tollgate {
     hash: string,
     body: Schemas["KeyVerification"],
     options: VerifyKeyOptions,
+    headers: Headers,
   ): KeyVerification {
     if (!body.valid) {
       this.keys.delete(hash);
@@ -458,8 +524,13 @@ export class Tollgate {
     }
     if (body.checks) {
       const results = body.checks.results.map((r): CheckResult => ({ ...r, source: "tollgate" }));
-      this.cache.observe(body.org_id, results, consume, body.checks.allowed, false);
+      const consumed = anyConsumed(options.features ?? [], consume);
+      this.cache.observe(body.org_id, results, consumed, body.checks.allowed, false);
       result.checks = { allowed: body.checks.allowed, results, source: "tollgate" };
+    }
+    if (body.check || body.checks) {
+      const rateHeaders = rateHeadersOf(headers);
+      if (rateHeaders) result.rateHeaders = rateHeaders;
     }
     // Kept for fail-open answers even when not reused (keyCacheTtlMs 0); fresh for keyCacheTtlMs.
     const keepMs = Math.max(this.cache.ttlMs, this.keyCacheTtlMs);
@@ -477,6 +548,7 @@ export class Tollgate {
       this.keys.set(hash, {
         verdict,
         freshUntil: now + this.keyCacheTtlMs,
+        refreshAt: now + this.keyCacheTtlMs / 2,
         keepUntil: now + keepMs,
       });
       for (const oldest of this.keys.keys()) {
@@ -520,10 +592,32 @@ export class Tollgate {
   }
 }
 
-function featureBody(item: FeatureRequest): { feature: string; amount?: number | string } {
-  return item.amount === undefined
-    ? { feature: item.feature }
-    : { feature: item.feature, amount: item.amount };
+function featureBody(item: FeatureRequest): { feature: string; amount?: number | string; consume?: boolean } {
+  const body: { feature: string; amount?: number | string; consume?: boolean } = { feature: item.feature };
+  if (item.amount !== undefined) body.amount = item.amount;
+  if (item.consume !== undefined) body.consume = item.consume;
+  return body;
+}
+
+/** Whether any item of a multi-feature call is consumed (each item's own flag, else the call's). */
+function anyConsumed(items: readonly FeatureRequest[], consume: boolean): boolean {
+  if (items.length === 0) return consume;
+  return items.some((item) => item.consume ?? consume);
+}
+
+const RATE_HEADERS = ["ratelimit", "ratelimit-policy", "retry-after"] as const;
+
+/** Tollgate's rate-limit headers, when it sent any. */
+function rateHeadersOf(headers: Headers): RateHeaders | undefined {
+  let found: RateHeaders | undefined;
+  for (const name of RATE_HEADERS) {
+    const value = headers.get(name);
+    if (value !== null) {
+      found ??= {};
+      found[name] = value;
+    }
+  }
+  return found;
 }
 
 function isOne(amount: number | string): boolean {
@@ -553,12 +647,4 @@ function normalizeBaseUrl(value: string): string {
     throw new TypeError("new Tollgate(): baseUrl must be http or https");
   }
   return value.replace(/\/+$/, "");
-}
-
-/** SHA-256 of the key (Web Crypto), so keys are never held in memory as map keys. */
-async function keyHash(key: string): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key)));
-  let hex = "";
-  for (const byte of digest) hex += byte.toString(16).padStart(2, "0");
-  return hex;
 }

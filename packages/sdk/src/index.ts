@@ -31,6 +31,7 @@ export type {
   KeyVerification,
   MultiCheckResult,
   paths,
+  RateHeaders,
   Schemas,
   ServerCheckResult,
   TollgateOptions,

@@ -53,6 +53,22 @@ export interface FeatureRequest {
   feature: string;
   /** Units (default 1): see `CheckOptions.amount`. */
   amount?: number | string;
+  /**
+   * This feature only: consume it (`true`) or only check it (`false`). Default: the call's `consume`.
+   * Tollgate decides the checked features first and consumes nothing unless they are all allowed
+   * (a rate taken now and a quota checked, to be tracked after the work is done).
+   */
+  consume?: boolean;
+}
+
+/**
+ * The rate-limit headers Tollgate answered with (lowercase names): `ratelimit-policy` and `ratelimit`
+ * (IETF draft, the most constrained rate feature of the call) and `retry-after` on a rate denial.
+ */
+export interface RateHeaders {
+  ratelimit?: string;
+  "ratelimit-policy"?: string;
+  "retry-after"?: string;
 }
 
 /** Options of `check()`. */
@@ -82,6 +98,8 @@ export interface ValidKey
   check?: CheckResult;
   /** The checks of `features`, when they were asked. */
   checks?: MultiCheckResult;
+  /** The rate-limit headers of Tollgate's answer, when its checks named a rate feature. */
+  rateHeaders?: RateHeaders;
   /**
    * `tollgate`, `cache` (the key was verified less than `keyCacheTtlMs` ago and any checks came from
    * the entitlement cache), or `fail-open` (Tollgate unreachable; the key was valid recently).
@@ -107,7 +125,10 @@ export interface VerifyKeyOptions {
   feature?: string;
   /** Units for `feature` (default 1). */
   amount?: number | string;
-  /** Also check several features for the key's org, all consumed or none (not with `feature`). */
+  /**
+   * Also check several features for the key's org, all consumed or none (not with `feature`); a
+   * feature with `consume: false` is only checked.
+   */
   features?: readonly FeatureRequest[];
   /** For the checks; default `true`. */
   consume?: boolean;

@@ -396,6 +396,83 @@ describe.each(appModes)("API keys ($name)", (mode) => {
       expect(invalid.body).toEqual({ valid: false, reason: "malformed" });
     });
 
+    it("verifies a key, takes the rate and only checks the quota in one call (features[].consume)", async () => {
+      const own = await newOrg(t, "Umbrella");
+      const key = await newKey(["usage:read"], own);
+      const verify = (kolekts: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
+        t.call("POST", "/v1/keys/verify", {
+          auth: "operator",
+          body: {
+            key: key.key,
+            features: [{ feature: "api_requests" }, { feature: "kolekts", consume: false, ...kolekts }],
+            ...extra,
+          },
+        });
+      const used = async (feature: string) => {
+        const res = await t.call("GET", `/v1/orgs/${own}/entitlements`, { auth: "operator" });
+        return res.body.features.find((f: { feature: string }) => f.feature === feature);
+      };
+
+      const ok = await verify({ amount: 4 });
+      expect(ok.status, ok.text).toBe(200);
+      expect(ok.body.checks).toEqual({
+        allowed: true,
+        results: [
+          expect.objectContaining({ feature: "api_requests", allowed: true, remaining: 9 }),
+          expect.objectContaining({ feature: "kolekts", allowed: true, used: 0, remaining: 10 }),
+        ],
+      });
+      expect(ok.headers.get("ratelimit")).toMatch(/^"api_requests";r=9;t=\d+$/);
+      // The quota item is never consumed.
+      expect((await used("kolekts")).used).toBe(0);
+
+      // The quota exhausted: denied, and the rate item is not consumed either.
+      const fill = await t.call("POST", "/v1/check", {
+        auth: "operator",
+        body: { org_id: own, feature: "kolekts", amount: 10 },
+      });
+      expect(fill.body.allowed).toBe(true);
+      const denied = await verify({});
+      expect(denied.status, denied.text).toBe(200);
+      expect(denied.body).toMatchObject({ valid: true, org_id: own });
+      expect(denied.body.checks).toEqual({
+        allowed: false,
+        results: [
+          expect.objectContaining({ feature: "api_requests", allowed: true, remaining: 9 }),
+          expect.objectContaining({
+            feature: "kolekts",
+            allowed: false,
+            reason: "quota_exceeded",
+            used: 10,
+            upgrade_url: expect.stringContaining(`/orgs/${own}/billing?feature=kolekts`),
+          }),
+        ],
+      });
+      expect(denied.headers.get("ratelimit")).toMatch(/^"api_requests";r=9;t=\d+$/);
+      expect((await used("api_requests")).remaining).toBe(9);
+      expect((await used("kolekts")).used).toBe(10);
+
+      // A boolean only checked (consume: false on the request, the rate item consumed by its own flag).
+      const withBoolean = await t.call("POST", "/v1/keys/verify", {
+        auth: "operator",
+        body: {
+          key: key.key,
+          consume: false,
+          features: [{ feature: "api_requests", consume: true }, { feature: "zapier_integration" }],
+        },
+      });
+      expect(withBoolean.body.checks).toMatchObject({
+        allowed: true,
+        results: [
+          { feature: "api_requests", remaining: 8 },
+          { feature: "zapier_integration", allowed: true },
+        ],
+      });
+      const badField = await verify({ consume: "no" });
+      expect(badField.status).toBe(400);
+      expect(badField.body.errors.map((e: { field: string }) => e.field)).toEqual(["features.1.consume"]);
+    });
+
     it("refuses feature with features, amount with features, and names a bad feature by index", async () => {
       const key = await newKey();
       const call = (body: Record<string, unknown>) =>

@@ -1,7 +1,8 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { errorResponses, jsonBody, jsonResponse, storableString } from "../../lib/http.js";
 import { createApiRouter, operatorOnly } from "../auth/caller.js";
-import { type FeatureResult, runCheck } from "../metering/check.js";
+import type { FeatureResult } from "../metering/check.js";
+import { FeatureItem, itemConsumeOf, manyField, runRouteCheck, singleField } from "../metering/check-http.js";
 import { setRateHeaders } from "../metering/rate-headers.js";
 import { Amount, CheckResult } from "../metering/schemas.js";
 import { accessOf, orgAccess } from "../orgs/access.js";
@@ -80,12 +81,6 @@ const RotateRequest = z
 
 const Rotated = IssuedApiKey.extend({ replaced: ApiKey }).openapi("RotatedApiKey");
 
-/** One feature of a multi-feature check in `/v1/keys/verify` (as in `/v1/check`). */
-const VerifyFeature = z.strictObject({
-  feature: z.string().min(1).max(128),
-  amount: Amount.optional(),
-});
-
 const VerifyRequest = z
   .strictObject({
     key: z
@@ -99,9 +94,9 @@ const VerifyRequest = z
       .optional()
       .openapi({ description: "Also run a check of this feature for the key's org, in the same call." }),
     amount: Amount.optional(),
-    features: z.array(VerifyFeature).min(1).max(20).optional().openapi({
+    features: z.array(FeatureItem).min(1).max(20).optional().openapi({
       description:
-        "Also check several features for the key's org, all consumed or none (as `POST /v1/check` with `features`). Not with `feature`.",
+        "Also check several features for the key's org, all consumed or none (as `POST /v1/check` with `features`; an item with `consume: false` is only checked, and nothing is consumed unless it is allowed). Not with `feature`.",
     }),
     consume: z.boolean().optional().openapi({ description: "For the check; default true." }),
     idempotency_key: storableString(255).optional(),
@@ -295,12 +290,14 @@ export function apiKeyRoutes() {
         (body.feature !== undefined ? [{ feature: body.feature, amount: body.amount ?? 1 }] : undefined);
       if (items) {
         const single = body.features === undefined;
-        const answer = await runCheck(deps, {
+        const consume = body.consume ?? true;
+        const answer = await runRouteCheck(deps, {
           orgId: result.orgId,
           items,
-          consume: body.consume ?? true,
+          consume,
           idempotencyKey: body.idempotency_key,
-          fieldOf: single ? (_i, field) => field : (i, field) => `features.${i}.${field}`,
+          fieldOf: single ? singleField : manyField,
+          itemConsume: body.features ? itemConsumeOf(body.features, consume) : undefined,
         });
         setRateHeaders(c, answer.rate);
         if (answer.replayed) c.header("idempotent-replayed", "true");

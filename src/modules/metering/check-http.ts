@@ -1,6 +1,7 @@
 import { z } from "@hono/zod-openapi";
+import type { Deps } from "../../deps.js";
 import { storableString } from "../../lib/http.js";
-import type { CheckAnswer, CheckInput, FeatureResult } from "./check.js";
+import { type CheckAnswer, type CheckInput, type FeatureResult, runCheck } from "./check.js";
 import { rateHeaders } from "./rate-headers.js";
 import { Amount } from "./schemas.js";
 
@@ -28,13 +29,19 @@ export const SingleCheck = z
     idempotency_key: IdempotencyKey.optional(),
   })
   .openapi("CheckRequest");
+/** One feature of a multi-feature check (`/v1/check` and `/v1/keys/verify`). */
+export const FeatureItem = z.strictObject({
+  feature: z.string().min(1).max(FEATURE_MAX),
+  amount: Amount.optional(),
+  consume: z.boolean().optional().openapi({
+    description:
+      "This item only: consume it (true) or only check it (false). Default: the request's `consume`. Items checked without consuming are decided first; if any is denied, nothing is consumed.",
+  }),
+});
 export const MultiCheck = z
   .strictObject({
     org_id: OrgId,
-    features: z
-      .array(z.strictObject({ feature: z.string().min(1).max(FEATURE_MAX), amount: Amount.optional() }))
-      .min(1)
-      .max(20),
+    features: z.array(FeatureItem).min(1).max(20),
     consume: z.boolean().optional(),
     idempotency_key: IdempotencyKey.optional(),
   })
@@ -70,9 +77,19 @@ export function quickSingleCheck(body: unknown): z.infer<typeof SingleCheck> | u
   return fields as z.infer<typeof SingleCheck>;
 }
 
+/**
+ * A check as a route receives it: the engine's input, plus which items are consumed when the request
+ * mixes consumed and only-checked items (`features[].consume`). Undefined when every item follows
+ * the request's `consume`.
+ */
+export interface RouteCheckInput extends CheckInput {
+  itemConsume?: boolean[] | undefined;
+}
+
 /** The engine's input for a valid body. */
-export function checkInputOf(body: CheckBody): { input: CheckInput; single: boolean } {
+export function checkInputOf(body: CheckBody): { input: RouteCheckInput; single: boolean } {
   const single = "feature" in body;
+  const consume = body.consume ?? true;
   const items = single
     ? [{ feature: body.feature, amount: body.amount ?? 1 }]
     : body.features.map((f) => ({ feature: f.feature, amount: f.amount ?? 1 }));
@@ -81,15 +98,71 @@ export function checkInputOf(body: CheckBody): { input: CheckInput; single: bool
     input: {
       orgId: body.org_id,
       items,
-      consume: body.consume ?? true,
+      consume,
       idempotencyKey: body.idempotency_key,
       fieldOf: single ? singleField : manyField,
+      itemConsume: single ? undefined : itemConsumeOf(body.features, consume),
     },
   };
 }
 
-const singleField = (_index: number, field: "feature" | "amount") => field;
-const manyField = (index: number, field: "feature" | "amount") => `features.${index}.${field}`;
+/** Each item's own `consume` (default: the request's), or undefined when none differs from it. */
+export function itemConsumeOf(
+  features: readonly { consume?: boolean | undefined }[],
+  consume: boolean,
+): boolean[] | undefined {
+  if (features.every((f) => f.consume === undefined || f.consume === consume)) return undefined;
+  return features.map((f) => f.consume ?? consume);
+}
+
+export const singleField = (_index: number, field: "feature" | "amount") => field;
+export const manyField = (index: number, field: "feature" | "amount") => `features.${index}.${field}`;
+
+/**
+ * Runs a route's check. When items differ in `consume` (a rate to take now, a quota only to check),
+ * it is two calls of the engine, neither changed by this:
+ *
+ * 1. a dry run of every item (validating them all at once, with their own field paths): if an item
+ *    that is only checked is denied, that is the answer — nothing is consumed;
+ * 2. otherwise the consumed items are run with the request's idempotency key, atomically among
+ *    themselves as any call is, and their results replace the dry run's.
+ *
+ * Results stay in request order; the answer is allowed only if both parts are. The checked items'
+ * results are as before the call (a dry run never consumes); the idempotency key covers the consumed
+ * items only (a repeat replays their answer and asks the checked ones again).
+ */
+export async function runRouteCheck(deps: Deps, input: RouteCheckInput): Promise<CheckAnswer> {
+  const flags = input.itemConsume;
+  if (flags === undefined) return runCheck(deps, input);
+  const { itemConsume: _flags, ...base } = input;
+  const dry = await runCheck(deps, { ...base, consume: false, idempotencyKey: undefined });
+  const checkedAllowed = dry.results.every((r, i) => flags[i] || r.allowed);
+  const consumed: number[] = [];
+  flags.forEach((flag, i) => {
+    if (flag) consumed.push(i);
+  });
+  if (!checkedAllowed || consumed.length === 0) {
+    return { ...dry, allowed: checkedAllowed && dry.allowed };
+  }
+  const taken = await runCheck(deps, {
+    orgId: input.orgId,
+    items: consumed.map((i) => input.items[i] as CheckInput["items"][number]),
+    consume: true,
+    idempotencyKey: input.idempotencyKey,
+    fieldOf: (j, field) => input.fieldOf(consumed[j] as number, field),
+  });
+  const results = [...dry.results];
+  consumed.forEach((i, j) => {
+    results[i] = taken.results[j] as FeatureResult;
+  });
+  return {
+    allowed: taken.allowed,
+    results,
+    rate: taken.rate ?? dry.rate,
+    replayed: taken.replayed,
+    degraded: dry.degraded || taken.degraded,
+  };
+}
 
 /** The answer as the response's JSON and headers. */
 export function checkResponseOf(

@@ -5,8 +5,8 @@ import { AppError } from "../../lib/errors.js";
 import { errorResponses, jsonBody, jsonResponse } from "../../lib/http.js";
 import { createApiRouter, operatorOnly } from "../auth/caller.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
-import { runCheck, usageJournal } from "./check.js";
-import { CheckRequest, checkInputOf, checkResponseOf, OrgId } from "./check-http.js";
+import { usageJournal } from "./check.js";
+import { CheckRequest, checkInputOf, checkResponseOf, OrgId, runRouteCheck } from "./check-http.js";
 import { eventsOf, ingestEvents, MAX_BATCH } from "./events.js";
 import { Amount, CheckResult as Result } from "./schemas.js";
 import { entitlementsOf, GRANULARITIES, resolveSeriesQuery, seriesCsv, usageSeries } from "./usage.js";
@@ -139,7 +139,7 @@ export function meteringRoutes() {
       tags,
       summary: "May this org use a feature now? (consumes by default)",
       description:
-        "One feature (`feature`, `amount`) or several at once (`features: [...]`, all consumed or none). Denials are answers (200, `allowed: false`) carrying the reason, usage, limit, reset time and an upgrade URL. Rate features set `RateLimit`/`RateLimit-Policy` headers, and `Retry-After` when denied.",
+        "One feature (`feature`, `amount`) or several at once (`features: [...]`, all consumed or none; an item with `consume: false` is only checked, and nothing is consumed unless it is allowed). Denials are answers (200, `allowed: false`) carrying the reason, usage, limit, reset time and an upgrade URL. Rate features set `RateLimit`/`RateLimit-Policy` headers, and `Retry-After` when denied.",
       security: operatorSecurity,
       middleware: operatorOnly,
       request: { body: jsonBody(CheckRequest) },
@@ -150,7 +150,7 @@ export function meteringRoutes() {
     }),
     async (c) => {
       const { input, single } = checkInputOf(c.req.valid("json"));
-      const { json, headers } = checkResponseOf(await runCheck(c.get("deps"), input), single);
+      const { json, headers } = checkResponseOf(await runRouteCheck(c.get("deps"), input), single);
       for (const name in headers) c.header(name, headers[name]);
       return c.json(json as z.infer<typeof CheckResponse>, 200);
     },

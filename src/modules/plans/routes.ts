@@ -4,7 +4,7 @@ import { createRouter, errorResponses, jsonBody, jsonResponse } from "../../lib/
 import { createApiRouter, operatorOnly, requireCaller } from "../auth/caller.js";
 import { requestChange } from "../billing/checkout.js";
 import { redeemCoupon } from "../billing/coupons.js";
-import type { Plan } from "../catalog/schema.js";
+import { AGGREGATIONS, type Plan } from "../catalog/schema.js";
 import { accessOf, OrgParam, orgAccess } from "../orgs/access.js";
 import { getSubscription, migrateSubscribers, setPlan, subscriptionOut } from "./subscriptions.js";
 
@@ -127,7 +127,16 @@ export function planRoutes() {
               )
               .openapi({ description: "Every feature the plans' entitlements name, in catalog order." }),
             meters: z
-              .array(z.object({ key: z.string(), name: z.string() }))
+              .array(
+                z.object({
+                  key: z.string(),
+                  name: z.string(),
+                  aggregation: z.enum(AGGREGATIONS).openapi({
+                    description:
+                      "How events make the meter's quantity: `count` counts events, `sum` adds their values (docs/metering.md).",
+                  }),
+                }),
+              )
               .openapi({ description: "Every meter, for usage-based charges and the estimator." }),
           }),
           "The plans, and the features and meters they refer to",
@@ -153,7 +162,11 @@ export function planRoutes() {
         type: feature.type,
         meter: feature.type === "metered" ? feature.meter : null,
       }));
-      const meters = deps.catalog.meters.map((meter) => ({ key: meter.key, name: meter.name }));
+      const meters = deps.catalog.meters.map((meter) => ({
+        key: meter.key,
+        name: meter.name,
+        aggregation: meter.aggregation,
+      }));
       c.header("cache-control", "public, max-age=60");
       return c.json({ data, features, meters }, 200);
     },

@@ -2165,7 +2165,7 @@ export interface paths {
         put?: never;
         /**
          * May this org use a feature now? (consumes by default)
-         * @description One feature (`feature`, `amount`) or several at once (`features: [...]`, all consumed or none). Denials are answers (200, `allowed: false`) carrying the reason, usage, limit, reset time and an upgrade URL. Rate features set `RateLimit`/`RateLimit-Policy` headers, and `Retry-After` when denied.
+         * @description One feature (`feature`, `amount`) or several at once (`features: [...]`, all consumed or none; an item with `consume: false` is only checked, and nothing is consumed unless it is allowed). Denials are answers (200, `allowed: false`) carrying the reason, usage, limit, reset time and an upgrade URL. Rate features set `RateLimit`/`RateLimit-Policy` headers, and `Retry-After` when denied.
          */
         post: {
             parameters: {
@@ -6055,6 +6055,11 @@ export interface paths {
                             }[];
                             /** @description Every meter, for usage-based charges and the estimator. */
                             meters: {
+                                /**
+                                 * @description How events make the meter's quantity: `count` counts events, `sum` adds their values (docs/metering.md).
+                                 * @enum {string}
+                                 */
+                                aggregation: "count" | "sum" | "max" | "min" | "unique_count" | "latest" | "weighted_sum";
                                 key: string;
                                 name: string;
                             }[];
@@ -6300,6 +6305,8 @@ export interface components {
                  * @example 1
                  */
                 amount?: number | string;
+                /** @description This item only: consume it (true) or only check it (false). Default: the request's `consume`. Items checked without consuming are decided first; if any is denied, nothing is consumed. */
+                consume?: boolean;
                 feature: string;
             }[];
             /** @description Makes retries safe: a repeated key returns the first answer (for 24 hours) and consumes nothing more. A key reused with different parameters is a 409. */
@@ -6647,13 +6654,15 @@ export interface components {
             consume?: boolean;
             /** @description Also run a check of this feature for the key's org, in the same call. */
             feature?: string;
-            /** @description Also check several features for the key's org, all consumed or none (as `POST /v1/check` with `features`). Not with `feature`. */
+            /** @description Also check several features for the key's org, all consumed or none (as `POST /v1/check` with `features`; an item with `consume: false` is only checked, and nothing is consumed unless it is allowed). Not with `feature`. */
             features?: {
                 /**
                  * @description Units to consume (default 1): a whole number for count meters, limit and rate features; up to 6 decimals for sum meters. A negative amount releases a limit feature's allocation.
                  * @example 1
                  */
                 amount?: number | string;
+                /** @description This item only: consume it (true) or only check it (false). Default: the request's `consume`. Items checked without consuming are decided first; if any is denied, nothing is consumed. */
+                consume?: boolean;
                 feature: string;
             }[];
             idempotency_key?: string;

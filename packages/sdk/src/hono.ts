@@ -1,0 +1,82 @@
+import type { Context, Env, MiddlewareHandler } from "hono";
+import type { Tollgate } from "./client.js";
+import { createGate, type GateContext, type GateOptions, PROBLEM_CONTENT_TYPE } from "./gate.js";
+
+/**
+ * `@tollgate/sdk/hono`: the Tollgate middleware for Hono (any runtime Hono runs on).
+ *
+ * @example
+ * app.post(
+ *   "/v1/kolekts",
+ *   tollgate(client, { consume: [{ feature: "api_requests" }], quota: [{ feature: "kolekts", meter: "kolekts" }] }),
+ *   (c) => c.json({ org: c.get("tollgate").orgId }, 201),
+ * );
+ */
+
+declare module "hono" {
+  interface ContextVariableMap {
+    /** Set by `tollgate()` from `@tollgate/sdk/hono` on the routes it guards. */
+    tollgate: GateContext;
+  }
+}
+
+export type {
+  GateContext,
+  GateOptions,
+  GateProblem,
+  GateQuota,
+  GateRejection,
+} from "./gate.js";
+
+/**
+ * Verifies the caller's org API key and runs the route's checks (see {@link GateOptions}), then lets
+ * the handler run with `c.get("tollgate")`, or answers 401, 402, 429 or 503 as problem+json. After a
+ * 2xx answer (and only then: not after a 4xx/5xx, nor when the handler throws) each `quota` is
+ * tracked on its meter.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: Hono's own default for a context's environment.
+export function tollgate<E extends Env = any>(
+  client: Tollgate,
+  options: GateOptions<Context<E>> = {},
+): MiddlewareHandler<E & { Variables: { tollgate: GateContext } }> {
+  const decide = createGate<Context<E>>(client, options, readHeader);
+  return async (c, next) => {
+    const pending = decide(c as unknown as Context<E>);
+    const decision = pending instanceof Promise ? await pending : pending;
+    if (!decision.allowed) {
+      const { status, headers, body } = decision.rejection;
+      return new Response(JSON.stringify(body), {
+        status,
+        headers: { ...headers, "content-type": PROBLEM_CONTENT_TYPE },
+      });
+    }
+    c.set("tollgate", decision.context);
+    for (const name in decision.headers) c.header(name, decision.headers[name]);
+    await next();
+    // A handler that threw was answered by the app's error handler: c.error says so.
+    decision.finish(c.error ? 500 : c.res.status);
+  };
+}
+
+/**
+ * On Node (@hono/node-server) `c.env.incoming` is Node's request, whose `rawHeaders` are read as they
+ * are: `c.req.header()` makes Node build its header object first, which costs a small route about a
+ * tenth of its throughput. Elsewhere (edge runtimes, `app.request()`), `c.req.header()`.
+ */
+function readHeader(c: Context, name: string): string | undefined {
+  const raw = (c.env as { incoming?: { rawHeaders?: unknown } } | undefined)?.incoming?.rawHeaders;
+  return Array.isArray(raw) ? rawHeader(raw as string[], name) : c.req.header(name);
+}
+
+/** A header from Node's `rawHeaders` (name, value, name, value…); repeated ones joined as Headers does. */
+function rawHeader(raw: readonly string[], name: string): string | undefined {
+  let value: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const candidate = raw[i] as string;
+    if (candidate.length === name.length && candidate.toLowerCase() === name) {
+      const found = raw[i + 1] as string;
+      value = value === undefined ? found : `${value}, ${found}`;
+    }
+  }
+  return value;
+}
