@@ -1,6 +1,21 @@
+import path from "node:path";
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
+  // The examples import @tollgate/sdk as users do; in this repository that means its sources (the
+  // package's "tollgate-source" export condition, which node --conditions and tsc use too).
+  resolve: {
+    alias: [
+      {
+        find: /^@tollgate\/sdk$/,
+        replacement: path.resolve(import.meta.dirname, "packages/sdk/src/index.ts"),
+      },
+      {
+        find: /^@tollgate\/sdk\/(hono|express|fastify)$/,
+        replacement: path.resolve(import.meta.dirname, "packages/sdk/src/$1.ts"),
+      },
+    ],
+  },
   test: {
     include: [
       "src/**/*.test.ts",

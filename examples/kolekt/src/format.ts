@@ -133,11 +133,19 @@ function pack(parts: string[], max: number): string[] {
   return bodies;
 }
 
-/** The most characters the template adds to any post of a thread of `total` posts. */
+/**
+ * The most characters the template adds to any post of a thread as many digits long as `total`
+ * (the count the packing ends with may be any such number): templates may differ for the first,
+ * second, next-to-last and last post, and the numbers are widest for the biggest count.
+ */
 function overhead(template: Template, total: number): number {
+  const digits = String(total).length;
+  const counts = new Set([total, Math.max(2, 10 ** (digits - 1)), 10 ** digits - 1]);
   let most = 0;
-  for (const index of new Set([1, 2, total])) {
-    if (index <= total) most = Math.max(most, length(template.render("", index, total)));
+  for (const count of counts) {
+    for (const index of new Set([1, 2, count - 1, count])) {
+      if (index >= 1 && index <= count) most = Math.max(most, length(template.render("", index, count)));
+    }
   }
   return most;
 }
