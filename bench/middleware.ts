@@ -52,6 +52,8 @@ const OTHER_CPUS = `1-${os.cpus().length - 1}`;
 const ALL_CPUS = `0-${os.cpus().length - 1}`;
 const OPERATOR_KEY = "bench-operator-key-0123456789abcdef";
 const TARGET = 0.6;
+/** A run during which other processes used more of the machine than this is measured again. */
+const MAX_OTHER_WORK = 0.05;
 
 /** The demo catalog, pro's API requests and kolekts raised out of the way of a 10-second run. */
 function benchCatalog(): string {
@@ -122,6 +124,37 @@ function cpuSeconds(pid: number | undefined): number {
   if (pid === undefined || !fs.existsSync(`/proc/${pid}/stat`)) return 0;
   const fields = (fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100; // clock ticks (USER_HZ)
+}
+
+/** CPU ticks of the whole machine so far: busy and total (Linux). */
+function machineTicks(): { busy: number; total: number } {
+  if (!fs.existsSync("/proc/stat")) return { busy: 0, total: 0 };
+  const values = (fs.readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "")
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number);
+  const total = values.reduce((a, b) => a + b, 0);
+  return { busy: total - (values[3] ?? 0) - (values[4] ?? 0), total };
+}
+
+/**
+ * Runs `fn` and says what share of the machine other work used meanwhile: everything busy but this
+ * benchmark's processes (Tollgate, the app, this process with the load generator). On a shared
+ * machine a run disturbed by someone's test is measured again rather than kept.
+ */
+async function measuredAlone<T>(
+  pids: (number | undefined)[],
+  fn: () => Promise<T>,
+): Promise<{ result: T; others: number }> {
+  const ours = () => pids.reduce((sum: number, pid) => sum + cpuSeconds(pid) * 100, 0);
+  const before = machineTicks();
+  const oursBefore = ours();
+  const result = await fn();
+  const after = machineTicks();
+  const total = after.total - before.total;
+  const others = total > 0 ? Math.max(0, after.busy - before.busy - (ours() - oursBefore)) / total : 0;
+  return { result, others };
 }
 
 /** Waits (at most 60 s) until Tollgate is idle: under 5% of a core over half a second. */
@@ -198,9 +231,25 @@ async function measure(framework: string, tollgate: Server): Promise<Measured> {
   pin(app.pid, APP_CPUS);
   try {
     const headers = { authorization: `Bearer ${key}` };
-    const run = async (route: string, seconds = duration) => {
-      if (seconds === duration) await idle(tollgate.pid);
-      return load({ url: `${app.url}/${route}`, headers, connections, durationSeconds: seconds });
+    const run = async (route: string, seconds = duration): Promise<LoadResult> => {
+      if (seconds !== duration) {
+        return load({ url: `${app.url}/${route}`, headers, connections, durationSeconds: seconds });
+      }
+      for (let attempt = 1; ; attempt++) {
+        await idle(tollgate.pid);
+        const { result, others } = await measuredAlone([tollgate.pid, app.pid, process.pid], () =>
+          load({ url: `${app.url}/${route}`, headers, connections, durationSeconds: seconds }),
+        );
+        if (others <= MAX_OTHER_WORK || attempt >= 5) {
+          if (others > MAX_OTHER_WORK)
+            log(`WARNING: ${route} kept after ${attempt} tries with ${Math.round(others * 100)}% other work`);
+          return result;
+        }
+        log(
+          `${framework} ${route}: ${Math.round(others * 100)}% of the machine was busy with other work; measuring again`,
+        );
+        await new Promise((r) => setTimeout(r, 5000));
+      }
     };
     // Warm-up: JIT, connections, the key verified and the org's entitlements cached.
     for (const route of ["bare", "gated", "cold", "bare", "gated"]) await run(route, 2);

@@ -9,7 +9,7 @@ import {
 } from "./gate.js";
 
 /**
- * `@tollgate/sdk/express`: the Tollgate middleware for Express (4.17+ and 5).
+ * `@tollgate/sdk/express`: the Tollgate middleware for Express (tested with 5; nothing 4.17 lacks).
  *
  * @example
  * app.post(

@@ -9,7 +9,7 @@ import {
 } from "./gate.js";
 
 /**
- * `@tollgate/sdk/fastify`: the Tollgate middleware for Fastify (4 and 5), as a `preHandler` hook
+ * `@tollgate/sdk/fastify`: the Tollgate middleware for Fastify (tested with 5; the hook API is 4's too), as a `preHandler` hook
  * (callback style: the warm path answers without a promise).
  *
  * @example

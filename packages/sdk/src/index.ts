@@ -1,8 +1,10 @@
 /**
  * `@tollgate/sdk`: the client a product's backend uses to talk to Tollgate.
  *
- * - {@link Tollgate} — `check()`, `checkCached()`, `track()`, `verifyKey()`, `handleWebhook()`, and
- *   `api`, the whole API typed from Tollgate's OpenAPI document.
+ * - {@link Tollgate} — `check()`, `checkCached()`, `track()`, `verifyKey()`, `verifyKeyCached()`,
+ *   `handleWebhook()`, and `api`, the whole API typed from Tollgate's OpenAPI document.
+ * - The middleware's framework-free core, {@link createGate} (the adapters are `@tollgate/sdk/hono`,
+ *   `/express` and `/fastify`; none of those frameworks is imported here).
  * - Errors: {@link TollgateError} (4xx, thrown), {@link TollgateUnavailableError} (Tollgate not
  *   reachable: resolved by `failMode`, never thrown by `check`/`verifyKey`), {@link TollgateWebhookError}.
  *
@@ -16,6 +18,16 @@ export {
   TollgateWebhookError,
   type UnavailableKind,
 } from "./errors.js";
+export {
+  createGate,
+  type GateContext,
+  type GateDecision,
+  type GateOptions,
+  type GateProblem,
+  type GateQuota,
+  type GateRejection,
+  type HeaderReader,
+} from "./gate.js";
 export type { FetchLike } from "./http.js";
 export type { FlushResult, TrackStats } from "./tracker.js";
 export type {
