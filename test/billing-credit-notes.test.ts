@@ -181,9 +181,13 @@ describe.each(modes)("credit notes, voiding, receipts and PDFs ($name)", (mode) 
     expect(paid.status, paid.text).toBe(200);
     expect(paid.body).toMatchObject({ status: "paid", amount_paid: (due - 5).toFixed(2) });
     expect((await op("GET", `/v1/orgs/${org}/subscription`)).body.status).toBe("active");
-    const receipts = (await t.database.db.select().from(emails).where(eq(emails.orgId, org))).filter(
-      (m) => m.template === "invoice_paid",
-    );
+    const receipts = (
+      await t.database.db
+        .select()
+        .from(emails)
+        .where(eq(emails.orgId, org))
+        .orderBy(emails.createdAt, emails.id)
+    ).filter((m) => m.template === "invoice_paid");
     expect(receipts.length).toBeGreaterThanOrEqual(2);
     expect(receipts.at(-1)?.subject).toContain(open.number);
 

@@ -62,9 +62,13 @@ describe.each(appModes)("dunning ($name)", (mode) => {
     expect(res.status, res.text).toBe(200);
   };
   const mails = async (org: string, template: string) =>
-    (await t.database.db.select().from(emails).where(eq(emails.orgId, org))).filter(
-      (m) => m.template === template,
-    );
+    (
+      await t.database.db
+        .select()
+        .from(emails)
+        .where(eq(emails.orgId, org))
+        .orderBy(emails.createdAt, emails.id)
+    ).filter((m) => m.template === template);
 
   it("retries on the schedule, keeps entitlements in the grace period, then cancels", async () => {
     const { org, op, periodEnd } = await setUp(t, "dunning@example.com");

@@ -708,14 +708,53 @@ describe.each(appModes)("POST /v1/check, subscriptions and API keys ($name)", (m
       expect(await api.peek(org, "kolekts")).toMatchObject({ used: 0 });
     });
 
-    it("apply an idempotency key to the consumed items", async () => {
+    it("apply an idempotency key to the whole request: a repeat replays the first answer", async () => {
       const org = await api.newOrg();
       const first = await rateAndQuota(org, { idempotency_key: "req-1" });
       expect(first.body.results[0]).toMatchObject({ remaining: 9 });
+      // The handler ran and its usage was tracked: the quota is used up before the client, which
+      // lost the first answer, repeats the request.
+      await api.use(org, "kolekts", { amount: 10 });
       const again = await rateAndQuota(org, { idempotency_key: "req-1" });
       expect(again.headers.get("idempotent-replayed")).toBe("true");
       expect(again.body).toEqual(first.body);
       expect(await api.peek(org, "api_requests")).toMatchObject({ remaining: 9 });
+    });
+
+    it("refuse the key reused for a different request with 409, whichever part differs", async () => {
+      const org = await api.newOrg();
+      const first = await rateAndQuota(org, { idempotency_key: "req-2" }, { amount: 1 });
+      expect(first.body.allowed).toBe(true);
+      // The checked amount, an item's own consume, or the plain form of the same items.
+      const variants = [
+        () => rateAndQuota(org, { idempotency_key: "req-2" }, { amount: 5 }),
+        () => rateAndQuota(org, { idempotency_key: "req-2" }, { amount: 1, consume: true }),
+        () =>
+          api.check({
+            org_id: org,
+            idempotency_key: "req-2",
+            features: [{ feature: "api_requests" }, { feature: "kolekts" }],
+          }),
+      ];
+      for (const variant of variants) expectProblem(await variant(), 409, "conflict");
+      expect(await api.peek(org, "api_requests")).toMatchObject({ remaining: 9 });
+      expect(await api.peek(org, "kolekts")).toMatchObject({ used: 0 });
+    });
+
+    it("store no denial by a checked item: nothing was consumed, so a repeat asks again", async () => {
+      const org = await api.newOrg();
+      await api.use(org, "kolekts", { amount: 10 });
+      const denied = await rateAndQuota(org, { idempotency_key: "req-3" });
+      expect(denied.body).toMatchObject({ allowed: false, results: [{}, { reason: "quota_exceeded" }] });
+      expect(await api.peek(org, "api_requests")).toMatchObject({ remaining: 10 });
+      // A new period: the quota is back, and the repeat is decided (and then stored) as a first call.
+      await api.advance(32 * 86_400 * second);
+      const later = await rateAndQuota(org, { idempotency_key: "req-3" });
+      expect(later.headers.get("idempotent-replayed")).toBeNull();
+      expect(later.body.allowed).toBe(true);
+      const again = await rateAndQuota(org, { idempotency_key: "req-3" });
+      expect(again.headers.get("idempotent-replayed")).toBe("true");
+      expect(again.body).toEqual(later.body);
     });
 
     it("validate every item at once, named by its index", async () => {

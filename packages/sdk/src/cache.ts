@@ -16,7 +16,10 @@ import type { CheckResult, FeatureType, Schemas } from "./types.js";
 interface OrgEntry {
   plan: string;
   expiresAt: number;
-  /** Past this, a cached answer triggers a background refill (the entry still serves meanwhile). */
+  /**
+   * Past this, a cached answer triggers a background refill (the entry still serves meanwhile).
+   * Pushed back after a refill fails.
+   */
   refreshAt: number;
   /** Frozen answers with `source: "cache"`, shared by every hit: no allocation on a hit. */
   features: Map<string, CheckResult>;
@@ -28,7 +31,19 @@ interface Load {
   promise: Promise<void>;
   /** Set by invalidate(): what the load read may be from before the change, so it is not stored. */
   stale: boolean;
+  /**
+   * Limit features a consuming check through this client changed while the load ran: its answers
+   * for them may be from before, so they are not stored (the next read asks Tollgate).
+   */
+  dropped: Set<string>;
 }
+
+/**
+ * After a background refresh fails (of an org here, of a key in the client), no other is started
+ * for this long: during an outage, retrying on every read would be one request to Tollgate per
+ * request served. The cached answer serves meanwhile, until it expires.
+ */
+export const BACKGROUND_RETRY_MS = 1000;
 
 /** The dry-run check carries at most this many features (the API's limit). */
 const CHECK_MAX_FEATURES = 20;
@@ -60,7 +75,7 @@ export class EntitlementCache {
     if (entry === undefined) return undefined;
     const now = Date.now();
     if (entry.expiresAt <= now) return undefined;
-    if (entry.refreshAt <= now) this.refreshSoon(orgId);
+    if (entry.refreshAt <= now) this.refreshSoon(orgId, entry);
     return entry.features.get(feature);
   }
 
@@ -74,7 +89,7 @@ export class EntitlementCache {
     if (entry === undefined) return undefined;
     const now = Date.now();
     if (entry.expiresAt <= now) return undefined;
-    if (entry.refreshAt <= now) this.refreshSoon(orgId);
+    if (entry.refreshAt <= now) this.refreshSoon(orgId, entry);
     const cached = entry.features.get(feature);
     if (cached === undefined) return null;
     return derive(cached, amount) ?? null;
@@ -90,7 +105,7 @@ export class EntitlementCache {
   load(orgId: string): Promise<void> {
     const running = this.loads.get(orgId);
     if (running) return running.promise;
-    const load: Load = { promise: Promise.resolve(), stale: false };
+    const load: Load = { promise: Promise.resolve(), stale: false, dropped: new Set() };
     load.promise = this.fill(orgId, load).finally(() => {
       if (this.loads.get(orgId) === load) this.loads.delete(orgId);
     });
@@ -133,6 +148,9 @@ export class EntitlementCache {
     singleUnit: boolean,
   ): void {
     for (const r of results) if (r.type !== null) this.types.set(r.feature, r.type);
+    const load = consume && allowed ? this.loads.get(orgId) : undefined;
+    // Whether or not an entry is cached: a fill under way may have read the allocation before.
+    if (load) for (const r of results) if (r.type === "limit") load.dropped.add(r.feature);
     const entry = this.orgs.get(orgId);
     if (entry === undefined || entry.expiresAt <= Date.now()) return;
     for (const r of results) {
@@ -162,10 +180,13 @@ export class EntitlementCache {
     }
   }
 
-  private refreshSoon(orgId: string): void {
+  private refreshSoon(orgId: string, entry: OrgEntry): void {
     if (this.loads.has(orgId)) return;
-    // Background refill: the current entry keeps serving; failures leave it to expire.
-    this.load(orgId).catch(() => {});
+    // Background refill: the current entry keeps serving; a failure leaves it to expire, and the
+    // next attempt for BACKGROUND_RETRY_MS.
+    this.load(orgId).catch(() => {
+      if (this.orgs.get(orgId) === entry) entry.refreshAt = Date.now() + BACKGROUND_RETRY_MS;
+    });
   }
 
   private async fill(orgId: string, load: Load): Promise<void> {
@@ -209,6 +230,7 @@ export class EntitlementCache {
       }
     }
     if (load.stale) return;
+    for (const feature of load.dropped) features.delete(feature);
     const now = Date.now();
     this.orgs.delete(orgId);
     this.orgs.set(orgId, {

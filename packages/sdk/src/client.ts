@@ -1,7 +1,7 @@
 import createClient, { type Client } from "openapi-fetch";
-import { EntitlementCache } from "./cache.js";
+import { BACKGROUND_RETRY_MS, EntitlementCache } from "./cache.js";
 import { TollgateUnavailableError } from "./errors.js";
-import { type Answer, type FetchLike, Transport, timeoutSignal, unref } from "./http.js";
+import { type FetchLike, Transport, timeoutSignal, unref } from "./http.js";
 import type { paths } from "./schema.js";
 import { sha256Key } from "./sha256.js";
 import { type FlushResult, Tracker, type TrackStats } from "./tracker.js";
@@ -26,15 +26,31 @@ import { verifyWebhook, type WebhookEvent, type WebhookHeaders } from "./webhook
 const MAX_KEY_CACHE_TTL_MS = 2000;
 const MAX_KEYS = 10_000;
 
+/** Its times count from when the verification was sent: what Tollgate said is at least that old. */
 interface KnownKey {
   /** Frozen, with `source: "cache"`: returned as is on a hit. */
   verdict: ValidKey;
   /** Reused until then. */
   freshUntil: number;
-  /** Past this (half the TTL), a hit also verifies the key again in the background. */
+  /**
+   * Past this (half the TTL), a hit also verifies the key again in the background. Pushed back
+   * after that fails.
+   */
   refreshAt: number;
   /** Kept until then for `failMode: "open"` while Tollgate is unreachable. */
   keepUntil: number;
+}
+
+/** A verification request: its number (in the order sent) and when it was sent. */
+interface Sent {
+  seq: number;
+  at: number;
+}
+
+/** Verdicts dropped: after which request (its number), and when. */
+interface Drop {
+  after: number;
+  at: number;
 }
 
 /**
@@ -67,9 +83,22 @@ export class Tollgate {
   private readonly cache: EntitlementCache;
   private readonly tracker: Tracker;
   private readonly keyCacheTtlMs: number;
+  /** How long a valid verdict is kept: fresh for keyCacheTtlMs, for fail-open answers for longer. */
+  private readonly keepMs: number;
   private readonly keys = new Map<string, KnownKey>();
   /** Verifications (without checks) under way, by key hash: concurrent callers share one request. */
-  private readonly verifying = new Map<string, Promise<Answer<Schemas["KeyVerification"]>>>();
+  private readonly verifying = new Map<string, Promise<KeyVerification>>();
+  /** Verification requests sent so far: numbers them, to tell which came before a drop. */
+  private sent = 0;
+  /**
+   * Verdicts this client dropped, each as the last request sent before: a key answered invalid (by
+   * hash), an org's by `invalidate(orgId)`, all of them by `invalidate()`. A valid answer to a
+   * request sent before a drop may predate the revocation (or plan change) behind it: it is not
+   * cached. A drop is forgotten after `keepMs`, when such a verdict would have expired anyway.
+   */
+  private readonly droppedKeys = new Map<string, Drop>();
+  private readonly droppedOrgs = new Map<string, Drop>();
+  private droppedAll = 0;
 
   constructor(options: TollgateOptions) {
     if (!options || typeof options.apiKey !== "string" || options.apiKey === "") {
@@ -83,6 +112,7 @@ export class Tollgate {
     }
     const cacheTtlMs = Math.max(0, options.cacheTtlMs ?? 30_000);
     this.keyCacheTtlMs = Math.min(MAX_KEY_CACHE_TTL_MS, Math.max(0, options.keyCacheTtlMs ?? 500));
+    this.keepMs = Math.max(cacheTtlMs, this.keyCacheTtlMs);
     this.transport = new Transport(baseUrl, options.apiKey, options.fetch);
     this.cache = new EntitlementCache(
       this.transport,
@@ -147,8 +177,9 @@ export class Tollgate {
   }
 
   /**
-   * The verdict of a key verified valid less than `keyCacheTtlMs` ago, or undefined: the part of
-   * `verifyKey()` that needs no I/O (a hash and a Map lookup), for hot paths such as the middleware.
+   * The verdict of a key verified valid less than `keyCacheTtlMs` ago (counted from when the
+   * verification was sent), or undefined: the part of `verifyKey()` that needs no I/O (a hash and a
+   * Map lookup), for hot paths such as the middleware.
    * Past half the TTL, the key is verified again in the background, as `verifyKey()` does.
    */
   verifyKeyCached(key: string): ValidKey | undefined {
@@ -157,7 +188,7 @@ export class Tollgate {
     if (known === undefined) return undefined;
     const now = Date.now();
     if (known.freshUntil <= now) return undefined;
-    if (known.refreshAt <= now) this.refreshKey(key, hash, this.timeoutMs);
+    if (known.refreshAt <= now) this.refreshKey(key, hash, known);
     return known.verdict;
   }
 
@@ -179,8 +210,12 @@ export class Tollgate {
     this.cache.invalidate(orgId);
     if (orgId === undefined) {
       this.keys.clear();
+      this.droppedAll = this.sent;
+      this.droppedKeys.clear();
+      this.droppedOrgs.clear();
       return;
     }
+    this.drop(this.droppedOrgs, orgId);
     for (const [hash, known] of this.keys) if (known.verdict.org_id === orgId) this.keys.delete(hash);
   }
 
@@ -234,7 +269,8 @@ export class Tollgate {
    * or `features` for the key's org in the same round trip (`POST /v1/keys/verify`).
    *
    * A valid verdict (org, key id, scopes, plan) is reused for `keyCacheTtlMs` (default 500 ms, at
-   * most 2 s) without a request; the checks are not cached, except boolean and limit reads the
+   * most 2 s, counted from when its verification was sent) without a request, unless this client
+   * has seen the key invalid since; the checks are not cached, except boolean and limit reads the
    * entitlement cache answers. An invalid key is `{valid: false, reason}` (`malformed`, `unknown`,
    * `revoked`, `expired`). When Tollgate cannot be reached: with `failMode: "closed"`, `{valid:
    * false, reason: "unavailable"}`; with `"open"`, a key verified valid within the last `cacheTtlMs`
@@ -250,7 +286,7 @@ export class Tollgate {
     if (known !== undefined && known.freshUntil > now) {
       if (!wantsChecks) {
         // Verified again ahead of expiry, so a steady stream of requests never waits on Tollgate.
-        if (known.refreshAt <= now) this.refreshKey(key, hash, timeoutMs);
+        if (known.refreshAt <= now) this.refreshKey(key, hash, known);
         return known.verdict;
       }
       const local = this.checksFromCache(known.verdict.org_id, options);
@@ -263,56 +299,59 @@ export class Tollgate {
     if (options.consume !== undefined) body.consume = options.consume;
     if (options.idempotencyKey !== undefined) body.idempotency_key = options.idempotencyKey;
     try {
-      const answer =
-        !wantsChecks && options.signal === undefined
-          ? await this.verifyShared(key, hash, timeoutMs)
-          : await this.transport.send<Schemas["KeyVerification"]>(
-              "POST",
-              "/v1/keys/verify",
-              body,
-              timeoutMs,
-              options.signal,
-            );
-      return this.verified(hash, answer.body, options, answer.headers);
+      if (!wantsChecks && options.signal === undefined) {
+        // Within this caller's own budget, whoever started the request: past it, a timeout.
+        return { ...(await within(this.verifyShared(key, hash, timeoutMs), timeoutMs)) };
+      }
+      const sent = this.send();
+      const answer = await this.transport.send<Schemas["KeyVerification"]>(
+        "POST",
+        "/v1/keys/verify",
+        body,
+        timeoutMs,
+        options.signal,
+      );
+      return this.verified(hash, answer.body, options, answer.headers, sent);
     } catch (error) {
       if (!(error instanceof TollgateUnavailableError)) throw error;
       return this.verifyFailed(known, options, failMode, error);
     }
   }
 
-  /** One `POST /v1/keys/verify {key}` at a time per key: concurrent callers share its answer. */
-  private verifyShared(
-    key: string,
-    hash: string,
-    timeoutMs: number,
-  ): Promise<Answer<Schemas["KeyVerification"]>> {
-    let pending = this.verifying.get(hash);
-    if (pending === undefined) {
-      const started = this.transport.send<Schemas["KeyVerification"]>(
+  /**
+   * One `POST /v1/keys/verify {key}` at a time per key: concurrent callers share its answer, which
+   * is cached even if they have all stopped waiting. It gets the client's budget (or the first
+   * caller's, when longer), so a caller with a short one does not cut it short for the others.
+   */
+  private verifyShared(key: string, hash: string, timeoutMs: number): Promise<KeyVerification> {
+    const running = this.verifying.get(hash);
+    if (running !== undefined) return running;
+    const sent = this.send();
+    const started = this.transport
+      .send<Schemas["KeyVerification"]>(
         "POST",
         "/v1/keys/verify",
         { key },
-        timeoutMs,
-      );
-      pending = started;
-      this.verifying.set(hash, started);
-      const done = () => {
-        if (this.verifying.get(hash) === started) this.verifying.delete(hash);
-      };
-      started.then(done, done);
-    }
-    return pending;
+        Math.max(timeoutMs, this.timeoutMs),
+      )
+      .then((answer) => this.verified(hash, answer.body, {}, answer.headers, sent));
+    this.verifying.set(hash, started);
+    const done = () => {
+      if (this.verifying.get(hash) === started) this.verifying.delete(hash);
+    };
+    started.then(done, done);
+    return started;
   }
 
-  /** Verifies a cached key again in the background; failures leave the verdict to expire. */
-  private refreshKey(key: string, hash: string, timeoutMs: number): void {
+  /**
+   * Verifies a cached key again in the background. A failure leaves the verdict to expire, and the
+   * next attempt for BACKGROUND_RETRY_MS.
+   */
+  private refreshKey(key: string, hash: string, known: KnownKey): void {
     if (this.verifying.has(hash)) return;
-    this.verifyShared(key, hash, timeoutMs).then(
-      (answer) => {
-        this.verified(hash, answer.body, {}, answer.headers);
-      },
-      () => {},
-    );
+    this.verifyShared(key, hash, this.timeoutMs).catch(() => {
+      if (this.keys.get(hash) === known) known.refreshAt = Date.now() + BACKGROUND_RETRY_MS;
+    });
   }
 
   private async checkOne(orgId: string, feature: string, options: CheckOptions): Promise<CheckResult> {
@@ -324,7 +363,7 @@ export class Tollgate {
       if (this.cache.enabled && options.idempotencyKey === undefined) {
         let hit = this.fromCache(orgId, feature, amount, consume);
         if (hit === undefined) {
-          await this.fill(orgId, timeoutMs, options.signal);
+          await within(this.cache.load(orgId), timeoutMs, options.signal);
           hit = this.fromCache(orgId, feature, amount, consume);
         }
         if (hit) return hit;
@@ -366,7 +405,7 @@ export class Tollgate {
       if (this.cache.enabled && options.idempotencyKey === undefined) {
         let hit = this.manyFromCache(orgId, items, consume);
         if (hit === undefined) {
-          await this.fill(orgId, timeoutMs, options.signal);
+          await within(this.cache.load(orgId), timeoutMs, options.signal);
           hit = this.manyFromCache(orgId, items, consume);
         }
         if (hit) return hit;
@@ -435,34 +474,6 @@ export class Tollgate {
     return { allowed: results.every((r) => r.allowed), results, source: "cache" };
   }
 
-  /** Waits for the org's cache fill, within the caller's budget (the fill itself goes on). */
-  private fill(orgId: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        signal?.removeEventListener("abort", onAbort);
-        reject(new TollgateUnavailableError("timeout", `Tollgate did not answer within ${timeoutMs} ms`));
-      }, timeoutMs);
-      unref(timer);
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(signal?.reason);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-      this.cache.load(orgId).then(
-        () => {
-          clearTimeout(timer);
-          signal?.removeEventListener("abort", onAbort);
-          resolve();
-        },
-        (error: unknown) => {
-          clearTimeout(timer);
-          signal?.removeEventListener("abort", onAbort);
-          reject(error);
-        },
-      );
-    });
-  }
-
   private failed(feature: string, failMode: FailMode, error: TollgateUnavailableError): CheckResult {
     const open = failMode === "open";
     return {
@@ -497,14 +508,17 @@ export class Tollgate {
     return hit ? { checks: hit } : undefined;
   }
 
+  /** The result of a verification; a valid verdict is cached unless outdated. */
   private verified(
     hash: string,
     body: Schemas["KeyVerification"],
     options: VerifyKeyOptions,
     headers: Headers,
+    sent: Sent,
   ): KeyVerification {
     if (!body.valid) {
       this.keys.delete(hash);
+      this.drop(this.droppedKeys, hash);
       return { valid: false, reason: body.reason, source: "tollgate" };
     }
     this.cache.noticePlan(body.org_id, body.plan);
@@ -533,9 +547,7 @@ export class Tollgate {
       if (rateHeaders) result.rateHeaders = rateHeaders;
     }
     // Kept for fail-open answers even when not reused (keyCacheTtlMs 0); fresh for keyCacheTtlMs.
-    const keepMs = Math.max(this.cache.ttlMs, this.keyCacheTtlMs);
-    if (keepMs > 0) {
-      const now = Date.now();
+    if (this.cacheable(hash, body.org_id, sent)) {
       const verdict: ValidKey = Object.freeze({
         valid: true as const,
         org_id: body.org_id,
@@ -547,9 +559,9 @@ export class Tollgate {
       this.keys.delete(hash);
       this.keys.set(hash, {
         verdict,
-        freshUntil: now + this.keyCacheTtlMs,
-        refreshAt: now + this.keyCacheTtlMs / 2,
-        keepUntil: now + keepMs,
+        freshUntil: sent.at + this.keyCacheTtlMs,
+        refreshAt: sent.at + this.keyCacheTtlMs / 2,
+        keepUntil: sent.at + this.keepMs,
       });
       for (const oldest of this.keys.keys()) {
         if (this.keys.size <= MAX_KEYS) break;
@@ -557,6 +569,36 @@ export class Tollgate {
       }
     }
     return result;
+  }
+
+  /** Numbers a verification request about to be sent. */
+  private send(): Sent {
+    this.sent++;
+    return { seq: this.sent, at: Date.now() };
+  }
+
+  /**
+   * Whether a valid verdict from `sent` may be cached: not when this client has since seen the key
+   * invalid or dropped its org's verdicts (Tollgate may have answered before the change), nor over a
+   * verdict from a later request, nor when it would be expired already.
+   */
+  private cacheable(hash: string, orgId: string, sent: Sent): boolean {
+    if (sent.at + this.keepMs <= Date.now() || sent.seq <= this.droppedAll) return false;
+    if (sent.seq <= (this.droppedKeys.get(hash)?.after ?? 0)) return false;
+    if (sent.seq <= (this.droppedOrgs.get(orgId)?.after ?? 0)) return false;
+    const known = this.keys.get(hash);
+    return known === undefined || known.freshUntil <= sent.at + this.keyCacheTtlMs;
+  }
+
+  /** Records a drop after the requests sent so far; forgets drops too old to matter (or too many). */
+  private drop(drops: Map<string, Drop>, id: string): void {
+    const now = Date.now();
+    drops.delete(id);
+    drops.set(id, { after: this.sent, at: now });
+    for (const [oldest, { at }] of drops) {
+      if (at + this.keepMs > now && drops.size <= MAX_KEYS) break;
+      drops.delete(oldest);
+    }
   }
 
   private verifyFailed(
@@ -622,6 +664,37 @@ function rateHeadersOf(headers: Headers): RateHeaders | undefined {
 
 function isOne(amount: number | string): boolean {
   return amount === 1 || amount === "1";
+}
+
+/**
+ * Waits for work other callers may share (a cache fill, a key's verification) within this caller's
+ * budget and signal: past the budget, a timeout, as from a request of its own. The work goes on.
+ */
+function within<T>(promise: Promise<T>, timeoutMs: number, signal?: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      reject(new TollgateUnavailableError("timeout", `Tollgate did not answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    unref(timer);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
 }
 
 /** What is left of a call's budget; a spent budget is a timeout. */

@@ -29,15 +29,26 @@ import type {
 
 type Awaitable<T> = T | Promise<T>;
 
-/** A quota: checked before the handler (nothing consumed), tracked on `meter` after a 2xx answer. */
+/**
+ * A quota: checked before the handler (nothing consumed), tracked on `meter` after a 2xx answer.
+ * Only a metered feature can be a quota (a limit such as seats is an allocation: take it with
+ * `consume`); the middleware checks this against the catalog and throws a `TypeError` otherwise.
+ */
 export interface GateQuota<Ctx> {
-  /** The metered (or limit) feature whose remaining allowance is checked. */
+  /** The metered feature whose remaining allowance is checked. */
   feature: string;
-  /** The meter usage is tracked on after success (for a metered feature: the feature's meter). */
+  /** The meter usage is tracked on after success: the feature's own meter. */
   meter: string;
-  /** Units the request will use (default 1): checked before, tracked after (unless `usage()` says otherwise). */
+  /**
+   * Units the request will use (default 1): checked before, tracked after (unless `usage()` says
+   * otherwise). On a `count` meter each unit is one event, so a whole number of at most 1,000 per
+   * request ({@link MAX_COUNT_UNITS}); larger quantities belong on a `sum` meter.
+   */
   amount?: number | ((ctx: Ctx) => Awaitable<number>);
 }
+
+/** At most this many units per request on a `count` meter: one event each, one batch of events. */
+export const MAX_COUNT_UNITS = 1000;
 
 /** What a route behind the middleware needs from Tollgate. `Ctx` is the framework's request context. */
 export interface GateOptions<Ctx> {
@@ -212,6 +223,10 @@ export function createGate<Ctx>(
     const started = Date.now();
     const consume = staticConsume ?? (await (opts.consume as (ctx: Ctx) => Awaitable<FeatureRequest[]>)(ctx));
     const required = staticRequire ?? (await (opts.require as (ctx: Ctx) => Awaitable<string[]>)(ctx));
+    // The quotas are checked against the catalog before anything is consumed (the first request
+    // learns it; when Tollgate cannot say, they go unchecked rather than refused).
+    const known = quotas.length > 0 ? catalogOf(client, timeoutMs) : undefined;
+    const catalog = known instanceof Promise ? await known : known;
     const resolved: ResolvedQuota[] = [];
     for (const q of quotas) {
       const amount = typeof q.amount === "function" ? await q.amount(ctx) : (q.amount ?? 1);
@@ -220,6 +235,7 @@ export function createGate<Ctx>(
           `tollgate(): the amount of quota ${q.feature} must be a number ≥ 0, got ${amount}`,
         );
       }
+      if (catalog) checkQuota(catalog, q, amount);
       resolved.push({ feature: q.feature, meter: q.meter, amount });
     }
 
@@ -230,7 +246,8 @@ export function createGate<Ctx>(
       for (const item of consume) features.push({ ...item, consume: true });
       for (const q of resolved) features.push({ feature: q.feature, amount: q.amount, consume: false });
       for (const feature of required) features.push({ feature, consume: false });
-      verdict = await client.verifyKey(key, { features, failMode, timeoutMs });
+      const left = Math.max(1, timeoutMs - (Date.now() - started));
+      verdict = await client.verifyKey(key, { features, failMode, timeoutMs: left });
       if (verdict.valid) results = verdict.checks?.results ?? [];
     } else {
       verdict = await client.verifyKey(key, { failMode, timeoutMs });
@@ -265,7 +282,6 @@ export function createGate<Ctx>(
   };
 
   return (ctx) => {
-    if (quotas.length > 0) loadMeters(client);
     const key = readKey ? readKey(ctx) : keyFromHeaders(ctx, header);
     if (key !== undefined && key.length > MAX_KEY_LENGTH) {
       return reject("unauthenticated", INVALID_KEY.malformed as string, {}, INVALID_TOKEN);
@@ -291,7 +307,8 @@ export function createGate<Ctx>(
 }
 
 const NO_QUOTAS: readonly ResolvedQuota[] = [];
-const NO_RESULTS: CheckResult[] = [];
+/** Shared by every warm request without required features: frozen, so no handler can change it. */
+const NO_RESULTS: CheckResult[] = Object.freeze([]) as unknown as CheckResult[];
 
 /** The cached answers of every required feature, or undefined when any is not cached. */
 function cachedChecks(
@@ -327,12 +344,15 @@ function allow(
     source,
     results,
     usage(feature, amount) {
-      if (!resolved.some((q) => q.feature === feature)) {
+      const quota = resolved.find((q) => q.feature === feature);
+      if (quota === undefined) {
         throw new TypeError(`usage(): ${feature} is not a quota of this route`);
       }
       if (typeof amount !== "number" || !Number.isFinite(amount) || amount < 0) {
         throw new TypeError(`usage(): the amount must be a number ≥ 0, got ${amount}`);
       }
+      const known = catalogs.get(client)?.catalog;
+      if (known?.meters.get(quota.meter) === "count") checkCountUnits(`usage(): ${feature}`, amount);
       overrides ??= new Map();
       overrides.set(feature, amount);
     },
@@ -360,53 +380,97 @@ function allow(
   };
 }
 
-/** Meters by key → aggregation, per client: learned once from `GET /v1/plans` (the catalog is global). */
-interface Meters {
-  aggregations: Map<string, string> | undefined;
-  loading: boolean;
+/** What the middleware needs of the catalog: every meter's aggregation, every feature's type and meter. */
+interface Catalog {
+  meters: Map<string, string>;
+  features: Map<string, { type: string; meter: string | null }>;
+}
+
+/** The catalog per client, learned once from `GET /v1/plans` (it is global), again after a failure. */
+interface CatalogState {
+  catalog: Catalog | undefined;
+  loading: Promise<Catalog | undefined> | undefined;
   /** After a failed load, not before this (ms). */
   retryAt: number;
 }
 
-const meters = new WeakMap<Tollgate, Meters>();
+const catalogs = new WeakMap<Tollgate, CatalogState>();
 
-/** Learns every meter's aggregation in the background, once per client (again after a failure). */
-function loadMeters(client: Tollgate): void {
-  let known = meters.get(client);
-  if (known === undefined) {
-    known = { aggregations: undefined, loading: false, retryAt: 0 };
-    meters.set(client, known);
+/**
+ * The catalog: at once when known; otherwise loaded (one request per client at a time), waiting at
+ * most `timeoutMs`. Undefined when Tollgate could not say in time: the request goes on, and a failed
+ * load is retried after 5 s.
+ */
+function catalogOf(client: Tollgate, timeoutMs: number): Catalog | Promise<Catalog | undefined> | undefined {
+  let state = catalogs.get(client);
+  if (state === undefined) {
+    state = { catalog: undefined, loading: undefined, retryAt: 0 };
+    catalogs.set(client, state);
   }
-  if (known.aggregations !== undefined || known.loading || known.retryAt > Date.now()) return;
-  const state = known;
-  state.loading = true;
-  client.api.GET("/v1/plans").then(
-    ({ data }) => {
-      state.loading = false;
-      if (data) state.aggregations = new Map(data.meters.map((m) => [m.key, m.aggregation]));
-      else state.retryAt = Date.now() + 5000;
-    },
-    () => {
-      state.loading = false;
-      state.retryAt = Date.now() + 5000;
-    },
-  );
+  if (state.catalog !== undefined) return state.catalog;
+  if (state.loading === undefined) {
+    if (state.retryAt > Date.now()) return undefined;
+    const known = state;
+    const failed = () => {
+      known.loading = undefined;
+      known.retryAt = Date.now() + 5000;
+      return undefined;
+    };
+    known.loading = client.api.GET("/v1/plans").then(({ data }) => {
+      if (!data) return failed();
+      known.loading = undefined;
+      known.catalog = {
+        meters: new Map(data.meters.map((m) => [m.key, m.aggregation])),
+        features: new Map(data.features.map((f) => [f.key, { type: f.type, meter: f.meter }])),
+      };
+      return known.catalog;
+    }, failed);
+  }
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(resolve, timeoutMs, undefined);
+  });
+  return Promise.race([state.loading, late]).finally(() => clearTimeout(timer));
 }
 
-/** Up to this many units are tracked as one event each when the meter's aggregation is not known. */
-const UNKNOWN_AGGREGATION_MAX_EVENTS = 1000;
+/** A quota the catalog cannot honour is the route's bug: refused before anything is consumed. */
+function checkQuota(catalog: Catalog, quota: { feature: string; meter: string }, amount: number): void {
+  const feature = catalog.features.get(quota.feature);
+  if (feature !== undefined && feature.type !== "metered") {
+    throw new TypeError(
+      `tollgate(): quota ${quota.feature} is a ${feature.type} feature; only a metered feature can be a quota (take a limit with consume, list a boolean in require)`,
+    );
+  }
+  if (feature?.meter != null && feature.meter !== quota.meter) {
+    throw new TypeError(
+      `tollgate(): quota ${quota.feature} is counted on meter ${feature.meter}, not ${quota.meter}: tracking on ${quota.meter} would never use it up`,
+    );
+  }
+  if (catalog.meters.get(quota.meter) === "count")
+    checkCountUnits(`tollgate(): quota ${quota.feature}`, amount);
+}
+
+/** On a count meter each unit is an event: a whole number, at most one batch per request. */
+function checkCountUnits(what: string, amount: number): void {
+  if (!Number.isInteger(amount) || amount > MAX_COUNT_UNITS) {
+    throw new TypeError(
+      `${what}: its meter counts events, one per unit, so the amount must be a whole number of at most ${MAX_COUNT_UNITS} (got ${amount}); larger quantities belong on a sum meter`,
+    );
+  }
+}
 
 /**
  * Tracks `amount` units of usage on a meter: a `count` meter counts events, so n units are n events
- * (of value 1); any other meter (`sum`) takes one event of value n. Should the meter's aggregation
- * not be known yet (`GET /v1/plans` has not answered), a whole n up to 1000 is tracked as n events of
+ * (of value 1); any other meter (`sum`) takes one event of value n. Should the catalog not be known
+ * (Tollgate could not say when the request came), a whole n up to 1,000 is tracked as n events of
  * value 1, which counts right either way.
  */
 function trackUnits(client: Tollgate, orgId: string, meter: string, amount: number): void {
-  const aggregation = meters.get(client)?.aggregations?.get(meter);
+  const aggregation = catalogs.get(client)?.catalog?.meters.get(meter);
   const asEvents =
     Number.isInteger(amount) &&
-    (aggregation === "count" || (aggregation === undefined && amount <= UNKNOWN_AGGREGATION_MAX_EVENTS));
+    amount <= MAX_COUNT_UNITS &&
+    (aggregation === "count" || aggregation === undefined);
   if (amount === 1 || !asEvents) {
     client.track({ orgId, meter, value: amount });
     return;

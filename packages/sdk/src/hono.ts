@@ -53,6 +53,11 @@ export function tollgate<E extends Env = any>(
     c.set("tollgate", decision.context);
     for (const name in decision.headers) c.header(name, decision.headers[name]);
     await next();
+    // Headers set before `next()` reach responses made with `c.json()` and the like, not a Response
+    // the handler built itself: those get them now (Hono copies the response to do so).
+    for (const name in decision.headers) {
+      if (c.res.headers.get(name) === null) c.header(name, decision.headers[name]);
+    }
     // A handler that threw was answered by the app's error handler: c.error says so.
     decision.finish(c.error ? 500 : c.res.status);
   };

@@ -27,6 +27,7 @@ export {
   type GateQuota,
   type GateRejection,
   type HeaderReader,
+  MAX_COUNT_UNITS,
 } from "./gate.js";
 export type { FetchLike } from "./http.js";
 export type { FlushResult, TrackStats } from "./tracker.js";

@@ -1,7 +1,14 @@
 import { z } from "@hono/zod-openapi";
 import type { Deps } from "../../deps.js";
 import { storableString } from "../../lib/http.js";
-import { type CheckAnswer, type CheckInput, type FeatureResult, runCheck } from "./check.js";
+import {
+  type CheckAnswer,
+  type CheckInput,
+  earlierAnswer,
+  type FeatureResult,
+  fingerprintOf,
+  runCheck,
+} from "./check.js";
 import { rateHeaders } from "./rate-headers.js";
 import { Amount } from "./schemas.js";
 
@@ -124,17 +131,27 @@ export const manyField = (index: number, field: "feature" | "amount") => `featur
  *
  * 1. a dry run of every item (validating them all at once, with their own field paths): if an item
  *    that is only checked is denied, that is the answer — nothing is consumed;
- * 2. otherwise the consumed items are run with the request's idempotency key, atomically among
- *    themselves as any call is, and their results replace the dry run's.
+ * 2. otherwise the consumed items are run, atomically among themselves as any call is, and their
+ *    results replace the dry run's.
  *
  * Results stay in request order; the answer is allowed only if both parts are. The checked items'
- * results are as before the call (a dry run never consumes); the idempotency key covers the consumed
- * items only (a repeat replays their answer and asks the checked ones again).
+ * results are as before the call (a dry run never consumes).
+ *
+ * The idempotency key covers the whole request — every item, its amount and its own `consume` — as
+ * it does any request: a repeat replays the whole first answer before anything is asked again, and
+ * the key reused for a different request is a 409. One difference: a denial by a checked item
+ * consumed nothing and is not stored, so a repeat asks again (and may then be allowed).
  */
 export async function runRouteCheck(deps: Deps, input: RouteCheckInput): Promise<CheckAnswer> {
   const flags = input.itemConsume;
   if (flags === undefined) return runCheck(deps, input);
   const { itemConsume: _flags, ...base } = input;
+  const key = input.idempotencyKey;
+  const fingerprint = key === undefined ? "" : routeFingerprint(input, flags);
+  if (key !== undefined) {
+    const earlier = await earlierAnswer(deps, input.orgId, key, fingerprint);
+    if (earlier) return earlier;
+  }
   const dry = await runCheck(deps, { ...base, consume: false, idempotencyKey: undefined });
   const checkedAllowed = dry.results.every((r, i) => flags[i] || r.allowed);
   const consumed: number[] = [];
@@ -144,24 +161,40 @@ export async function runRouteCheck(deps: Deps, input: RouteCheckInput): Promise
   if (!checkedAllowed || consumed.length === 0) {
     return { ...dry, allowed: checkedAllowed && dry.allowed };
   }
+  const whole = (taken: CheckAnswer): CheckAnswer => {
+    const results = [...dry.results];
+    consumed.forEach((i, j) => {
+      results[i] = taken.results[j] as FeatureResult;
+    });
+    return {
+      allowed: taken.allowed,
+      results,
+      rate: taken.rate ?? dry.rate,
+      replayed: taken.replayed,
+      degraded: dry.degraded || taken.degraded,
+    };
+  };
   const taken = await runCheck(deps, {
     orgId: input.orgId,
     items: consumed.map((i) => input.items[i] as CheckInput["items"][number]),
     consume: true,
-    idempotencyKey: input.idempotencyKey,
+    idempotencyKey: key,
+    idempotency: key === undefined ? undefined : { fingerprint, whole },
     fieldOf: (j, field) => input.fieldOf(consumed[j] as number, field),
   });
-  const results = [...dry.results];
-  consumed.forEach((i, j) => {
-    results[i] = taken.results[j] as FeatureResult;
+  // A replay (a repeat that raced this one to the key) is the whole answer already.
+  return taken.replayed ? taken : whole(taken);
+}
+
+/** A mixed request's fingerprint: every item with its own `consume` (never equal to a plain request's). */
+function routeFingerprint(input: CheckInput, flags: readonly boolean[]): string {
+  return fingerprintOf({
+    ...input,
+    items: input.items.map((item, i) => ({
+      feature: `${flags[i] ? "+" : "?"}${item.feature}`,
+      amount: item.amount,
+    })),
   });
-  return {
-    allowed: taken.allowed,
-    results,
-    rate: taken.rate ?? dry.rate,
-    replayed: taken.replayed,
-    degraded: dry.degraded || taken.degraded,
-  };
 }
 
 /** The answer as the response's JSON and headers. */

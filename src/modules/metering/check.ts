@@ -58,6 +58,12 @@ export interface CheckInput {
   idempotencyKey?: string | undefined;
   /** Field path of item i in the request, for validation errors. */
   fieldOf: (index: number, field: "feature" | "amount") => string;
+  /**
+   * When this call is part of a larger request (check-http.ts: items only checked beside the
+   * consumed ones), the idempotency key covers the whole request: its fingerprint, and the whole
+   * answer — what is stored under the key and replayed.
+   */
+  idempotency?: { fingerprint: string; whole: (answer: CheckAnswer) => CheckAnswer } | undefined;
 }
 
 export interface FeatureResult {
@@ -157,11 +163,11 @@ export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnsw
 
   // Idempotency applies to consuming calls: a dry run has nothing to repeat.
   const idempotent = consume && input.idempotencyKey !== undefined;
-  const fingerprint = idempotent ? fingerprintOf(input) : "";
+  const fingerprint = idempotent ? (input.idempotency?.fingerprint ?? fingerprintOf(input)) : "";
   const heldKey = idempotent ? `${input.orgId}:${input.idempotencyKey}` : "";
   if (idempotent) {
-    const earlier = await storedAnswer(deps, input.orgId, input.idempotencyKey as string);
-    if (earlier) return replay(earlier.fingerprint, fingerprint, earlier.response);
+    const earlier = await earlierAnswer(deps, input.orgId, input.idempotencyKey as string, fingerprint);
+    if (earlier) return earlier;
   }
 
   const journal = consume && staticallyAllowed && !idempotent ? usageJournal(deps) : undefined;
@@ -219,7 +225,7 @@ export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnsw
       orgId: input.orgId,
       key: input.idempotencyKey as string,
       fingerprint,
-      response: toJson(answer),
+      response: storedForm(input, answer),
       atMs: nowMs,
     };
   }
@@ -241,7 +247,7 @@ export async function runCheck(deps: Deps, input: CheckInput): Promise<CheckAnsw
     await deps.counters
       .remember(
         heldKey,
-        `d:${nowMs + IDEMPOTENCY_TTL_SECONDS * 1000}:${fingerprint}:${JSON.stringify(toJson(answer))}`,
+        `d:${nowMs + IDEMPOTENCY_TTL_SECONDS * 1000}:${fingerprint}:${JSON.stringify(storedForm(input, answer))}`,
         IDEMPOTENCY_TTL_SECONDS,
       )
       .catch(() => {});
@@ -809,7 +815,7 @@ async function degraded(
       orgId: input.orgId,
       key: input.idempotencyKey,
       fingerprint,
-      response: toJson(answer),
+      response: storedForm(input, answer),
       atMs: nowMs,
     };
   }
@@ -874,6 +880,20 @@ export function fingerprintOf(input: CheckInput): string {
       input.items.map((i) => [i.feature, toDecimalText(i.amount)]),
     ]),
   );
+}
+
+/**
+ * The answer stored under an idempotency key for a request with this fingerprint, replayed; a 409
+ * when the key was used for a different request; undefined when the key is new (or expired).
+ */
+export async function earlierAnswer(
+  deps: Deps,
+  orgId: string,
+  key: string,
+  fingerprint: string,
+): Promise<CheckAnswer | undefined> {
+  const earlier = await storedAnswer(deps, orgId, key);
+  return earlier ? replay(earlier.fingerprint, fingerprint, earlier.response) : undefined;
 }
 
 async function storedAnswer(deps: Deps, orgId: string, key: string) {
@@ -944,6 +964,11 @@ function parseHeld(value: string, nowMs: number): { fingerprint: string; answer?
   return match[1] === "d"
     ? { fingerprint: match[3] as string, answer: match[4] ?? "null" }
     : { fingerprint: match[3] as string };
+}
+
+/** What is stored under the call's idempotency key: its answer, or the whole request's. */
+function storedForm(input: CheckInput, answer: CheckAnswer) {
+  return toJson(input.idempotency ? input.idempotency.whole(answer) : answer);
 }
 
 /** The stored (and replayed) form of an answer. */
