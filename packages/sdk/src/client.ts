@@ -208,6 +208,8 @@ export class Tollgate {
    */
   invalidate(orgId?: string): void {
     this.cache.invalidate(orgId);
+    // Verifications under way may answer as before the change: later callers start new ones.
+    this.verifying.clear();
     if (orgId === undefined) {
       this.keys.clear();
       this.droppedAll = this.sent;
@@ -314,7 +316,8 @@ export class Tollgate {
       return this.verified(hash, answer.body, options, answer.headers, sent);
     } catch (error) {
       if (!(error instanceof TollgateUnavailableError)) throw error;
-      return this.verifyFailed(known, options, failMode, error);
+      // The verdict as it stands now: one dropped meanwhile (revoked, invalidated) lets nothing through.
+      return this.verifyFailed(this.keys.get(hash) === known ? known : undefined, options, failMode, error);
     }
   }
 
@@ -518,7 +521,13 @@ export class Tollgate {
   ): KeyVerification {
     if (!body.valid) {
       this.keys.delete(hash);
-      this.drop(this.droppedKeys, hash);
+      // A key that was valid and no longer is: answers sent before this one are outdated, and so is
+      // a shared verification still under way (later callers start a new one). A malformed or
+      // unknown key never was valid: nothing to guard, and junk keys must not push real drops out.
+      if (body.reason === "revoked" || body.reason === "expired") {
+        this.drop(this.droppedKeys, hash);
+        this.verifying.delete(hash);
+      }
       return { valid: false, reason: body.reason, source: "tollgate" };
     }
     this.cache.noticePlan(body.org_id, body.plan);
@@ -557,10 +566,12 @@ export class Tollgate {
         source: "cache" as const,
       });
       this.keys.delete(hash);
+      // Verified again past half the TTL, but not sooner than a quarter TTL after this answer: when
+      // Tollgate answers slowly, back-to-back refreshes would not make the verdict any fresher.
       this.keys.set(hash, {
         verdict,
         freshUntil: sent.at + this.keyCacheTtlMs,
-        refreshAt: sent.at + this.keyCacheTtlMs / 2,
+        refreshAt: Math.max(sent.at + this.keyCacheTtlMs / 2, Date.now() + this.keyCacheTtlMs / 4),
         keepUntil: sent.at + this.keepMs,
       });
       for (const oldest of this.keys.keys()) {

@@ -1,5 +1,5 @@
 import type { Tollgate } from "./client.js";
-import { retryAfterOf } from "./http.js";
+import { retryAfterOf, unref } from "./http.js";
 import type {
   CheckResult,
   FailMode,
@@ -219,14 +219,12 @@ export function createGate<Ctx>(
     return allow(client, verdict, source, results, resolved);
   };
 
+  // The catalog the quotas are held to is asked for now, so that the first requests rarely wait.
+  if (quotas.length > 0) catalogLoad(client);
+
   const slow = async (ctx: Ctx, key: string): Promise<GateDecision> => {
-    const started = Date.now();
     const consume = staticConsume ?? (await (opts.consume as (ctx: Ctx) => Awaitable<FeatureRequest[]>)(ctx));
     const required = staticRequire ?? (await (opts.require as (ctx: Ctx) => Awaitable<string[]>)(ctx));
-    // The quotas are checked against the catalog before anything is consumed (the first request
-    // learns it; when Tollgate cannot say, they go unchecked rather than refused).
-    const known = quotas.length > 0 ? catalogOf(client, timeoutMs) : undefined;
-    const catalog = known instanceof Promise ? await known : known;
     const resolved: ResolvedQuota[] = [];
     for (const q of quotas) {
       const amount = typeof q.amount === "function" ? await q.amount(ctx) : (q.amount ?? 1);
@@ -235,8 +233,16 @@ export function createGate<Ctx>(
           `tollgate(): the amount of quota ${q.feature} must be a number ≥ 0, got ${amount}`,
         );
       }
-      if (catalog) checkQuota(catalog, q, amount);
       resolved.push({ feature: q.feature, meter: q.meter, amount });
+    }
+    // Tollgate's budget starts once the route's own callbacks have run.
+    const started = Date.now();
+    if (resolved.length > 0) {
+      // Held to the catalog before anything is consumed. Waiting for it takes at most a quarter of
+      // the budget; when Tollgate cannot say by then, the quotas go unchecked rather than refused.
+      const known = catalogOf(client, Math.max(1, Math.floor(timeoutMs / 4)));
+      const catalog = known instanceof Promise ? await known : known;
+      if (catalog) for (const q of resolved) checkQuota(catalog, q, q.amount);
     }
 
     let verdict: KeyVerification;
@@ -396,39 +402,47 @@ interface CatalogState {
 
 const catalogs = new WeakMap<Tollgate, CatalogState>();
 
-/**
- * The catalog: at once when known; otherwise loaded (one request per client at a time), waiting at
- * most `timeoutMs`. Undefined when Tollgate could not say in time: the request goes on, and a failed
- * load is retried after 5 s.
- */
-function catalogOf(client: Tollgate, timeoutMs: number): Catalog | Promise<Catalog | undefined> | undefined {
+/** The catalog's state for a client, loading it unless known, under way, or failed less than 5 s ago. */
+function catalogLoad(client: Tollgate): CatalogState {
   let state = catalogs.get(client);
   if (state === undefined) {
     state = { catalog: undefined, loading: undefined, retryAt: 0 };
     catalogs.set(client, state);
   }
-  if (state.catalog !== undefined) return state.catalog;
-  if (state.loading === undefined) {
-    if (state.retryAt > Date.now()) return undefined;
-    const known = state;
-    const failed = () => {
-      known.loading = undefined;
-      known.retryAt = Date.now() + 5000;
-      return undefined;
-    };
-    known.loading = client.api.GET("/v1/plans").then(({ data }) => {
-      if (!data) return failed();
-      known.loading = undefined;
+  if (state.catalog !== undefined || state.loading !== undefined || state.retryAt > Date.now()) return state;
+  const known = state;
+  const failed = () => {
+    known.loading = undefined;
+    known.retryAt = Date.now() + 5000;
+    return undefined;
+  };
+  known.loading = client.api
+    .GET("/v1/plans")
+    .then(({ data }) => {
+      // An answer without both lists (an older Tollgate, a proxy's page) is no catalog.
+      if (!Array.isArray(data?.meters) || !Array.isArray(data?.features)) return failed();
       known.catalog = {
         meters: new Map(data.meters.map((m) => [m.key, m.aggregation])),
         features: new Map(data.features.map((f) => [f.key, { type: f.type, meter: f.meter }])),
       };
+      known.loading = undefined;
       return known.catalog;
-    }, failed);
-  }
+    })
+    .catch(failed);
+  return known;
+}
+
+/**
+ * The catalog: at once when known; otherwise the load under way (or a new one), waited for at most
+ * `waitMs`. Undefined when Tollgate could not say in time: the request goes on.
+ */
+function catalogOf(client: Tollgate, waitMs: number): Catalog | Promise<Catalog | undefined> | undefined {
+  const state = catalogLoad(client);
+  if (state.catalog !== undefined || state.loading === undefined) return state.catalog;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<undefined>((resolve) => {
-    timer = setTimeout(resolve, timeoutMs, undefined);
+    timer = setTimeout(resolve, waitMs, undefined);
+    unref(timer);
   });
   return Promise.race([state.loading, late]).finally(() => clearTimeout(timer));
 }
@@ -461,16 +475,16 @@ function checkCountUnits(what: string, amount: number): void {
 
 /**
  * Tracks `amount` units of usage on a meter: a `count` meter counts events, so n units are n events
- * (of value 1); any other meter (`sum`) takes one event of value n. Should the catalog not be known
- * (Tollgate could not say when the request came), a whole n up to 1,000 is tracked as n events of
- * value 1, which counts right either way.
+ * (of value 1); any other meter (`sum`) takes one event of value n. On a count meter n was held to
+ * MAX_COUNT_UNITS at the request, unless the catalog was not known then (Tollgate unreachable): it
+ * is counted right all the same. Should the catalog still not be known, a whole n up to 1,000 is
+ * tracked as n events of value 1, which counts right either way.
  */
 function trackUnits(client: Tollgate, orgId: string, meter: string, amount: number): void {
   const aggregation = catalogs.get(client)?.catalog?.meters.get(meter);
   const asEvents =
     Number.isInteger(amount) &&
-    amount <= MAX_COUNT_UNITS &&
-    (aggregation === "count" || aggregation === undefined);
+    (aggregation === "count" || (aggregation === undefined && amount <= MAX_COUNT_UNITS));
   if (amount === 1 || !asEvents) {
     client.track({ orgId, meter, value: amount });
     return;

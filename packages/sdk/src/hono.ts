@@ -52,14 +52,26 @@ export function tollgate<E extends Env = any>(
     }
     c.set("tollgate", decision.context);
     for (const name in decision.headers) c.header(name, decision.headers[name]);
-    await next();
-    // Headers set before `next()` reach responses made with `c.json()` and the like, not a Response
-    // the handler built itself: those get them now (Hono copies the response to do so).
-    for (const name in decision.headers) {
-      if (c.res.headers.get(name) === null) c.header(name, decision.headers[name]);
+    let answered = false;
+    try {
+      await next();
+      answered = true;
+      // Headers set before `next()` reach responses made with `c.json()` and the like; a Response the
+      // handler built itself gets the missing ones now — not an upgrade's 101, nor a Response whose
+      // headers are immutable (one passed on from fetch(): it goes out as it is).
+      const res = c.res;
+      if (res.status >= 200) {
+        try {
+          for (const name in decision.headers) {
+            if (res.headers.get(name) === null) res.headers.set(name, decision.headers[name] as string);
+          }
+        } catch {}
+      }
+    } finally {
+      // A handler that threw was answered by the app's error handler (c.error says so), or the
+      // error is on its way to the runtime: not a success either way.
+      decision.finish(answered && !c.error ? c.res.status : 500);
     }
-    // A handler that threw was answered by the app's error handler: c.error says so.
-    decision.finish(c.error ? 500 : c.res.status);
   };
 }
 

@@ -274,6 +274,76 @@ describe("the key cache vs. what this client has seen since", () => {
     }
   });
 
+  it("a caller that comes after a 'revoked' verdict does not join a verification sent before it", async () => {
+    let revoked = false;
+    let hold: ReturnType<typeof gate> | undefined;
+    const { fetch, count } = scripted({
+      "POST /v1/keys/verify": async (_b, signal) => {
+        const answer = revoked ? { valid: false, reason: "revoked" } : VALID;
+        await hold?.wait(signal);
+        return json(200, answer);
+      },
+    });
+    const client = new Tollgate({ baseUrl: BASE, apiKey: "op", fetch });
+    const early = gate();
+    hold = early;
+    const first = client.verifyKey(KEY); // the shared verification, held
+    await sleep(10);
+    revoked = true;
+    hold = undefined;
+    expect(await client.verifyKey(KEY, { feature: "reports" })).toMatchObject({ reason: "revoked" });
+    // Asked after the revocation was seen: a verification of its own, not the one from before.
+    expect(await client.verifyKey(KEY)).toMatchObject({ valid: false, reason: "revoked" });
+    expect(count("POST /v1/keys/verify")).toBe(3);
+    early.open();
+    expect(await first).toMatchObject({ valid: true });
+    expect(client.verifyKeyCached(KEY)).toBeUndefined();
+  });
+
+  it("with failMode open, a key seen revoked while the caller waited is refused when the budget runs out", async () => {
+    let hold: ReturnType<typeof gate> | undefined;
+    let revoked = false;
+    const { fetch } = scripted({
+      "POST /v1/keys/verify": async (_b, signal) => {
+        const answer = revoked ? { valid: false, reason: "revoked" } : VALID;
+        await hold?.wait(signal);
+        return json(200, answer);
+      },
+    });
+    const client = new Tollgate({ baseUrl: BASE, apiKey: "op", fetch, keyCacheTtlMs: 50, failMode: "open" });
+    expect(await client.verifyKey(KEY)).toMatchObject({ valid: true });
+    await sleep(60); // past the TTL: the next call asks Tollgate, which does not answer in time
+    hold = gate();
+    const waiting = client.verifyKey(KEY, { feature: "reports", timeoutMs: 200 });
+    await sleep(20);
+    revoked = true;
+    const seen = hold;
+    hold = undefined;
+    expect(await client.verifyKey(KEY, { feature: "reports" })).toMatchObject({ reason: "revoked" });
+    expect(await waiting).toMatchObject({ valid: false, reason: "unavailable", source: "fail-closed" });
+    seen.open();
+  });
+
+  it("when Tollgate answers slowly, a verdict is not verified again back to back", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    vi.setSystemTime(T);
+    const hold = gate();
+    const { fetch, count } = scripted({
+      "POST /v1/keys/verify": (_b, signal) => hold.wait(signal).then(() => json(200, VALID)),
+    });
+    const client = new Tollgate({ baseUrl: BASE, apiKey: "op", fetch, keyCacheTtlMs: 1000 });
+    const pending = client.verifyKey(KEY); // sent at T
+    await sleep(10);
+    vi.setSystemTime(T + 700); // answered 700 ms later: past half the TTL already
+    hold.open();
+    await pending;
+    expect(client.verifyKeyCached(KEY)).toBeDefined();
+    expect(count("POST /v1/keys/verify")).toBe(1); // not at once: a quarter TTL after the answer
+    vi.setSystemTime(T + 950);
+    expect(client.verifyKeyCached(KEY)).toBeDefined();
+    expect(count("POST /v1/keys/verify")).toBe(2);
+  });
+
   it("a verdict is fresh for keyCacheTtlMs from when its request was sent, not answered", async () => {
     vi.useFakeTimers({ toFake: ["Date"] });
     vi.setSystemTime(T);
