@@ -9,7 +9,16 @@ import {
 } from "../../../test/support/tollgate-process.js";
 import type { GateContext, GateOptions } from "../src/gate.js";
 import { Tollgate, type TollgateOptions, type TrackProblem } from "../src/index.js";
-import { ADMIN_KEY, recordingFetch, SECRET, type Storage, sleep, storageModes, until } from "./support.js";
+import {
+  ADMIN_KEY,
+  operatorHelpers,
+  recordingFetch,
+  SECRET,
+  type Storage,
+  sleep,
+  storageModes,
+  until,
+} from "./support.js";
 
 /**
  * The middleware of one framework against a real Tollgate child process (`tollgate start`), in each
@@ -147,22 +156,7 @@ export function middlewareSuite<Ctx>(fw: Framework<Ctx>): void {
       return { client, call };
     };
 
-    const newOrg = async (plan?: string): Promise<string> => {
-      const { data, error } = await admin.api.POST("/v1/orgs", { body: { name: "Acme" } });
-      expect(error).toBeUndefined();
-      const org = data?.id as string;
-      orgs.push(org);
-      if (plan) await setPlan(org, plan);
-      return org;
-    };
-
-    const setPlan = async (org: string, plan: string) => {
-      const { response, error } = await admin.api.POST("/v1/orgs/{org}/subscription", {
-        params: { path: { org } },
-        body: { plan, interval: "month", skip_payment: true },
-      });
-      expect(response.status, JSON.stringify(error)).toBe(200);
-    };
+    const { newOrg, setPlan, usageOf } = operatorHelpers(() => admin, orgs);
 
     const issueKey = async (org: string): Promise<{ id: string; key: string }> => {
       const { data, error } = await admin.api.POST("/v1/orgs/{org}/api-keys", {
@@ -174,15 +168,6 @@ export function middlewareSuite<Ctx>(fw: Framework<Ctx>): void {
     };
 
     const bearer = (key: string) => ({ authorization: `Bearer ${key}` });
-
-    /** What Tollgate itself says was used of a meter this period (its usage series, summed). */
-    const usageOf = async (org: string, meter: string): Promise<number> => {
-      const { data, error } = await admin.api.GET("/v1/orgs/{org}/usage", {
-        params: { path: { org }, query: { meter, granularity: "month" } },
-      });
-      expect(error).toBeUndefined();
-      return (data?.series ?? []).reduce((sum, point) => sum + Number(point.value), 0);
-    };
 
     /** A dry-run check by the operator: the feature as it stands. */
     const peek = (org: string, feature: string) => admin.check(org, feature, { consume: false });

@@ -18,6 +18,7 @@ import {
 import {
   ADMIN_KEY,
   type Delivery,
+  operatorHelpers,
   recordingFetch,
   SECRET,
   type Storage,
@@ -78,31 +79,7 @@ describe.each(storageModes)("@tollgate/sdk against a real Tollgate ($name)", (mo
     return created;
   };
 
-  const newOrg = async (plan?: string): Promise<string> => {
-    const { data, error } = await admin.api.POST("/v1/orgs", { body: { name: "Acme" } });
-    expect(error).toBeUndefined();
-    const org = data?.id as string;
-    orgs.push(org);
-    if (plan) await setPlan(org, plan);
-    return org;
-  };
-
-  const setPlan = async (org: string, plan: string) => {
-    const { response, error } = await admin.api.POST("/v1/orgs/{org}/subscription", {
-      params: { path: { org } },
-      body: { plan, interval: "month", skip_payment: true },
-    });
-    expect(response.status, JSON.stringify(error)).toBe(200);
-  };
-
-  /** What Tollgate itself says was used of a meter this period (its usage series, summed). */
-  const usageOf = async (org: string, meter: string): Promise<number> => {
-    const { data, error } = await admin.api.GET("/v1/orgs/{org}/usage", {
-      params: { path: { org }, query: { meter, granularity: "month" } },
-    });
-    expect(error).toBeUndefined();
-    return (data?.series ?? []).reduce((sum, point) => sum + Number(point.value), 0);
-  };
+  const { newOrg, setPlan, usageOf } = operatorHelpers(() => admin, orgs);
 
   const usedOf = async (org: string, feature: string): Promise<number | null | undefined> => {
     const { data } = await admin.api.GET("/v1/orgs/{org}/entitlements", { params: { path: { org } } });

@@ -3,9 +3,10 @@ import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { expect } from "vitest";
 import { createTestDatabase, hasRedis, requireRedisUrl } from "../../../test/support/storage.js";
 import { deleteRedisKeys } from "../../../test/support/tollgate-process.js";
-import type { FetchLike } from "../src/index.js";
+import type { FetchLike, Tollgate } from "../src/index.js";
 
 /**
  * What the SDK's tests share: the storage modes a real Tollgate runs in, a fetch that records every
@@ -128,4 +129,36 @@ export async function until(check: () => boolean | Promise<boolean>, timeoutMs =
     if (Date.now() > deadline) throw new Error("condition not met in time");
     await sleep(20);
   }
+}
+
+/**
+ * The operator's side of a test against a real Tollgate: a new org (kept in `orgs`, for the storage's
+ * clean-up), an org put on a plan without payment, and what Tollgate says was used of a meter.
+ * `admin` is read on each call: suites create their operator client in `beforeAll`.
+ */
+export function operatorHelpers(admin: () => Tollgate, orgs: string[]) {
+  const setPlan = async (org: string, plan: string) => {
+    const { response, error } = await admin().api.POST("/v1/orgs/{org}/subscription", {
+      params: { path: { org } },
+      body: { plan, interval: "month", skip_payment: true },
+    });
+    expect(response.status, JSON.stringify(error)).toBe(200);
+  };
+  const newOrg = async (plan?: string): Promise<string> => {
+    const { data, error } = await admin().api.POST("/v1/orgs", { body: { name: "Acme" } });
+    expect(error).toBeUndefined();
+    const org = data?.id as string;
+    orgs.push(org);
+    if (plan) await setPlan(org, plan);
+    return org;
+  };
+  /** What Tollgate itself says was used of a meter this period (its usage series, summed). */
+  const usageOf = async (org: string, meter: string): Promise<number> => {
+    const { data, error } = await admin().api.GET("/v1/orgs/{org}/usage", {
+      params: { path: { org }, query: { meter, granularity: "month" } },
+    });
+    expect(error).toBeUndefined();
+    return (data?.series ?? []).reduce((sum, point) => sum + Number(point.value), 0);
+  };
+  return { newOrg, setPlan, usageOf };
 }
