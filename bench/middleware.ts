@@ -36,8 +36,18 @@ import { int, loadHeader, loadRow, log, machine, median, numberEnv, waitForQuiet
  * with Tollgate on every CPU at nice 0 (when allowed to raise it back: root). BENCH_PIN=0 and
  * BENCH_TOLLGATE_NICE=0 measure the machine shared as it comes.
  *
+ * Even so, Tollgate takes a tenth or so of CPU 0 while the gated route runs: whenever the app waits
+ * (a key's verdict refreshed every keyCacheTtlMs / 2, answered late by a deprioritized Tollgate, holds
+ * the requests behind it), Tollgate runs. So each run also gives the app's CPU per answered request,
+ * counted from the start of the load to the delivery of the last event it tracked (the gated
+ * route's deliveries included, however late, and a garbage collection at the end): the bare route's
+ * over the gated one's is the ratio the app would reach with a core of its own — the middleware's
+ * cost, free of how the machine is shared.
+ *
  * Run: npm run bench:middleware
- *   (BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_ROUNDS, BENCH_FRAMEWORKS, BENCH_TOLLGATE_NICE, BENCH_PIN)
+ *   (BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_ROUNDS, BENCH_FRAMEWORKS, BENCH_TOLLGATE_NICE, BENCH_PIN;
+ *   BENCH_PROFILE=<dir> runs each app with --cpu-prof into that directory, for
+ *   `npx tsx bench/profile-summary.ts <dir>`)
  */
 
 const duration = numberEnv("BENCH_SECONDS", 10);
@@ -51,6 +61,14 @@ const APP_CPUS = "0";
 const OTHER_CPUS = `1-${os.cpus().length - 1}`;
 const ALL_CPUS = `0-${os.cpus().length - 1}`;
 const OPERATOR_KEY = "bench-operator-key-0123456789abcdef";
+const profileDir = process.env.BENCH_PROFILE;
+
+/** Node's flags for an app that writes a CPU profile when it stops (BENCH_PROFILE). */
+function profileArgs(): string[] {
+  if (!profileDir) return [];
+  fs.mkdirSync(profileDir, { recursive: true });
+  return ["--cpu-prof", "--cpu-prof-dir", path.resolve(profileDir)];
+}
 const TARGET = 0.6;
 /** A run during which other processes used more of the machine than this is measured again. */
 const MAX_OTHER_WORK = 0.05;
@@ -190,6 +208,8 @@ interface Measured {
   gated: LoadResult[];
   cold: LoadResult;
   ratios: number[];
+  /** The app's CPU per answered request (µs), each round. */
+  cpu: { bare: number; gated: number }[];
   stats: Stats;
   /** What Tollgate counted on the gated route's meter once everything was delivered. */
   delivered: number;
@@ -223,7 +243,7 @@ async function usageOf(tollgate: Server, org: string, meter: string): Promise<nu
 async function measure(framework: string, tollgate: Server): Promise<Measured> {
   const { org, key } = await newOrg(tollgate, `Bench ${framework}`);
   const app = await spawnServer(
-    ["--import", "tsx", "bench/middleware-server.ts"],
+    [...profileArgs(), "--expose-gc", "--import", "tsx", "bench/middleware-server.ts"],
     { BENCH_FRAMEWORK: framework, TOLLGATE_URL: tollgate.url, TOLLGATE_ADMIN_KEY: OPERATOR_KEY },
     await freePort(),
   );
@@ -231,19 +251,44 @@ async function measure(framework: string, tollgate: Server): Promise<Measured> {
   pin(app.pid, APP_CPUS);
   try {
     const headers = { authorization: `Bearer ${key}` };
-    const run = async (route: string, seconds = duration): Promise<LoadResult> => {
-      if (seconds !== duration) {
-        return load({ url: `${app.url}/${route}`, headers, connections, durationSeconds: seconds });
+    /** Delivers every event the app tracked so far (Tollgate catches up meanwhile). */
+    const drain = async (): Promise<Stats> => {
+      let stats = (await (await fetch(`${app.url}/flush`)).json()) as Stats;
+      for (let i = 0; i < 30 && stats.flush?.pending !== 0; i++) {
+        stats = (await (await fetch(`${app.url}/flush`)).json()) as Stats;
       }
-      for (let attempt = 1; ; attempt++) {
-        await idle(tollgate.pid);
-        const { result, others } = await measuredAlone([tollgate.pid, app.pid, process.pid], () =>
-          load({ url: `${app.url}/${route}`, headers, connections, durationSeconds: seconds }),
+      if (stats.flush?.pending !== 0) {
+        throw new Error(
+          `${framework}: ${stats.flush?.pending} tracked events still undelivered after 31 flushes`,
         );
+      }
+      return stats;
+    };
+    /**
+     * One measured run, with the app's CPU per answered request (µs): from the start of the load to
+     * the delivery of the last event it tracked — the middleware's whole cost, wherever Tollgate's
+     * deprioritized answers made the app wait.
+     */
+    const measured = async (route: string): Promise<{ result: LoadResult; cpuUs: number }> => {
+      for (let attempt = 1; ; attempt++) {
+        await drain();
+        await idle(tollgate.pid);
+        const before = cpuSeconds(app.pid);
+        const { result, others } = await measuredAlone([tollgate.pid, app.pid, process.pid], async () => {
+          const answered = await load({
+            url: `${app.url}/${route}`,
+            headers,
+            connections,
+            durationSeconds: duration,
+          });
+          await drain();
+          return answered;
+        });
+        const cpuUs = ((cpuSeconds(app.pid) - before) * 1e6) / Math.max(1, result.ok);
         if (others <= MAX_OTHER_WORK || attempt >= 5) {
           if (others > MAX_OTHER_WORK)
             log(`WARNING: ${route} kept after ${attempt} tries with ${Math.round(others * 100)}% other work`);
-          return result;
+          return { result, cpuUs };
         }
         log(
           `${framework} ${route}: ${Math.round(others * 100)}% of the machine was busy with other work; measuring again`,
@@ -251,19 +296,25 @@ async function measure(framework: string, tollgate: Server): Promise<Measured> {
         await new Promise((r) => setTimeout(r, 5000));
       }
     };
+    const run = async (route: string, seconds = duration): Promise<LoadResult> =>
+      seconds !== duration
+        ? load({ url: `${app.url}/${route}`, headers, connections, durationSeconds: seconds })
+        : (await measured(route)).result;
     // Warm-up: JIT, connections, the key verified and the org's entitlements cached.
     for (const route of ["bare", "gated", "cold", "bare", "gated"]) await run(route, 2);
     const bare: LoadResult[] = [];
     const gated: LoadResult[] = [];
     const ratios: number[] = [];
+    const cpu: { bare: number; gated: number }[] = [];
     for (let round = 1; round <= rounds; round++) {
-      const b = await run("bare");
-      const g = await run("gated");
+      const { result: b, cpuUs: bareCpu } = await measured("bare");
+      const { result: g, cpuUs: gatedCpu } = await measured("gated");
       bare.push(b);
       gated.push(g);
       ratios.push(g.requestsPerSecond / b.requestsPerSecond);
+      cpu.push({ bare: bareCpu, gated: gatedCpu });
       log(
-        `${framework} round ${round}: bare ${int(b.requestsPerSecond)} req/s, gated ${int(g.requestsPerSecond)} req/s: ${(g.requestsPerSecond / b.requestsPerSecond).toFixed(2)}×`,
+        `${framework} round ${round}: bare ${int(b.requestsPerSecond)} req/s (${bareCpu.toFixed(1)} µs CPU each), gated ${int(g.requestsPerSecond)} req/s (${gatedCpu.toFixed(1)} µs): ${(g.requestsPerSecond / b.requestsPerSecond).toFixed(2)}×, by CPU ${(bareCpu / gatedCpu).toFixed(2)}×`,
       );
     }
     // The cold path waits on Tollgate: measured with Tollgate at normal priority when that is allowed.
@@ -290,7 +341,7 @@ async function measure(framework: string, tollgate: Server): Promise<Measured> {
         `${framework}: tracked usage not delivered exactly: ${sent} gated answers, ${delivered} counted by Tollgate, ${JSON.stringify(stats)}`,
       );
     }
-    return { framework, bare, gated, cold, ratios, stats, delivered };
+    return { framework, bare, gated, cold, ratios, cpu, stats, delivered };
   } finally {
     unregister();
     await app.stop();
@@ -320,15 +371,18 @@ await runBenchmark("bench/middleware.ts", 40, async () => {
     `\n@tollgate/sdk middleware vs a bare route, ${connections} connections, ${duration} s each, ${rounds} rounds; Tollgate at nice ${tollgateNice}; ${pinning ? `app and Tollgate on CPU ${APP_CPUS}, load generator on ${OTHER_CPUS}` : "no pinning"}; ${machine()}\n`,
   );
   console.log(
-    "| framework | bare req/s | gated (warm) req/s | ratio (median) | each round | cold req/s | cold ratio |",
+    "| framework | bare req/s | gated (warm) req/s | ratio (median) | each round | app CPU per request, bare → gated | ratio by CPU (median) | cold req/s | cold ratio |",
   );
-  console.log("|---|---:|---:|---:|---|---:|---:|");
+  console.log("|---|---:|---:|---:|---|---:|---:|---:|---:|");
   for (const r of results) {
     const m = median(r.ratios);
     const bare = median(r.bare.map((x) => x.requestsPerSecond));
     const gated = median(r.gated.map((x) => x.requestsPerSecond));
+    const bareCpu = median(r.cpu.map((c) => c.bare));
+    const gatedCpu = median(r.cpu.map((c) => c.gated));
+    const byCpu = median(r.cpu.map((c) => c.bare / c.gated));
     console.log(
-      `| ${r.framework} | ${int(bare)} | ${int(gated)} | **${m.toFixed(2)}×** ${m >= TARGET ? "(≥ 0.6: met)" : "(< 0.6: NOT met)"} | ${r.ratios.map((x) => x.toFixed(2)).join(", ")} | ${int(r.cold.requestsPerSecond)} | ${(r.cold.requestsPerSecond / bare).toFixed(2)}× |`,
+      `| ${r.framework} | ${int(bare)} | ${int(gated)} | **${m.toFixed(2)}×** ${m >= TARGET ? "(≥ 0.6: met)" : "(< 0.6: NOT met)"} | ${r.ratios.map((x) => x.toFixed(2)).join(", ")} | ${bareCpu.toFixed(1)} → ${gatedCpu.toFixed(1)} µs | ${byCpu.toFixed(2)}× | ${int(r.cold.requestsPerSecond)} | ${(r.cold.requestsPerSecond / bare).toFixed(2)}× |`,
     );
   }
   for (const r of results) {

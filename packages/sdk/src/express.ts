@@ -42,7 +42,7 @@ export type {
 
 /**
  * Verifies the caller's org API key and runs the route's checks (see {@link GateOptions}), then calls
- * the next handler with `res.locals.tollgate` (and `req.tollgate`), or answers 401, 402, 429 or 503
+ * the next handler with `res.locals.tollgate` (and `req.tollgate`), or answers 401, 402, 413, 429 or 503
  * as problem+json. Once a 2xx response has been sent (not a 4xx/5xx, so not when a handler throws
  * into the error handler, nor when the client went away first) each `quota` is tracked on its meter.
  */

@@ -37,8 +37,8 @@ export type {
 
 /**
  * A `preHandler` hook: verifies the caller's org API key and runs the route's checks (see
- * {@link GateOptions}), then lets the handler run with `request.tollgate`, or answers 401, 402, 429
- * or 503 as problem+json. Once a 2xx response has been sent (not a 4xx/5xx, so not when the handler
+ * {@link GateOptions}), then lets the handler run with `request.tollgate`, or answers 401, 402, 413,
+ * 429 or 503 as problem+json. Once a 2xx response has been sent (not a 4xx/5xx, so not when the handler
  * throws, nor when the client went away first) each `quota` is tracked on its meter.
  */
 export function tollgate(

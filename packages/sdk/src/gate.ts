@@ -24,7 +24,7 @@ import type {
  *    no request at all.
  * 3. Allowed: the handler runs with a {@link GateContext}; after a 2xx answer each `quota` is tracked
  *    on its meter (`track()`, queued and delivered in the background), never after a failure.
- *    Denied: a problem+json answer (401, 402, 429 or 503, see {@link GateRejection}).
+ *    Denied: a problem+json answer (401, 402, 413, 429 or 503, see {@link GateRejection}).
  */
 
 type Awaitable<T> = T | Promise<T>;
@@ -100,7 +100,13 @@ export interface GateProblem {
   title: string;
   status: number;
   detail: string;
-  code: "unauthenticated" | "payment_required" | "quota_exceeded" | "rate_limited" | "unavailable";
+  code:
+    | "unauthenticated"
+    | "payment_required"
+    | "quota_exceeded"
+    | "rate_limited"
+    | "too_many_units"
+    | "unavailable";
   [extension: string]: unknown;
 }
 
@@ -135,6 +141,7 @@ const TITLES: Record<GateProblem["code"], string> = {
   payment_required: "Payment required",
   quota_exceeded: "Quota exceeded",
   rate_limited: "Rate limited",
+  too_many_units: "Too many units in one request",
   unavailable: "Service unavailable",
 };
 
@@ -143,6 +150,7 @@ const STATUS: Record<GateProblem["code"], number> = {
   payment_required: 402,
   quota_exceeded: 429,
   rate_limited: 429,
+  too_many_units: 413,
   unavailable: 503,
 };
 
@@ -162,6 +170,8 @@ interface ResolvedQuota {
   feature: string;
   meter: string;
   amount: number;
+  /** Computed from the request (`amount` a function), rather than fixed by the route. */
+  computed: boolean;
 }
 
 /**
@@ -233,7 +243,7 @@ export function createGate<Ctx>(
           `tollgate(): the amount of quota ${q.feature} must be a number ≥ 0, got ${amount}`,
         );
       }
-      resolved.push({ feature: q.feature, meter: q.meter, amount });
+      resolved.push({ feature: q.feature, meter: q.meter, amount, computed: typeof q.amount === "function" });
     }
     // Tollgate's budget starts once the route's own callbacks have run.
     const started = Date.now();
@@ -242,7 +252,25 @@ export function createGate<Ctx>(
       // the budget; when Tollgate cannot say by then, the quotas go unchecked rather than refused.
       const known = catalogOf(client, Math.max(1, Math.floor(timeoutMs / 4)));
       const catalog = known instanceof Promise ? await known : known;
-      if (catalog) for (const q of resolved) checkQuota(catalog, q, q.amount);
+      if (catalog) {
+        for (const q of resolved) checkQuota(catalog, q, q.amount, q.computed);
+        // More units than one request may carry, computed from what the caller sent (a batch of
+        // 5,000 texts): the caller's request is too large — a 413 for them, not a 500. Only once the
+        // key is known good (a bad key is a 401 whatever the amount), and with nothing consumed.
+        const tooMany = resolved.find(
+          (q) => q.computed && catalog.meters.get(q.meter) === "count" && q.amount > MAX_COUNT_UNITS,
+        );
+        if (tooMany !== undefined) {
+          const left = Math.max(1, timeoutMs - (Date.now() - started));
+          const verdict = await client.verifyKey(key, { failMode, timeoutMs: left });
+          if (!verdict.valid) return invalid(verdict);
+          return reject(
+            "too_many_units",
+            `This request would use ${tooMany.amount} units of ${tooMany.feature}; one request may use at most ${MAX_COUNT_UNITS}. Split it into smaller requests.`,
+            { feature: tooMany.feature, amount: tooMany.amount, max_amount: MAX_COUNT_UNITS },
+          );
+        }
+      }
     }
 
     let verdict: KeyVerification;
@@ -270,20 +298,7 @@ export function createGate<Ctx>(
       }
     }
 
-    if (!verdict.valid) {
-      if (verdict.reason === "unavailable") {
-        return unavailable(
-          "Tollgate could not be reached in time to verify the API key; retry shortly.",
-          verdict.error?.retryAfterMs,
-        );
-      }
-      return reject(
-        "unauthenticated",
-        INVALID_KEY[verdict.reason] ?? "The API key is not valid.",
-        {},
-        INVALID_TOKEN,
-      );
-    }
+    if (!verdict.valid) return invalid(verdict);
     return decided(verdict, results, resolved);
   };
 
@@ -316,6 +331,22 @@ const NO_QUOTAS: readonly ResolvedQuota[] = [];
 /** Shared by every warm request without required features: frozen, so no handler can change it. */
 const NO_RESULTS: CheckResult[] = Object.freeze([]) as unknown as CheckResult[];
 
+/** The answer to a key that is not valid (or could not be verified in time). */
+function invalid(verdict: KeyVerification & { valid: false }): GateDecision {
+  if (verdict.reason === "unavailable") {
+    return unavailable(
+      "Tollgate could not be reached in time to verify the API key; retry shortly.",
+      verdict.error?.retryAfterMs,
+    );
+  }
+  return reject(
+    "unauthenticated",
+    INVALID_KEY[verdict.reason] ?? "The API key is not valid.",
+    {},
+    INVALID_TOKEN,
+  );
+}
+
 /** The cached answers of every required feature, or undefined when any is not cached. */
 function cachedChecks(
   client: Tollgate,
@@ -341,29 +372,30 @@ function allow(
   resolved: readonly ResolvedQuota[],
 ): GateDecision {
   const orgId = verdict.org_id;
+  if (resolved.length === 0) {
+    // Nothing to track afterwards (a warm route, or one that only consumes): no closures to make.
+    return {
+      allowed: true,
+      context: contextOf(verdict, source, results, noQuotaUsage),
+      headers: successHeaders(verdict.rateHeaders),
+      finish: nothingToFinish,
+    };
+  }
   let overrides: Map<string, number> | undefined;
-  const context: GateContext = {
-    orgId,
-    keyId: verdict.key_id,
-    plan: verdict.plan,
-    scopes: verdict.scopes,
-    source,
-    results,
-    usage(feature, amount) {
-      const quota = resolved.find((q) => q.feature === feature);
-      if (quota === undefined) {
-        throw new TypeError(`usage(): ${feature} is not a quota of this route`);
-      }
-      if (typeof amount !== "number" || !Number.isFinite(amount) || amount < 0) {
-        throw new TypeError(`usage(): the amount must be a number ≥ 0, got ${amount}`);
-      }
-      const known = catalogs.get(client)?.catalog;
-      if (known?.meters.get(quota.meter) === "count") checkCountUnits(`usage(): ${feature}`, amount);
-      overrides ??= new Map();
-      overrides.set(feature, amount);
-    },
-  };
-  let finished = resolved.length === 0;
+  const context = contextOf(verdict, source, results, (feature, amount) => {
+    const quota = resolved.find((q) => q.feature === feature);
+    if (quota === undefined) noQuotaUsage(feature);
+    if (typeof amount !== "number" || !Number.isFinite(amount) || amount < 0) {
+      throw new TypeError(`usage(): the amount must be a number ≥ 0, got ${amount}`);
+    }
+    const known = catalogs.get(client)?.catalog;
+    if (known?.meters.get((quota as ResolvedQuota).meter) === "count") {
+      checkCountUnits(`usage(): ${feature}`, amount);
+    }
+    overrides ??= new Map();
+    overrides.set(feature, amount);
+  });
+  let finished = false;
   return {
     allowed: true,
     context,
@@ -384,6 +416,37 @@ function allow(
       }
     },
   };
+}
+
+/** What the handler sees. */
+function contextOf(
+  verdict: ValidKey,
+  source: GateContext["source"],
+  results: CheckResult[],
+  usage: GateContext["usage"],
+): GateContext {
+  return {
+    orgId: verdict.org_id,
+    keyId: verdict.key_id,
+    plan: verdict.plan,
+    scopes: verdict.scopes,
+    source,
+    results,
+    usage,
+  };
+}
+
+/** `usage()` of a route without that quota. */
+function noQuotaUsage(feature: string): never {
+  throw new TypeError(`usage(): ${feature} is not a quota of this route`);
+}
+
+/** `finish()` of a decision with nothing to track. */
+function nothingToFinish(_status: number): void {}
+
+/** Whether a decision has anything to do once the handler answered (quotas to track). */
+export function finishes(decision: GateDecision & { allowed: true }): boolean {
+  return decision.finish !== nothingToFinish;
 }
 
 /** What the middleware needs of the catalog: every meter's aggregation, every feature's type and meter. */
@@ -448,7 +511,16 @@ function catalogOf(client: Tollgate, waitMs: number): Catalog | Promise<Catalog 
 }
 
 /** A quota the catalog cannot honour is the route's bug: refused before anything is consumed. */
-function checkQuota(catalog: Catalog, quota: { feature: string; meter: string }, amount: number): void {
+/**
+ * Holds a quota to the catalog (a TypeError for the route's own mistakes). A whole amount past
+ * MAX_COUNT_UNITS computed from the request is left to the caller's 413.
+ */
+function checkQuota(
+  catalog: Catalog,
+  quota: { feature: string; meter: string },
+  amount: number,
+  computed = false,
+): void {
   const feature = catalog.features.get(quota.feature);
   if (feature !== undefined && feature.type !== "metered") {
     throw new TypeError(
@@ -460,8 +532,9 @@ function checkQuota(catalog: Catalog, quota: { feature: string; meter: string },
       `tollgate(): quota ${quota.feature} is counted on meter ${feature.meter}, not ${quota.meter}: tracking on ${quota.meter} would never use it up`,
     );
   }
-  if (catalog.meters.get(quota.meter) === "count")
+  if (catalog.meters.get(quota.meter) === "count" && !(computed && Number.isInteger(amount))) {
     checkCountUnits(`tollgate(): quota ${quota.feature}`, amount);
+  }
 }
 
 /** On a count meter each unit is an event: a whole number, at most one batch per request. */

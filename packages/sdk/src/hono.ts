@@ -1,6 +1,13 @@
 import type { Context, Env, MiddlewareHandler } from "hono";
 import type { Tollgate } from "./client.js";
-import { createGate, type GateContext, type GateOptions, PROBLEM_CONTENT_TYPE } from "./gate.js";
+import {
+  createGate,
+  finishes,
+  type GateContext,
+  type GateDecision,
+  type GateOptions,
+  PROBLEM_CONTENT_TYPE,
+} from "./gate.js";
 
 /**
  * `@tollgate/sdk/hono`: the Tollgate middleware for Hono (any runtime Hono runs on).
@@ -30,7 +37,7 @@ export type {
 
 /**
  * Verifies the caller's org API key and runs the route's checks (see {@link GateOptions}), then lets
- * the handler run with `c.get("tollgate")`, or answers 401, 402, 429 or 503 as problem+json. After a
+ * the handler run with `c.get("tollgate")`, or answers 401, 402, 413, 429 or 503 as problem+json. After a
  * 2xx answer (and only then: not after a 4xx/5xx, nor when the handler throws) each `quota` is
  * tracked on its meter.
  */
@@ -40,9 +47,11 @@ export function tollgate<E extends Env = any>(
   options: GateOptions<Context<E>> = {},
 ): MiddlewareHandler<E & { Variables: { tollgate: GateContext } }> {
   const decide = createGate<Context<E>>(client, options, readHeader);
-  return async (c, next) => {
-    const pending = decide(c as unknown as Context<E>);
-    const decision = pending instanceof Promise ? await pending : pending;
+  const run = async (
+    c: Context,
+    next: () => Promise<void>,
+    decision: GateDecision,
+  ): Promise<Response | undefined> => {
     if (!decision.allowed) {
       const { status, headers, body } = decision.rejection;
       return new Response(JSON.stringify(body), {
@@ -72,7 +81,30 @@ export function tollgate<E extends Env = any>(
       // error is on its way to the runtime: not a success either way.
       decision.finish(answered && !c.error ? c.res.status : 500);
     }
+    return undefined;
   };
+  return (c, next) => {
+    const pending = decide(c as unknown as Context<E>);
+    if (pending instanceof Promise) return pending.then((decision) => run(c, next, decision));
+    if (pending.allowed && !finishes(pending) && isEmpty(pending.headers)) {
+      // The warm path: nothing to add to the answer and nothing to do after it — the handler runs
+      // as it would without the middleware.
+      c.set("tollgate", pending.context);
+      // Not next()'s own promise: Hono's resolves to the context, which compose would take for the
+      // answer of a handler that returned none (instead of saying the context is not finalized).
+      return next().then(nothing);
+    }
+    return run(c, next, pending);
+  };
+}
+
+function nothing(): undefined {
+  return undefined;
+}
+
+function isEmpty(headers: Record<string, string>): boolean {
+  for (const _ in headers) return false;
+  return true;
 }
 
 /**

@@ -9,6 +9,11 @@ import { type Problem, TollgateError, TollgateUnavailableError } from "./errors.
 /** The `fetch` the SDK calls: the global one unless one is given. */
 export type FetchLike = (input: Request | string | URL, init?: RequestInit) => Promise<Response>;
 
+/** A request body that is JSON text already (sent as it is, not serialized again). */
+export class JsonText {
+  constructor(readonly text: string) {}
+}
+
 export interface Answer<T> {
   status: number;
   headers: Headers;
@@ -65,7 +70,7 @@ export class Transport {
     try {
       const init: RequestInit = { method, headers: this.headers, signal: controller.signal };
       if (body !== undefined) {
-        init.body = JSON.stringify(body);
+        init.body = body instanceof JsonText ? body.text : JSON.stringify(body);
         init.headers = { ...this.headers, "content-type": "application/json" };
       }
       const response = await this.doFetch(this.baseUrl + path, init);

@@ -1,5 +1,5 @@
 import { TollgateError, TollgateUnavailableError } from "./errors.js";
-import { messageOf, type Transport, unref } from "./http.js";
+import { JsonText, messageOf, type Transport, unref } from "./http.js";
 import type { Schemas, TrackEvent, TrackOptions, TrackProblem, UsageEvent } from "./types.js";
 
 /**
@@ -12,14 +12,20 @@ import type { Schemas, TrackEvent, TrackOptions, TrackProblem, UsageEvent } from
  * errors, 408, 429 and 5xx; if all fail, its events go back to the front of the queue for the next
  * flush. Nothing is dropped while Tollgate is away unless the queue fills up (then the oldest go,
  * reported to `onError`).
+ *
+ * The queue holds each event as its JSON text, made once when it is tracked, in chunks of at most a
+ * batch: a batch is sent as the chunk's texts joined, and a queue that grew while Tollgate was slow
+ * (hundreds of thousands of events) costs the app's garbage collector one string per event rather
+ * than a few objects, and taking a batch off its front costs the same as with ten events queued.
  */
 
 /** The API's batch limit. */
 export const MAX_BATCH = 1000;
 
-interface Queued {
-  seq: number;
-  event: UsageEvent;
+/** Events with consecutive sequence numbers (`first`, `first + 1`, …), each as its JSON text. */
+interface Chunk {
+  first: number;
+  events: string[];
 }
 
 /** What a flush achieved. */
@@ -58,7 +64,10 @@ export class Tracker {
   private readonly timeoutMs: number;
   private readonly onError: (problem: TrackProblem) => void;
 
-  private queue: Queued[] = [];
+  /** Oldest first; sequence numbers increase from one chunk to the next. */
+  private chunks: Chunk[] = [];
+  /** Events in the chunks. */
+  private queued = 0;
   private seq = 0;
   private timer: ReturnType<typeof setInterval> | undefined;
   /** The delivery round under way, if any (one at a time: batches go out in order). */
@@ -93,7 +102,7 @@ export class Tracker {
   }
 
   get stats(): TrackStats {
-    return { ...this.counters, queued: this.queue.length };
+    return { ...this.counters, queued: this.queued };
   }
 
   track(input: TrackEvent): string {
@@ -107,14 +116,6 @@ export class Tracker {
     }
     if (input.id !== undefined && typeof input.id !== "string")
       throw new TypeError("track(): id must be a string");
-    if (input.properties !== undefined) {
-      // A body that cannot be serialized would block the queue behind it: refused here instead.
-      try {
-        JSON.stringify(input.properties);
-      } catch (error) {
-        throw new TypeError(`track(): properties must be JSON-serializable (${messageOf(error)})`);
-      }
-    }
     const id = input.id ?? crypto.randomUUID();
     const timestamp =
       input.timestamp === undefined
@@ -131,12 +132,60 @@ export class Tracker {
       timestamp,
     };
     if (input.properties !== undefined) event.properties = input.properties;
+    // Its JSON text, once: a flat string (one object for the garbage collector to keep while the
+    // event waits; pieces put together with `+` would be a tree of them, and slower to join).
+    let text: string;
+    try {
+      text = JSON.stringify(event);
+    } catch (error) {
+      // A body that cannot be serialized would block the queue behind it: refused here instead.
+      throw new TypeError(`track(): properties must be JSON-serializable (${messageOf(error)})`);
+    }
     this.counters.tracked++;
-    this.queue.push({ seq: ++this.seq, event });
+    this.append(++this.seq, text);
     this.trim();
     this.startTimer();
-    if (this.queue.length >= this.batchSize && this.round === undefined) this.startRound();
+    if (this.queued >= this.batchSize && this.round === undefined) this.startRound();
     return id;
+  }
+
+  /** Queues one event: onto the last chunk when it follows it and has room, else as a new chunk. */
+  private append(seq: number, text: string): void {
+    const last = this.chunks[this.chunks.length - 1];
+    if (
+      last !== undefined &&
+      last.events.length < this.batchSize &&
+      last.first + last.events.length === seq
+    ) {
+      last.events.push(text);
+    } else {
+      this.chunks.push({ first: seq, events: [text] });
+    }
+    this.queued++;
+  }
+
+  /** Sequence number of the oldest queued event, if any. */
+  private headSeq(): number | undefined {
+    return this.chunks[0]?.first;
+  }
+
+  /**
+   * Takes the next batch off the front: at most `batchSize` events, none past `target`, from the
+   * first chunk (a batch is never stitched from two).
+   */
+  private take(target: number): Chunk | undefined {
+    const head = this.chunks[0];
+    if (head === undefined || head.first > target) return undefined;
+    const n = Math.min(head.events.length, this.batchSize, target - head.first + 1);
+    this.queued -= n;
+    if (n === head.events.length) {
+      this.chunks.shift();
+      return head;
+    }
+    const batch = { first: head.first, events: head.events.slice(0, n) };
+    head.events = head.events.slice(n);
+    head.first += n;
+    return batch;
   }
 
   /**
@@ -154,14 +203,18 @@ export class Tracker {
           await this.round;
           continue;
         }
-        if (this.queue.length === 0 || (this.queue[0] as Queued).seq > target) break;
+        const head = this.headSeq();
+        if (head === undefined || head > target) break;
         if ((await this.startRound(target)) === "failed") break;
       }
     } finally {
       this.flushing--;
     }
     let pending = 0;
-    for (const item of this.queue) if (item.seq <= target) pending++;
+    for (const chunk of this.chunks) {
+      if (chunk.first > target) break;
+      pending += Math.min(chunk.events.length, target - chunk.first + 1);
+    }
     return { pending };
   }
 
@@ -176,7 +229,7 @@ export class Tracker {
   private startTimer(): void {
     if (this.timer !== undefined) return;
     this.timer = setInterval(() => {
-      if (this.round === undefined && this.queue.length > 0) this.startRound(this.seq);
+      if (this.round === undefined && this.queued > 0) this.startRound(this.seq);
     }, this.intervalMs);
     // The background timer never keeps a Node process alive (shutdown() sends what is left).
     unref(this.timer);
@@ -190,11 +243,14 @@ export class Tracker {
   private startRound(target?: number): Promise<Outcome> {
     const round = (async (): Promise<Outcome> => {
       for (;;) {
-        const head = this.queue[0];
-        if (head === undefined) return "done";
-        if (target === undefined ? this.queue.length < this.batchSize : head.seq > target) return "done";
-        const batch = this.queue.splice(0, this.batchSize);
-        if ((await this.deliver(batch)) === "failed") return "failed";
+        if (target === undefined && this.queued < this.batchSize) return "done";
+        const batch = this.take(target ?? this.seq);
+        if (batch === undefined) return "done";
+        const undelivered = await this.deliver(batch);
+        if (undelivered !== undefined) {
+          this.requeue(undelivered);
+          return "failed";
+        }
       }
     })();
     const tracked = round
@@ -214,78 +270,94 @@ export class Tracker {
     return tracked;
   }
 
-  /** One batch, with retries; a batch too large for the server is split. */
-  private async deliver(batch: Queued[]): Promise<Outcome> {
+  /**
+   * One batch, with retries; a batch too large for the server is split. Resolves with the events
+   * still to deliver (to go back to the queue, in order) when a delivery gave up, else undefined.
+   */
+  private async deliver(batch: Chunk): Promise<Chunk | undefined> {
     for (let attempt = 1; ; attempt++) {
       try {
         this.counters.requests++;
         const answer = await this.transport.send<Schemas["EventsAccepted"]>(
           "POST",
           "/v1/events",
-          { events: batch.map((q) => q.event) } satisfies Schemas["UsageEvents"],
+          // The events' own texts joined: the same body as `{ events: [...] }` serialized.
+          new JsonText(`{"events":[${batch.events.join(",")}]}`),
           this.timeoutMs,
         );
         this.accepted(batch, answer.body);
-        return "done";
+        return undefined;
       } catch (error) {
         if (error instanceof TollgateError) {
-          if (error.status === 413 && batch.length > 1) {
-            const half = Math.ceil(batch.length / 2);
-            if ((await this.deliver(batch.slice(0, half))) === "failed") {
-              this.requeue(batch.slice(half));
-              return "failed";
-            }
-            return this.deliver(batch.slice(half));
+          if (error.status === 413 && batch.events.length > 1) {
+            const half = Math.ceil(batch.events.length / 2);
+            const second = { first: batch.first + half, events: batch.events.slice(half) };
+            const left = await this.deliver({ first: batch.first, events: batch.events.slice(0, half) });
+            if (left !== undefined) return { first: left.first, events: left.events.concat(second.events) };
+            return this.deliver(second);
           }
           if (error.status === 401 || error.status === 403) {
             // The operator key is wrong: keep the events (a fixed deployment may still send them).
-            this.giveUp(batch, error);
-            return "failed";
+            this.report({ kind: "retrying", events: parsed(batch.events), error });
+            return batch;
           }
-          this.counters.dropped += batch.length;
-          this.report({ kind: "dropped", reason: "refused", events: batch.map((q) => q.event), error });
-          return "done";
+          this.counters.dropped += batch.events.length;
+          this.report({ kind: "dropped", reason: "refused", events: parsed(batch.events), error });
+          return undefined;
         }
         if (!(error instanceof TollgateUnavailableError) || attempt >= this.maxAttempts) {
-          this.giveUp(batch, error instanceof Error ? error : new Error(messageOf(error)));
-          return "failed";
+          const reason = error instanceof Error ? error : new Error(messageOf(error));
+          this.report({ kind: "retrying", events: parsed(batch.events), error: reason });
+          return batch;
         }
         await this.sleep(this.backoff(attempt, error.retryAfterMs));
       }
     }
   }
 
-  private accepted(batch: Queued[], body: Schemas["EventsAccepted"]): void {
+  private accepted(batch: Chunk, body: Schemas["EventsAccepted"]): void {
     this.counters.accepted += body?.accepted ?? 0;
     this.counters.duplicates += body?.duplicates ?? 0;
     const rejected = body?.rejected ?? [];
     if (rejected.length === 0) return;
     this.counters.rejected += rejected.length;
     const events = rejected.flatMap((r) => {
-      const item = batch[r.index];
-      return item ? [{ ...item.event, code: r.code, detail: r.detail }] : [];
+      const text = batch.events[r.index];
+      return text === undefined
+        ? []
+        : [{ ...(JSON.parse(text) as UsageEvent), code: r.code, detail: r.detail }];
     });
     this.report({ kind: "rejected", events });
   }
 
-  private giveUp(batch: Queued[], error: Error): void {
-    this.requeue(batch);
-    this.report({ kind: "retrying", events: batch.map((q) => q.event), error });
-  }
-
   /** Back to the front of the queue, in order, with the same ids. */
-  private requeue(batch: Queued[]): void {
-    this.queue = batch.concat(this.queue);
+  private requeue(batch: Chunk): void {
+    if (batch.events.length === 0) return;
+    this.chunks.unshift(batch);
+    this.queued += batch.events.length;
     this.trim();
   }
 
   /** Drops the oldest events past maxQueue. */
   private trim(): void {
-    const excess = this.queue.length - this.maxQueue;
+    let excess = this.queued - this.maxQueue;
     if (excess <= 0) return;
-    const dropped = this.queue.splice(0, excess);
+    const dropped: string[] = [];
+    while (excess > 0) {
+      const head = this.chunks[0] as Chunk;
+      const n = Math.min(excess, head.events.length);
+      if (n === head.events.length) {
+        this.chunks.shift();
+        for (const text of head.events) dropped.push(text);
+      } else {
+        for (const text of head.events.splice(0, n)) dropped.push(text);
+        head.first += n;
+      }
+      excess -= n;
+      this.queued -= n;
+    }
     this.counters.dropped += dropped.length;
-    this.report({ kind: "dropped", reason: "queue_full", events: dropped.map((q) => q.event) });
+    this.report({ kind: "dropped", reason: "queue_full", events: parsed(dropped) });
   }
 
   /** Exponential with jitter (half fixed, half random), at least a server's Retry-After. */
@@ -334,6 +406,11 @@ function now(): string {
     lastIso = new Date(ms).toISOString();
   }
   return lastIso;
+}
+
+/** Queued events as objects again, for `onError` (a failure's path only). */
+function parsed(texts: readonly string[]): UsageEvent[] {
+  return texts.map((text) => JSON.parse(text) as UsageEvent);
 }
 
 function clamp(value: number, min: number, max: number): number {

@@ -10,6 +10,7 @@ import {
   TollgateError,
   TollgateUnavailableError,
   TollgateWebhookError,
+  type TrackOptions,
   type TrackProblem,
   verifyWebhook,
   WEBHOOK_EVENT_TYPES,
@@ -58,6 +59,25 @@ const json = (status: number, body: unknown, headers: Record<string, string> = {
     res.writeHead(status, { "content-type": "application/json", ...headers }).end(JSON.stringify(body));
   };
 };
+const tooLarge = json(413, {
+  type: "about:blank",
+  title: "Too large",
+  status: 413,
+  code: "payload_too_large",
+  detail: "",
+});
+/** Takes every event of a batch. */
+const acceptAll: Handler = (req, body, res) => {
+  const events = (JSON.parse(body) as { events: unknown[] }).events;
+  json(202, { accepted: events.length, duplicates: 0, rejected: [] })(req, body, res);
+};
+/** A client whose problems are collected, sending only on flush (unless the batch fills up). */
+const tracking = (track: TrackOptions = {}, problems: TrackProblem[] = []) =>
+  new Tollgate({
+    baseUrl,
+    apiKey: "k",
+    track: { flushIntervalMs: 60_000, onError: (p) => problems.push(p), ...track },
+  });
 const unavailable = json(
   503,
   { type: "about:blank", title: "Unavailable", status: 503, code: "unavailable", detail: "Try again" },
@@ -218,19 +238,92 @@ describe("a Tollgate that answers errors", () => {
     handler = (req, body, res) => {
       const events = (JSON.parse(body) as { events: unknown[] }).events;
       if (events.length > 3) {
-        json(413, {
-          type: "about:blank",
-          title: "Too large",
-          status: 413,
-          code: "payload_too_large",
-          detail: "",
-        })(req, body, res);
-      } else json(202, { accepted: events.length, duplicates: 0, rejected: [] })(req, body, res);
+        tooLarge(req, body, res);
+      } else acceptAll(req, body, res);
     };
     const tollgate = new Tollgate({ baseUrl, apiKey: "k", track: { flushIntervalMs: 60_000 } });
     for (let i = 0; i < 10; i++) tollgate.track({ orgId: "org_1", meter: "api_calls" });
     expect(await tollgate.flush()).toEqual({ pending: 0 });
     expect(tollgate.stats).toMatchObject({ accepted: 10, dropped: 0 });
+  });
+
+  it("sends each event as the JSON of its fields, whatever characters they hold", async () => {
+    handler = acceptAll;
+    received.length = 0;
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", track: { flushIntervalMs: 60_000 } });
+    const at = new Date("2026-11-24T10:00:00.000Z");
+    const generated = tollgate.track({ orgId: "org_1", meter: "api_calls" });
+    tollgate.track({
+      id: 'odd "id" \\ with\nnewline',
+      orgId: 'org "quoted" é😀',
+      meter: "meter\u2028line",
+      value: "12.50",
+      timestamp: at,
+      properties: { nested: { list: [1, "two", null] }, quote: '"' },
+    });
+    tollgate.track({
+      orgId: 'org "quoted" é😀',
+      meter: "meter\u2028line",
+      value: 0.25,
+      timestamp: "2026-11-24T11:00:00Z",
+    });
+    expect(await tollgate.flush()).toEqual({ pending: 0 });
+    expect(received).toHaveLength(1);
+    const sent = JSON.parse((received[0] as { body: string }).body).events;
+    expect(sent[0]).toEqual({
+      id: generated,
+      org_id: "org_1",
+      meter: "api_calls",
+      value: 1,
+      timestamp: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/),
+    });
+    expect(sent[1]).toEqual({
+      id: 'odd "id" \\ with\nnewline',
+      org_id: 'org "quoted" é😀',
+      meter: "meter\u2028line",
+      value: "12.50",
+      timestamp: "2026-11-24T10:00:00.000Z",
+      properties: { nested: { list: [1, "two", null] }, quote: '"' },
+    });
+    expect(sent[2]).toMatchObject({ value: 0.25, timestamp: "2026-11-24T11:00:00Z" });
+    expect(sent[2]).not.toHaveProperty("properties");
+  });
+
+  it("keeps the events' order and ids when part of a split batch fails, and flush() counts only its own", async () => {
+    // Batches of more than 2 are too large; the server is down for the third request.
+    let requests = 0;
+    let down = false;
+    handler = (req, body, res) => {
+      requests++;
+      const events = (JSON.parse(body) as { events: unknown[] }).events;
+      if (events.length > 2) {
+        return tooLarge(req, body, res);
+      }
+      if (down) return unavailable(req, body, res);
+      acceptAll(req, body, res);
+    };
+    received.length = 0;
+    const tollgate = new Tollgate({
+      baseUrl,
+      apiKey: "k",
+      track: { batchSize: 7, maxAttempts: 1, flushIntervalMs: 60_000, onError: () => {} },
+    });
+    const ids = Array.from({ length: 7 }, () => tollgate.track({ orgId: "org_1", meter: "api_calls" }));
+    // 7 → 413; 4 → 413; 2 sent; 2 sent; 3 → 413; then down: the last 3 go back to the queue.
+    handler = ((inner) => (req: IncomingMessage, body: string, res: ServerResponse) => {
+      if (requests === 4) down = true;
+      inner(req, body, res);
+    })(handler);
+    expect(await tollgate.flush()).toEqual({ pending: 3 });
+    expect(tollgate.stats).toMatchObject({ accepted: 4, queued: 3 });
+    // Tracked after the flush began: not its own.
+    const later = tollgate.track({ orgId: "org_1", meter: "api_calls" });
+    down = false;
+    received.length = 0;
+    expect(await tollgate.flush()).toEqual({ pending: 0 });
+    const resent = received.flatMap((r) => JSON.parse(r.body).events.map((e: { id: string }) => e.id));
+    expect([...new Set(resent)]).toEqual([...ids.slice(4), later]);
+    expect(tollgate.stats).toMatchObject({ accepted: 8, queued: 0, dropped: 0 });
   });
 
   it("refuses at once an event that could never be sent", () => {
@@ -261,6 +354,25 @@ describe("a Tollgate that answers errors", () => {
     );
     expect(problems.every((p) => p.kind === "dropped" && p.reason === "queue_full")).toBe(true);
     expect(tollgate.stats).toMatchObject({ tracked: 8, dropped: 3, queued: 5 });
+  });
+
+  it("drops the oldest across batches too, and sends the rest in order once Tollgate is back", async () => {
+    handler = unavailable;
+    const problems: TrackProblem[] = [];
+    const tollgate = tracking({ batchSize: 2, maxQueue: 5, maxAttempts: 1 }, problems);
+    const ids = Array.from({ length: 9 }, () => tollgate.track({ orgId: "org_1", meter: "api_calls" }));
+    await tollgate.flush();
+    const dropped = problems.flatMap((p) => (p.kind === "dropped" ? p.events.map((e) => e.id) : []));
+    // The first batch was in flight when the queue filled (the next oldest went then); it came back
+    // failed, and went too: the four oldest in all.
+    expect([...dropped].sort()).toEqual(ids.slice(0, 4).sort());
+    expect(tollgate.stats).toMatchObject({ tracked: 9, dropped: 4, queued: 5 });
+    handler = acceptAll;
+    received.length = 0;
+    expect(await tollgate.flush()).toEqual({ pending: 0 });
+    const sent = received.flatMap((r) => JSON.parse(r.body).events.map((e: { id: string }) => e.id));
+    expect(sent).toEqual(ids.slice(4));
+    expect(received.every((r) => JSON.parse(r.body).events.length <= 2)).toBe(true);
   });
 });
 

@@ -1,4 +1,4 @@
-import { Hono } from "hono";
+import { type Context, Hono } from "hono";
 import { describe, expect, it } from "vitest";
 import { tollgate } from "../src/hono.js";
 import { createGate, MAX_COUNT_UNITS, Tollgate, type TrackProblem } from "../src/index.js";
@@ -99,6 +99,33 @@ describe("a route's quotas", () => {
     expect(standIn.count("POST /v1/keys/verify")).toBe(0);
   });
 
+  it("answer a bad key with 401 before saying the request has too many units", async () => {
+    const standIn = scripted({
+      "GET /v1/plans": () => json(200, PLANS),
+      "POST /v1/keys/verify": () => json(200, { valid: false, reason: "revoked" }),
+    });
+    const decide = createGate(
+      client(standIn.fetch),
+      { quota: [{ feature: "emails", meter: "emails", amount: () => 5000 }] },
+      header,
+    );
+    const decision = await decide({});
+    if (decision.allowed) throw new Error("expected a refusal");
+    expect(decision.rejection.status).toBe(401);
+    expect(decision.rejection.body.code).toBe("unauthenticated");
+  });
+
+  it("refuse a fixed amount past MAX_COUNT_UNITS on a count meter as the route's own mistake", async () => {
+    const standIn = tollgateStandIn();
+    const decide = createGate(
+      client(standIn.fetch),
+      { quota: [{ feature: "emails", meter: "emails", amount: 12_000 }] },
+      header,
+    );
+    await expect(async () => decide({})).rejects.toThrow(/whole number of at most 1000 \(got 12000\)/);
+    expect(standIn.count("POST /v1/keys/verify")).toBe(0);
+  });
+
   it("on a count meter take a whole number of at most MAX_COUNT_UNITS units, one event each", async () => {
     const standIn = tollgateStandIn();
     const problems: TrackProblem[] = [];
@@ -109,10 +136,25 @@ describe("a route's quotas", () => {
       { quota: [{ feature: "emails", meter: "emails", amount: () => recipients }] },
       header,
     );
-    await expect(async () => decide({})).rejects.toThrow(/whole number of at most 1000 \(got 12000\)/);
+    // Too many units computed from the caller's request: the caller is told (413) once the key is
+    // known good, and nothing is checked or consumed.
+    const tooMany = await decide({});
+    if (tooMany.allowed) throw new Error("expected a refusal");
+    expect(tooMany.rejection.status).toBe(413);
+    expect(tooMany.rejection.body).toMatchObject({
+      code: "too_many_units",
+      feature: "emails",
+      amount: 12_000,
+      max_amount: MAX_COUNT_UNITS,
+    });
+    expect(tooMany.rejection.body.detail).toMatch(/at most 1000/);
+    expect(standIn.calls.filter((c) => c.route === "POST /v1/keys/verify").map((c) => c.body)).toEqual([
+      { key: KEY },
+    ]);
+    // A fraction of an event is the route's own bug: thrown, as a misconfiguration is.
     recipients = 2.5;
     await expect(async () => decide({})).rejects.toThrow(/got 2\.5/);
-    expect(standIn.count("POST /v1/keys/verify")).toBe(0);
+    expect(standIn.count("POST /v1/keys/verify")).toBe(1);
 
     recipients = MAX_COUNT_UNITS;
     const decision = await decide({});
@@ -243,6 +285,39 @@ describe("the Hono adapter", () => {
 });
 
 describe("the warm path", () => {
+  it("on Hono, behaves as the cold path does: the handler's answer, errors and a missing answer", async () => {
+    const standIn = tollgateStandIn();
+    const tg = client(standIn.fetch);
+    const app = new Hono();
+    app.onError((error, c) => c.text(`handled: ${error.message}`, 500));
+    app.get("/ok", tollgate(tg), (c) =>
+      c.json({ org: c.get("tollgate").orgId, source: c.get("tollgate").source }),
+    );
+    app.get("/throws", tollgate(tg), () => {
+      throw new Error("boom");
+    });
+    // A handler that forgets to return its answer: Hono's own error, not the context sent as one.
+    app.get("/no-answer", tollgate(tg), ((c: Context) => {
+      c.json({});
+    }) as never);
+    const get = (path: string) => app.request(path, { headers: { authorization: `Bearer ${KEY}` } });
+    for (const round of ["cold", "warm"]) {
+      const ok = await get("/ok");
+      expect(ok.status, round).toBe(200);
+      expect(await ok.json(), round).toEqual({
+        org: "org_a",
+        source: round === "cold" ? "tollgate" : "cache",
+      });
+      const thrown = await get("/throws");
+      expect([thrown.status, await thrown.text()], round).toEqual([500, "handled: boom"]);
+      const missing = await get("/no-answer");
+      expect(missing.status, round).toBe(500);
+      expect(await missing.text(), round).toMatch(/handled: Context is not finalized/);
+    }
+    expect(standIn.count("POST /v1/keys/verify")).toBe(1);
+    await tg.shutdown();
+  });
+
   it("shares a results list no handler can change", async () => {
     const standIn = tollgateStandIn();
     const tg = client(standIn.fetch);
