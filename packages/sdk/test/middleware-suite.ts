@@ -295,6 +295,25 @@ export function middlewareSuite<Ctx>(fw: Framework<Ctx>): void {
       expect(await peek(org, "kolekts")).toMatchObject({ used: 10 });
     });
 
+    it("answers 413 too_many_units for more than 1,000 units computed from the request, consuming nothing", async () => {
+      const org = await newOrg();
+      const key = await issueKey(org);
+      const { client, call } = await app();
+      const res = await call("POST", "/kolekts", { ...bearer(key.key), "x-amount": "5000" });
+      expectProblem(res, 413, "too_many_units");
+      expect(res.body).toMatchObject({ feature: "kolekts", amount: 5000, max_amount: 1000 });
+      // A bad key is still told so first.
+      const unknown = await call("POST", "/kolekts", {
+        ...bearer(`${key.key.slice(0, -4)}zzzz`),
+        "x-amount": "5000",
+      });
+      expectProblem(unknown, 401, "unauthenticated");
+      expect(await client.flush()).toEqual({ pending: 0 });
+      expect(await peek(org, "api_requests")).toMatchObject({ remaining: 10 });
+      expect(await peek(org, "kolekts")).toMatchObject({ used: 0 });
+      expect(client.stats).toMatchObject({ tracked: 0 });
+    });
+
     it("takes the rate per request and answers 429 rate_limited with Retry-After past it", async () => {
       const org = await newOrg();
       const key = await issueKey(org);
