@@ -46,6 +46,7 @@ import { int, loadHeader, loadRow, log, machine, median, numberEnv, waitForQuiet
  *
  * Run: npm run bench:middleware
  *   (BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_ROUNDS, BENCH_FRAMEWORKS, BENCH_TOLLGATE_NICE, BENCH_PIN;
+ *   BENCH_TRANSPORT=fetch sends the SDK's requests through fetch, as in an edge runtime;
  *   BENCH_PROFILE=<dir> runs each app with --cpu-prof into that directory, for
  *   `npx tsx bench/profile-summary.ts <dir>`)
  */
@@ -62,6 +63,8 @@ const OTHER_CPUS = `1-${os.cpus().length - 1}`;
 const ALL_CPUS = `0-${os.cpus().length - 1}`;
 const OPERATOR_KEY = "bench-operator-key-0123456789abcdef";
 const profileDir = process.env.BENCH_PROFILE;
+/** How the app's SDK reaches Tollgate: node:http (its default on Node) or fetch (BENCH_TRANSPORT=fetch). */
+const transport = process.env.BENCH_TRANSPORT === "fetch" ? "fetch" : "node:http";
 
 /** Node's flags for an app that writes a CPU profile when it stops (BENCH_PROFILE). */
 function profileArgs(): string[] {
@@ -244,7 +247,12 @@ async function measure(framework: string, tollgate: Server): Promise<Measured> {
   const { org, key } = await newOrg(tollgate, `Bench ${framework}`);
   const app = await spawnServer(
     [...profileArgs(), "--expose-gc", "--import", "tsx", "bench/middleware-server.ts"],
-    { BENCH_FRAMEWORK: framework, TOLLGATE_URL: tollgate.url, TOLLGATE_ADMIN_KEY: OPERATOR_KEY },
+    {
+      BENCH_FRAMEWORK: framework,
+      BENCH_TRANSPORT: transport,
+      TOLLGATE_URL: tollgate.url,
+      TOLLGATE_ADMIN_KEY: OPERATOR_KEY,
+    },
     await freePort(),
   );
   const unregister = onCleanup(`stop the ${framework} app`, () => app.stop());
@@ -368,7 +376,7 @@ await runBenchmark("bench/middleware.ts", 40, async () => {
     return list[Math.max(i, 0)] as LoadResult;
   };
   console.log(
-    `\n@tollgate/sdk middleware vs a bare route, ${connections} connections, ${duration} s each, ${rounds} rounds; Tollgate at nice ${tollgateNice}; ${pinning ? `app and Tollgate on CPU ${APP_CPUS}, load generator on ${OTHER_CPUS}` : "no pinning"}; ${machine()}\n`,
+    `\n@tollgate/sdk middleware vs a bare route, ${connections} connections, ${duration} s each, ${rounds} rounds; the SDK over ${transport}; Tollgate at nice ${tollgateNice}; ${pinning ? `app and Tollgate on CPU ${APP_CPUS}, load generator on ${OTHER_CPUS}` : "no pinning"}; ${machine()}\n`,
   );
   console.log(
     "| framework | bare req/s | gated (warm) req/s | ratio (median) | each round | app CPU per request, bare → gated | ratio by CPU (median) | cold req/s | cold ratio |",

@@ -240,7 +240,7 @@ export class Tollgate {
   }
 
   /**
-   * Records usage: queues the event and returns its id at once (a random UUID unless you give one).
+   * Records usage: queues the event and returns its id at once (unique unless you give one).
    * Events are sent in the background in batches, retried with backoff while Tollgate is away, and
    * counted once each however often they are sent. See {@link TrackOptions}.
    */

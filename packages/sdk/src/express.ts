@@ -2,6 +2,7 @@ import type { NextFunction, Request, Response } from "express";
 import type { Tollgate } from "./client.js";
 import {
   createGate,
+  finishes,
   type GateContext,
   type GateDecision,
   type GateOptions,
@@ -73,7 +74,8 @@ function apply(decision: GateDecision, req: Request, res: Response, next: NextFu
   req.tollgate = decision.context;
   res.locals.tollgate = decision.context;
   for (const name in decision.headers) res.setHeader(name, decision.headers[name] as string);
-  res.once("finish", () => decision.finish(res.statusCode));
+  // Nothing to track (no quotas): no listener either, the warm path's whole cost is the decision.
+  if (finishes(decision)) res.once("finish", () => decision.finish(res.statusCode));
   next();
 }
 

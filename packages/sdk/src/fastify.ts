@@ -2,6 +2,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import type { Tollgate } from "./client.js";
 import {
   createGate,
+  finishes,
   type GateContext,
   type GateDecision,
   type GateOptions,
@@ -78,7 +79,8 @@ function apply(
   }
   request.tollgate = decision.context;
   for (const name in decision.headers) reply.header(name, decision.headers[name]);
-  reply.raw.once("finish", () => decision.finish(reply.raw.statusCode));
+  // Nothing to track (no quotas): no listener either, the warm path's whole cost is the decision.
+  if (finishes(decision)) reply.raw.once("finish", () => decision.finish(reply.raw.statusCode));
   done();
 }
 

@@ -1,9 +1,11 @@
 import { type Problem, TollgateError, TollgateUnavailableError } from "./errors.js";
+import { type NodeExchange, nodeExchange } from "./node-http.js";
 
 /**
- * The SDK's own requests (check, events, verify, entitlements): fetch with JSON, the operator's
- * bearer token and a timeout that covers the whole exchange, body included. Only web-standard APIs
- * (fetch, AbortController, setTimeout), so it runs in edge runtimes as well as on Node.
+ * The SDK's own requests (check, events, verify, entitlements): JSON, the operator's bearer token
+ * and a timeout that covers the whole exchange, body included. Sent with `node:http` and a
+ * keep-alive agent on Node (found at run time, see node-http.ts), with `fetch` everywhere else or
+ * when a `fetch` is given.
  */
 
 /** The `fetch` the SDK calls: the global one unless one is given. */
@@ -28,6 +30,7 @@ export function unref(timer: unknown): void {
 export class Transport {
   private readonly headers: Record<string, string>;
   private readonly doFetch: FetchLike;
+  private readonly exchange: NodeExchange | undefined;
 
   constructor(
     readonly baseUrl: string,
@@ -37,6 +40,7 @@ export class Transport {
     this.headers = { authorization: `Bearer ${apiKey}`, accept: "application/json" };
     // Called as a plain function: some runtimes refuse fetch called as another object's method.
     this.doFetch = fetchImpl ?? ((input, init) => fetch(input, init));
+    this.exchange = fetchImpl ? undefined : nodeExchange(baseUrl);
   }
 
   /**
@@ -68,15 +72,26 @@ export class Transport {
     let headers: Headers;
     let text: string;
     try {
-      const init: RequestInit = { method, headers: this.headers, signal: controller.signal };
-      if (body !== undefined) {
-        init.body = body instanceof JsonText ? body.text : JSON.stringify(body);
-        init.headers = { ...this.headers, "content-type": "application/json" };
+      const payload =
+        body === undefined ? undefined : body instanceof JsonText ? body.text : JSON.stringify(body);
+      const requestHeaders =
+        payload === undefined ? this.headers : { ...this.headers, "content-type": "application/json" };
+      if (this.exchange) {
+        ({ status, headers, text } = await this.exchange(
+          this.baseUrl + path,
+          method,
+          requestHeaders,
+          payload,
+          controller.signal,
+        ));
+      } else {
+        const init: RequestInit = { method, headers: requestHeaders, signal: controller.signal };
+        if (payload !== undefined) init.body = payload;
+        const response = await this.doFetch(this.baseUrl + path, init);
+        status = response.status;
+        headers = response.headers;
+        text = await response.text();
       }
-      const response = await this.doFetch(this.baseUrl + path, init);
-      status = response.status;
-      headers = response.headers;
-      text = await response.text();
     } catch (error) {
       if (timedOut) {
         throw new TollgateUnavailableError(
@@ -174,8 +189,10 @@ export function messageOf(error: unknown): string {
  * typed `api` client, where the body is read after fetch returns: the timer must outlive it).
  */
 export function timeoutSignal(timeoutMs: number, outer?: AbortSignal | null): AbortSignal {
-  const timeout =
-    typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(timeoutMs) : manualTimeout(timeoutMs);
+  // Not AbortSignal.timeout(): Node's timer holds that signal weakly, and AbortSignal.any() holds its
+  // sources weakly too, so under memory pressure the timeout could be collected and never fire (a
+  // request hanging past its timeout). This timer holds its controller until it fires.
+  const timeout = manualTimeout(timeoutMs);
   if (!outer) return timeout;
   if (typeof AbortSignal.any === "function") return AbortSignal.any([outer, timeout]);
   const controller = new AbortController();

@@ -69,6 +69,9 @@ export class Tracker {
   /** Events in the chunks. */
   private queued = 0;
   private seq = 0;
+  /** Event ids: 128 random bits once per client, then a counter (a UUID per event costs 0.3 µs). */
+  private readonly idPrefix = randomPrefix();
+  private ids = 0;
   private timer: ReturnType<typeof setInterval> | undefined;
   /** The delivery round under way, if any (one at a time: batches go out in order). */
   private round: Promise<Outcome> | undefined;
@@ -116,7 +119,7 @@ export class Tracker {
     }
     if (input.id !== undefined && typeof input.id !== "string")
       throw new TypeError("track(): id must be a string");
-    const id = input.id ?? crypto.randomUUID();
+    const id = input.id ?? this.idPrefix + (++this.ids).toString(36);
     const timestamp =
       input.timestamp === undefined
         ? now()
@@ -406,6 +409,14 @@ function now(): string {
     lastIso = new Date(ms).toISOString();
   }
   return lastIso;
+}
+
+/** 16 random bytes, base64url, and a dot: `Vq3…Jw.` (23 characters). */
+function randomPrefix(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return `${btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "")}.`;
 }
 
 /** Queued events as objects again, for `onError` (a failure's path only). */

@@ -154,7 +154,7 @@ export interface TrackEvent {
   timestamp?: Date | string;
   /** Free-form properties (used by unique-count and percentage meters). */
   properties?: Record<string, unknown>;
-  /** Your id for the event; Tollgate counts each id once per org, forever. Default: a random UUID. */
+  /** Your id for the event; Tollgate counts each id once per org, forever. Default: 128 random bits per client, then a counter. */
   id?: string;
 }
 
@@ -217,6 +217,10 @@ export interface TollgateOptions {
   keyCacheTtlMs?: number;
   /** Batching and retries of `track()`. */
   track?: TrackOptions;
-  /** A `fetch` to use instead of the global one (tests, proxies, instrumentation). */
+  /**
+   * A `fetch` for the SDK's requests (tests, proxies, instrumentation). Without one, the SDK uses
+   * `node:http` with a keep-alive agent on Node 20.16+ and the global `fetch` elsewhere; the typed
+   * `api` always uses `fetch`.
+   */
   fetch?: FetchLike;
 }

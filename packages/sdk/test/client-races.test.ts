@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Tollgate, TollgateUnavailableError } from "../src/index.js";
 import { json, scripted } from "./scripted.js";
-import { sleep } from "./support.js";
+import { REPORTS_ALLOWED, sleep } from "./support.js";
 
 /**
  * The client's caches when answers cross: a verification or a cache fill still under way when this
@@ -45,15 +45,6 @@ const seats = (used: number, allowed = used < 5) => ({
   resets_at: null,
   ...(allowed ? {} : { reason: "limit_exceeded" }),
 });
-const reports = {
-  allowed: true,
-  feature: "reports",
-  type: "boolean",
-  limit: null,
-  used: null,
-  remaining: null,
-  resets_at: null,
-};
 
 /**
  * An org with one boolean (reports) and one limit (seats, 5): the cache's dry run reads the seats in
@@ -79,7 +70,7 @@ function seatsOrg() {
       if (body.features) {
         const used = state.used;
         await state.hold?.wait(signal);
-        return json(200, { allowed: used < 5, results: [reports, seats(used)] });
+        return json(200, { allowed: used < 5, results: [REPORTS_ALLOWED, seats(used)] });
       }
       if (body.consume === false) return json(200, seats(state.used));
       state.used++;

@@ -1,4 +1,4 @@
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
@@ -15,7 +15,7 @@ import {
   verifyWebhook,
   WEBHOOK_EVENT_TYPES,
 } from "../src/index.js";
-import { sleep, until } from "./support.js";
+import { REPORTS_ALLOWED, sleep, until } from "./support.js";
 
 /**
  * Failures a real Tollgate cannot be made to show on demand: a server that accepts connections and
@@ -199,6 +199,20 @@ describe("a Tollgate that answers errors", () => {
     const answer = await tollgate.check("org_1", "kolekts", { failMode: "open" });
     expect(answer).toMatchObject({ allowed: true, source: "fail-open" });
     expect(answer.error).toMatchObject({ kind: "status", status: 503, problem: { code: "unavailable" } });
+  });
+
+  it("resolves an answer cut off mid-body by failMode, as a network failure", async () => {
+    handler = (_req, _body, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "500" });
+      res.write('{"allowed":true,"feat');
+      setTimeout(() => res.socket?.destroy(), 20);
+    };
+    const tollgate = new Tollgate({ baseUrl, apiKey: "k", cacheTtlMs: 0 });
+    const open = await tollgate.check("org_1", "kolekts", { failMode: "open" });
+    expect(open).toMatchObject({ allowed: true, source: "fail-open" });
+    expect(open.error).toMatchObject({ kind: "network" });
+    const closed = await tollgate.check("org_1", "kolekts");
+    expect(closed).toMatchObject({ allowed: false, source: "fail-closed", reason: "unavailable" });
   });
 
   it("throws a TollgateError for a 4xx, even a proxy's page", async () => {
@@ -433,6 +447,28 @@ describe("webhooks", () => {
   });
 });
 
+/**
+ * Runs `node <args>` to its end (killed after `timeoutMs`). Not spawnSync: the stand-in answering
+ * the child lives in this process.
+ */
+async function run(
+  args: string[],
+  cwd: string,
+  timeoutMs: number,
+): Promise<{ stdout: string; stderr: string; status: number | null }> {
+  const child = spawn(process.execPath, args, { cwd, timeout: timeoutMs });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk) => {
+    stdout += chunk;
+  });
+  child.stderr.on("data", (chunk) => {
+    stderr += chunk;
+  });
+  const status = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+  return { stdout, stderr, status };
+}
+
 describe("in a Node process", () => {
   it("never keeps the process alive with queued events (the timer is unref'd)", async () => {
     handler = hang;
@@ -453,6 +489,80 @@ describe("in a Node process", () => {
     expect(child.stdout.trim()).toBe("tracked");
     expect(child.status).toBe(0);
     expect(Date.now() - started).toBeLessThan(15_000);
+  });
+
+  it("keeps its connection to Tollgate open between calls, and reconnects once the server closed it", async () => {
+    handler = json(200, REPORTS_ALLOWED);
+    let connections = 0;
+    const count = () => {
+      connections++;
+    };
+    server.on("connection", count);
+    try {
+      const tollgate = new Tollgate({ baseUrl, apiKey: "k", cacheTtlMs: 0 });
+      for (let i = 0; i < 3; i++) {
+        expect(await tollgate.check("org_1", "reports")).toMatchObject({ allowed: true, source: "tollgate" });
+      }
+      expect(connections).toBe(1);
+      // A proxy (or Tollgate restarting) closes the idle connection: the next call must not be sent on it.
+      handler = (req, body, res) => {
+        res.once("finish", () => setTimeout(() => req.socket.destroy(), 20));
+        json(200, REPORTS_ALLOWED)(req, body, res);
+      };
+      expect(await tollgate.check("org_1", "reports")).toMatchObject({ allowed: true, source: "tollgate" });
+      await sleep(200);
+      handler = json(200, REPORTS_ALLOWED);
+      expect(await tollgate.check("org_1", "reports")).toMatchObject({ allowed: true, source: "tollgate" });
+      expect(connections).toBe(2);
+    } finally {
+      server.off("connection", count);
+    }
+  });
+
+  it("lets the process end with its connection to Tollgate still open", async () => {
+    handler = json(200, REPORTS_ALLOWED);
+    const root = path.resolve(import.meta.dirname, "../../..");
+    const script = `
+      import { Tollgate } from "./packages/sdk/src/index.ts";
+      const tollgate = new Tollgate({ baseUrl: ${JSON.stringify(baseUrl)}, apiKey: "k", cacheTtlMs: 0 });
+      const answer = await tollgate.check("org_1", "reports");
+      console.log(answer.source, answer.allowed);
+    `;
+    const started = Date.now();
+    const { stdout, stderr, status } = await run(
+      ["--import", "tsx", "--input-type=module", "-e", script],
+      root,
+      20_000,
+    );
+    expect(stderr).toBe("");
+    expect(stdout.trim()).toBe("tollgate true");
+    expect(status).toBe(0);
+    // Not held until the idle connection times out (4 s) or the server closes it (5 s).
+    expect(Date.now() - started).toBeLessThan(3_500);
+  });
+
+  it("times the typed api out even when the garbage collector runs meanwhile", async () => {
+    // Node 20 holds an AbortSignal.timeout() weakly, and AbortSignal.any() its sources too: a timeout
+    // made that way was collected under memory pressure and never fired, and the request hung.
+    handler = hang;
+    const root = path.resolve(import.meta.dirname, "../../..");
+    const script = `
+      import { Tollgate } from "./packages/sdk/src/index.ts";
+      const tollgate = new Tollgate({ baseUrl: ${JSON.stringify(baseUrl)}, apiKey: "k", apiTimeoutMs: 300 });
+      const collect = setInterval(() => globalThis.gc(), 5);
+      const started = Date.now();
+      const outcome = await tollgate.api.GET("/v1/plans").then(() => "answered", (error) => error.name);
+      clearInterval(collect);
+      console.log(outcome, Date.now() - started < 3000);
+    `;
+    const { stdout, stderr, status } = await run(
+      ["--expose-gc", "--import", "tsx", "--input-type=module", "-e", script],
+      root,
+      15_000,
+    );
+    expect(stderr).toBe("");
+    expect(stdout.trim()).toBe("TimeoutError true");
+    expect(status).toBe(0);
   });
 
   it("exposes its stats while it works", async () => {

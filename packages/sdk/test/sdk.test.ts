@@ -35,7 +35,8 @@ import {
  * has premium templates.
  */
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+/** 128 random bits per client (base64url), then a counter. */
+const EVENT_ID = /^[A-Za-z0-9_-]{22}\.[0-9a-z]+$/;
 
 describe.each(storageModes)("@tollgate/sdk against a real Tollgate ($name)", (mode) => {
   let server: TollgateProcess;
@@ -346,7 +347,11 @@ describe.each(storageModes)("@tollgate/sdk against a real Tollgate ($name)", (mo
       const bySize = client({ fetch, track: { batchSize: 10, flushIntervalMs: 60_000 } });
       const ids = Array.from({ length: 25 }, () => bySize.track({ orgId: org, meter: "api_calls" }));
       expect(new Set(ids).size).toBe(25);
-      for (const id of ids) expect(id).toMatch(UUID);
+      for (const id of ids) expect(id).toMatch(EVENT_ID);
+      // Another client (another process, a restart) never makes the same ids.
+      const other = client({ fetch: recordingFetch().fetch, track: { flushIntervalMs: 60_000 } });
+      expect(other.track({ orgId: org, meter: "api_calls" }).split(".")[0]).not.toBe(ids[0]?.split(".")[0]);
+      await other.shutdown();
       await until(() => batches().length === 2);
       expect(batches()).toEqual([10, 10]);
       await sleep(200);
@@ -370,8 +375,8 @@ describe.each(storageModes)("@tollgate/sdk against a real Tollgate ($name)", (mo
 
       expect(await bySize.flush()).toEqual({ pending: 0 });
       expect(batches()).toEqual([10, 10, 3, 5]);
-      // api_calls counts events.
-      expect(await usageOf(org, "api_calls")).toBe(25 + 3);
+      // api_calls counts events (the other client's one included).
+      expect(await usageOf(org, "api_calls")).toBe(25 + 3 + 1);
     });
 
     it("flushes, reports rejected events, counts an id once, and stops on shutdown", async () => {

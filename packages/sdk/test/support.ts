@@ -120,6 +120,17 @@ export async function startReceiver(): Promise<{
   };
 }
 
+/** Tollgate's answer to a check of the boolean feature `reports`, allowed. */
+export const REPORTS_ALLOWED = {
+  allowed: true,
+  feature: "reports",
+  type: "boolean",
+  limit: null,
+  used: null,
+  remaining: null,
+  resets_at: null,
+};
+
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls until `check` holds; throws after `timeoutMs`. */
