@@ -41,6 +41,8 @@ export class Transport {
     // Called as a plain function: some runtimes refuse fetch called as another object's method.
     this.doFetch = fetchImpl ?? ((input, init) => fetch(input, init));
     this.exchange = fetchImpl ? undefined : nodeExchange(baseUrl);
+    // fetch says who it is; node:http says nothing, which some firewalls refuse.
+    if (this.exchange) this.headers["user-agent"] = "tollgate-sdk (node)";
   }
 
   /**
@@ -83,6 +85,9 @@ export class Transport {
           requestHeaders,
           payload,
           controller.signal,
+          // Sent again on a fresh connection if the kept-alive one was closed under it: only what
+          // cannot count twice (a read, or events, whose ids Tollgate counts once).
+          method === "GET" || path === "/v1/events",
         ));
       } else {
         const init: RequestInit = { method, headers: requestHeaders, signal: controller.signal };
@@ -141,6 +146,16 @@ function answerOf<T>(
     return { status, headers, body: parsed as T };
   }
   const problem = problemOf(parsed, status, text);
+  if (status >= 300 && status < 400) {
+    // A redirect that was not (or could not be) followed: the base URL points somewhere else. Not a
+    // refusal from Tollgate, so nothing is given up on (events stay queued).
+    const location = headers.get("location");
+    throw new TollgateUnavailableError(
+      "status",
+      `${method} ${path} answered ${status}${location ? ` (to ${location})` : ""}: is baseUrl where Tollgate answers?`,
+      { status, problem },
+    );
+  }
   if (status === 408 || status === 429 || status >= 500) {
     const retryAfterMs = retryAfterOf(headers.get("retry-after"));
     throw new TollgateUnavailableError("status", `${method} ${path} answered ${status}: ${problem.detail}`, {
@@ -205,13 +220,15 @@ export function timeoutSignal(timeoutMs: number, outer?: AbortSignal | null): Ab
 
 function manualTimeout(timeoutMs: number): AbortSignal {
   const controller = new AbortController();
-  unref(setTimeout(() => controller.abort(new TimeoutErrorLike(timeoutMs)), timeoutMs));
+  unref(setTimeout(() => controller.abort(timeoutError(timeoutMs)), timeoutMs));
   return controller.signal;
 }
 
-class TimeoutErrorLike extends Error {
-  override readonly name = "TimeoutError";
-  constructor(timeoutMs: number) {
-    super(`The request did not complete within ${timeoutMs} ms`);
-  }
+/** What AbortSignal.timeout() aborts with: a DOMException named TimeoutError where there is one. */
+function timeoutError(timeoutMs: number): Error {
+  const message = `The request did not complete within ${timeoutMs} ms`;
+  if (typeof DOMException === "function") return new DOMException(message, "TimeoutError");
+  const error = new Error(message);
+  error.name = "TimeoutError";
+  return error;
 }

@@ -69,8 +69,12 @@ export class Tracker {
   /** Events in the chunks. */
   private queued = 0;
   private seq = 0;
-  /** Event ids: 128 random bits once per client, then a counter (a UUID per event costs 0.3 µs). */
-  private readonly idPrefix = randomPrefix();
+  /**
+   * Event ids: 128 random bits once per client, then a counter (a UUID per event costs 0.3 µs). Drawn
+   * at the first `track()`, not in the constructor: Cloudflare Workers refuse random values at module
+   * scope, where a client is usually made.
+   */
+  private idPrefix: string | undefined;
   private ids = 0;
   private timer: ReturnType<typeof setInterval> | undefined;
   /** The delivery round under way, if any (one at a time: batches go out in order). */
@@ -119,7 +123,7 @@ export class Tracker {
     }
     if (input.id !== undefined && typeof input.id !== "string")
       throw new TypeError("track(): id must be a string");
-    const id = input.id ?? this.idPrefix + (++this.ids).toString(36);
+    const id = input.id ?? this.nextId();
     const timestamp =
       input.timestamp === undefined
         ? now()
@@ -150,6 +154,11 @@ export class Tracker {
     this.startTimer();
     if (this.queued >= this.batchSize && this.round === undefined) this.startRound();
     return id;
+  }
+
+  private nextId(): string {
+    if (this.idPrefix === undefined) this.idPrefix = randomPrefix();
+    return this.idPrefix + (++this.ids).toString(36);
   }
 
   /** Queues one event: onto the last chunk when it follows it and has room, else as a new chunk. */
