@@ -384,14 +384,12 @@ function allow(
   let overrides: Map<string, number> | undefined;
   const context = contextOf(verdict, source, results, (feature, amount) => {
     const quota = resolved.find((q) => q.feature === feature);
-    if (quota === undefined) noQuotaUsage(feature);
+    if (quota === undefined) return noQuotaUsage(feature);
     if (typeof amount !== "number" || !Number.isFinite(amount) || amount < 0) {
       throw new TypeError(`usage(): the amount must be a number ≥ 0, got ${amount}`);
     }
     const known = catalogs.get(client)?.catalog;
-    if (known?.meters.get((quota as ResolvedQuota).meter) === "count") {
-      checkCountUnits(`usage(): ${feature}`, amount);
-    }
+    if (known?.meters.get(quota.meter) === "count") checkCountUnits(`usage(): ${feature}`, amount);
     overrides ??= new Map();
     overrides.set(feature, amount);
   });
