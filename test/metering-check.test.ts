@@ -1263,16 +1263,24 @@ describe.each(appModes)("inputs that once went wrong ($name)", (mode) => {
           { id: "bad-props", org_id: org, meter: "api_calls", properties: { a: "x\u0000y" } },
           { id: "bad\u0000id", org_id: org, meter: "api_calls" },
           { id: "bad-org", org_id: `${org}\u0000`, meter: "api_calls" },
+          { id: "bad-key", org_id: org, meter: "api_calls", properties: { nested: [{ "k\u0000": 1 }] } },
+          // The six characters \u0000 as text are not a NUL: stored as sent.
+          { id: "escaped", org_id: org, meter: "api_calls", properties: { a: "\\u0000", "\\u0000": "b" } },
         ],
       },
     });
     expect(res.status, res.text).toBe(202);
-    expect(res.body.accepted).toBe(1);
+    expect(res.body.accepted).toBe(2);
     expect(res.body.rejected.map((r: { index: number; code: string }) => [r.index, r.code])).toEqual([
       [1, "invalid_properties"],
       [2, "invalid_id"],
       [3, "invalid_org"],
+      [4, "invalid_properties"],
     ]);
+    const [escaped] = await t.database.query<{ properties: unknown }>(
+      sql`select properties from usage_events where org_id = ${org} and event_id = 'escaped'`,
+    );
+    expect(escaped?.properties).toEqual({ a: "\\u0000", "\\u0000": "b" });
     const check = await t.call("POST", "/v1/check", {
       auth: "operator",
       body: { org_id: org, feature: "kolekts", idempotency_key: "a\u0000b" },
