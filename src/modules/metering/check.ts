@@ -612,21 +612,17 @@ function describe(
       const usedUnits = counter ? (applied ? counter.value : counter.previous) : 0;
       const used = counter ? unitsToNumber(usedUnits, scale) : null;
       const limit = grant.limit;
-      const base = {
-        feature,
-        type: grant.type,
-        limit,
-        used,
-        remaining: limit === null || used === null ? null : Math.max(0, roundTo(limit - used, scale)),
-        resets_at: grant.type === "metered" ? new Date(org.period.endMs).toISOString() : null,
-      };
-      if (item.denied) return denied(item.denied, base);
-      if (counter && !counter.allowed) {
+      const remaining = limit === null || used === null ? null : Math.max(0, roundTo(limit - used, scale));
+      const resets = grant.type === "metered" ? isoOf(org.period.endMs) : null;
+      if (item.denied || (counter && !counter.allowed)) {
+        const base = { feature, type: grant.type, limit, used, remaining, resets_at: resets };
+        if (item.denied) return denied(item.denied, base);
         // A plan that grants none of it (not listed, or 0) does not include the feature at all.
         if (limit === 0) return denied("feature_not_in_plan", base);
         return denied(grant.type === "metered" ? "quota_exceeded" : "limit_exceeded", base);
       }
-      return { allowed: true, ...base };
+      // The allowed answer built in one literal (this is every allowed check): same fields, same order.
+      return { allowed: true, feature, type: grant.type, limit, used, remaining, resets_at: resets };
     }
     case "rate": {
       const rate = outcome as RateOutcome | undefined;
@@ -659,6 +655,19 @@ function describe(
 function rateRemaining(rate: RateOutcome, cost: number, applied: boolean, storeAllowed: boolean): number {
   if (applied || !storeAllowed) return rate.remaining;
   return rate.remaining + cost;
+}
+
+/** ISO texts of recent instants (period ends: one per org and period), so a check formats none. */
+const isoTexts = new Map<number, string>();
+
+function isoOf(ms: number): string {
+  let text = isoTexts.get(ms);
+  if (text === undefined) {
+    if (isoTexts.size >= 10_000) isoTexts.clear();
+    text = new Date(ms).toISOString();
+    isoTexts.set(ms, text);
+  }
+  return text;
 }
 
 function roundTo(value: number, scale: number): number {
@@ -745,11 +754,25 @@ function consumedUsage(
     quantity,
     count: grant.scale === 1 ? quantity : "1",
     sum: quantity,
-    thresholds:
-      grant.limit !== null && grant.limit > 0
-        ? [{ feature: grant.feature.key, limit: grant.limit, thresholds: grant.thresholds }]
-        : [],
+    thresholds: grantSpecs(grant),
   };
+}
+
+const NO_SPECS: readonly ThresholdSpec[] = Object.freeze([]);
+const specsOfGrant = new WeakMap<Grant, readonly ThresholdSpec[]>();
+
+/**
+ * The thresholds a metered grant's usage may cross, one array per grant (grants are cached per plan
+ * version), shared by every entry that consumes it: the journal encodes it once (journal.ts).
+ */
+function grantSpecs(grant: Extract<Grant, { type: "metered" }>): readonly ThresholdSpec[] {
+  if (grant.limit === null || grant.limit <= 0) return NO_SPECS;
+  let specs = specsOfGrant.get(grant);
+  if (specs === undefined) {
+    specs = Object.freeze(thresholdSpecs(grant));
+    specsOfGrant.set(grant, specs);
+  }
+  return specs;
 }
 
 function counterKeys(planned: Planned[]): string[] {

@@ -7,7 +7,7 @@ import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { markStale, meterCounterTtl } from "./check.js";
 import { catalogIndex, grantOf } from "./features.js";
 import { meterCounterKey } from "./keys.js";
-import { periodTotalsAndThresholds, ROLLUP_MERGE, type ThresholdMark, textArray } from "./ledger.js";
+import { PerOrg, periodTotalsAndThresholds, ROLLUP_MERGE, type ThresholdMark, textArray } from "./ledger.js";
 import { decimalPlaces, toDecimalText, toMicros } from "./quantities.js";
 
 /**
@@ -415,43 +415,27 @@ interface MeterGroup {
   units: number;
 }
 
-/**
- * Events of count and sum meters grouped by org, meter and period, in order of first appearance.
- * Without building a key per event: an org has few meters and periods, scanned in place.
- */
+/** Events of count and sum meters grouped by org, meter and period, in order of first appearance. */
 function meterGroups(events: ValidEvent[], withUnits: boolean): MeterGroup[] {
-  const byOrg = new Map<string, MeterGroup[]>();
-  const groups: MeterGroup[] = [];
+  const groups = new PerOrg<MeterGroup>();
   for (const e of events) {
     const aggregation = e.meter.aggregation;
     if (aggregation !== "count" && aggregation !== "sum") continue;
-    let ofOrg = byOrg.get(e.orgId);
-    if (ofOrg === undefined) {
-      ofOrg = [];
-      byOrg.set(e.orgId, ofOrg);
-    }
-    let group: MeterGroup | undefined;
-    for (const g of ofOrg) {
-      if (g.meter === e.meter && g.periodStartMs === e.periodStartMs) {
-        group = g;
-        break;
-      }
-    }
-    if (group === undefined) {
-      group = {
+    const group = groups.get(
+      e.orgId,
+      (g) => g.meter === e.meter && g.periodStartMs === e.periodStartMs,
+      () => ({
         orgId: e.orgId,
         org: e.org,
         meter: e.meter,
         periodStartMs: e.periodStartMs,
         periodEndMs: e.periodEndMs,
         units: 0,
-      };
-      ofOrg.push(group);
-      groups.push(group);
-    }
+      }),
+    );
     if (withUnits) group.units += aggregation === "count" ? 1 : Number(toMicros(e.value));
   }
-  return groups;
+  return groups.all;
 }
 
 /** Adds committed usage to the counters the store holds (absent ones are seeded from Postgres later). */

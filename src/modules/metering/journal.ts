@@ -558,20 +558,26 @@ export function createUsageJournal(options: {
 type EncodedUsage = [string, string, number, number, string, string, string, [string, number, number[]][]];
 
 export function encodeUsage(usage: ConsumedUsage[]): string {
-  return JSON.stringify(
-    usage.map(
-      (u): EncodedUsage => [
-        u.orgId,
-        u.meter,
-        u.periodStartMs,
-        u.atMs,
-        u.quantity,
-        u.count,
-        u.sum,
-        u.thresholds.map((t) => [t.feature, t.limit, t.thresholds]),
-      ],
-    ),
-  );
+  // The JSON written by hand (what JSON.stringify of EncodedUsage[] gives): this runs for every
+  // consuming check, and a grant's thresholds are encoded once (their arrays are shared, check.ts).
+  let out = "[";
+  for (let i = 0; i < usage.length; i++) {
+    const u = usage[i] as ConsumedUsage;
+    if (i > 0) out += ",";
+    out += `[${JSON.stringify(u.orgId)},${JSON.stringify(u.meter)},${u.periodStartMs},${u.atMs},${JSON.stringify(u.quantity)},${JSON.stringify(u.count)},${JSON.stringify(u.sum)},${encodedSpecs(u.thresholds)}]`;
+  }
+  return `${out}]`;
+}
+
+const specsJson = new WeakMap<readonly ThresholdSpec[], string>();
+
+function encodedSpecs(specs: readonly ThresholdSpec[]): string {
+  let json = specsJson.get(specs);
+  if (json === undefined) {
+    json = JSON.stringify(specs.map((t) => [t.feature, t.limit, t.thresholds]));
+    specsJson.set(specs, json);
+  }
+  return json;
 }
 
 export function decodeUsage(data: string): ConsumedUsage[] {

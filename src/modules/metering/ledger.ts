@@ -83,7 +83,8 @@ export interface PeriodDelta {
   periodStartMs: number;
   /** Decimal text, ≤ 6 decimals. */
   quantity: string;
-  thresholds: ThresholdSpec[];
+  /** Shared between entries (a grant's, see check.ts): never modified. */
+  thresholds: readonly ThresholdSpec[];
 }
 
 /**
@@ -106,4 +107,27 @@ export function pgArray(values: readonly (string | null)[]): string {
     else out += `"${value.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
   }
   return `${out}}`;
+}
+
+/**
+ * Rows grouped per org, in order of creation: an org's few rows (a meter or two, an hour or two) are
+ * scanned in place, so merging thousands of entries builds no composed key string per entry.
+ */
+export class PerOrg<T> {
+  private readonly byOrg = new Map<string, T[]>();
+  readonly all: T[] = [];
+
+  /** The org's row that `same` picks, created by `create` when it has none. */
+  get(orgId: string, same: (row: T) => boolean, create: () => T): T {
+    let rows = this.byOrg.get(orgId);
+    if (rows === undefined) {
+      rows = [];
+      this.byOrg.set(orgId, rows);
+    }
+    for (const row of rows) if (same(row)) return row;
+    const row = create();
+    rows.push(row);
+    this.all.push(row);
+    return row;
+  }
 }

@@ -3,6 +3,7 @@ import type { DatabaseHandle } from "../../db/client.js";
 import type { Logger } from "../../lib/logger.js";
 import {
   type PeriodDelta,
+  PerOrg,
   periodTotalsAndThresholds,
   ROLLUP_MERGE,
   type ThresholdMark,
@@ -283,25 +284,23 @@ interface RollupRow {
  * precision here.
  */
 function mergeRollups(usage: ConsumedUsage[]): RollupRow[] {
-  const merged = new Map<
-    string,
-    {
-      orgId: string;
-      meter: string;
-      periodStartMs: number;
-      bucketMs: number;
-      count: ExactSum;
-      sum: ExactSum;
-      /** Σ sum × (at − bucket start), ms; Σ sum × at = this + bucket start × Σ sum. */
-      sumOffset: ExactSum;
-    }
-  >();
+  interface Row {
+    orgId: string;
+    meter: string;
+    periodStartMs: number;
+    bucketMs: number;
+    count: ExactSum;
+    sum: ExactSum;
+    /** Σ sum × (at − bucket start), ms; Σ sum × at = this + bucket start × Σ sum. */
+    sumOffset: ExactSum;
+  }
+  const rows = new PerOrg<Row>();
   for (const u of usage) {
     const bucketMs = Math.floor(u.atMs / HOUR_MS) * HOUR_MS;
-    const id = `${u.orgId}\u0000${u.meter}\u0000${u.periodStartMs}\u0000${bucketMs}`;
-    let row = merged.get(id);
-    if (!row) {
-      row = {
+    const row = rows.get(
+      u.orgId,
+      (r) => r.bucketMs === bucketMs && r.meter === u.meter && r.periodStartMs === u.periodStartMs,
+      () => ({
         orgId: u.orgId,
         meter: u.meter,
         periodStartMs: u.periodStartMs,
@@ -309,9 +308,8 @@ function mergeRollups(usage: ConsumedUsage[]): RollupRow[] {
         count: new ExactSum(),
         sum: new ExactSum(),
         sumOffset: new ExactSum(),
-      };
-      merged.set(id, row);
-    }
+      }),
+    );
     row.count.addText(u.count);
     const sum = row.sum.addText(u.sum);
     const offset = u.atMs - bucketMs;
@@ -319,7 +317,7 @@ function mergeRollups(usage: ConsumedUsage[]): RollupRow[] {
     if (product !== undefined && Number.isSafeInteger(product)) row.sumOffset.add(product);
     else row.sumOffset.addBig(BigInt(sum) * BigInt(offset));
   }
-  return [...merged.values()].map((r) => {
+  return rows.all.map((r) => {
     const sum = r.sum.value();
     return {
       orgId: r.orgId,
@@ -333,7 +331,32 @@ function mergeRollups(usage: ConsumedUsage[]): RollupRow[] {
   });
 }
 
-const SMALL_DECIMAL = /^(\d{1,9})(?:\.(\d{1,6}))?$/;
+/**
+ * A decimal text of at most 9 integer and 6 fractional digits (no sign) in micro-units, or undefined
+ * for anything else: read digit by digit, without a regex match per entry.
+ */
+export function smallMicros(text: string): number | undefined {
+  const length = text.length;
+  let whole = 0;
+  let i = 0;
+  for (; i < length; i++) {
+    const digit = text.charCodeAt(i) - 48;
+    if (digit < 0 || digit > 9) break;
+    whole = whole * 10 + digit;
+  }
+  if (i === 0 || i > 9) return undefined;
+  if (i === length) return whole * 1_000_000;
+  if (text.charCodeAt(i) !== 46 /* . */) return undefined;
+  let fraction = 0;
+  let digits = 0;
+  for (i++; i < length; i++, digits++) {
+    const digit = text.charCodeAt(i) - 48;
+    if (digit < 0 || digit > 9) return undefined;
+    fraction = fraction * 10 + digit;
+  }
+  if (digits === 0 || digits > 6) return undefined;
+  return whole * 1_000_000 + fraction * 10 ** (6 - digits);
+}
 
 /**
  * An exact sum of micro-units: added as plain numbers while it stays a safe integer (the common
@@ -346,15 +369,13 @@ class ExactSum {
 
   /** Adds a decimal text (≤ 6 decimals) in micro-units; returns what it added, as a number when safe. */
   addText(text: string): number | bigint {
-    const match = SMALL_DECIMAL.exec(text);
-    if (!match) {
-      const micros = toMicros(text);
-      this.addBig(micros);
-      return micros;
+    const small = smallMicros(text);
+    if (small !== undefined) {
+      this.add(small);
+      return small;
     }
-    const fraction = match[2];
-    const micros = Number(match[1]) * 1_000_000 + (fraction ? Number(fraction.padEnd(6, "0")) : 0);
-    this.add(micros);
+    const micros = toMicros(text);
+    this.addBig(micros);
     return micros;
   }
 
@@ -394,24 +415,31 @@ interface PeriodKey {
 
 /** One row per (org, meter, period), sorted; the delta summed exactly (micro-units). */
 function mergePeriods(usage: ConsumedUsage[]) {
-  const merged = new Map<string, { key: PeriodKey; micros: ExactSum; specs: Map<string, ThresholdSpec> }>();
+  interface Entry {
+    id: string;
+    key: PeriodKey;
+    micros: ExactSum;
+    specs: Map<string, ThresholdSpec>;
+  }
+  const entries = new PerOrg<Entry>();
   for (const u of usage) {
-    const id = `${u.orgId}\u0000${u.meter}\u0000${u.periodStartMs}`;
-    let entry = merged.get(id);
-    if (!entry) {
-      entry = {
+    const entry = entries.get(
+      u.orgId,
+      (e) => e.key.meter === u.meter && e.key.periodStartMs === u.periodStartMs,
+      () => ({
+        // The lock order: rows sorted by this.
+        id: `${u.orgId}\u0000${u.meter}\u0000${u.periodStartMs}`,
         key: { orgId: u.orgId, meter: u.meter, periodStartMs: u.periodStartMs },
         micros: new ExactSum(),
         specs: new Map(),
-      };
-      merged.set(id, entry);
-    }
+      }),
+    );
     entry.micros.addText(u.quantity);
     for (const spec of u.thresholds) entry.specs.set(spec.feature, spec);
   }
-  return [...merged.entries()]
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([, e]) => ({ key: e.key, delta: microsToText(e.micros.value()), specs: e.specs }));
+  return entries.all
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    .map((e) => ({ key: e.key, delta: microsToText(e.micros.value()), specs: e.specs }));
 }
 
 /**
