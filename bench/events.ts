@@ -27,7 +27,7 @@ import { operatorHeaders, tollgateWithOrgs } from "./lib/tollgate.js";
 const duration = numberEnv("BENCH_SECONDS", 10);
 const connections = numberEnv("BENCH_EVENTS_CONNECTIONS", 8);
 const orgCount = numberEnv("BENCH_ORGS", 20);
-const rounds = numberEnv("BENCH_ROUNDS", 3);
+const rounds = numberEnv("BENCH_ROUNDS", 5);
 const BATCH = 1000;
 const baselineIndexes = process.env.BENCH_BASELINE_INDEXES === "1";
 const profileDir = process.env.BENCH_PROFILE || undefined;
