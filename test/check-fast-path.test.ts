@@ -208,6 +208,31 @@ describe.each(appModes)("the /v1/check fast path ($name)", (mode) => {
     }
   }, 60_000);
 
+  it("writes an answer's fields in the documented order, allowed or denied, on both paths", async () => {
+    const created = await t.call("POST", "/v1/orgs", { auth: "operator", body: { name: "Order" } });
+    const org = created.body.id as string;
+    const send = (body: unknown) =>
+      Promise.all([
+        fetch(`${url}/v1/check`, { method: "POST", headers: operator, body: JSON.stringify(body) }),
+        t.app.request("/v1/check", { method: "POST", headers: operator, body: JSON.stringify(body) }),
+      ]);
+    const allowedKeys = ["allowed", "feature", "type", "limit", "used", "remaining", "resets_at"];
+    // A denial lists the feature's state first, then the verdict, the reason and where to upgrade.
+    const deniedKeys = [...allowedKeys.slice(1), "allowed", "reason", "upgrade_url", "upgrade_plan"];
+    for (const [body, keys] of [
+      [{ org_id: org, feature: "kolekts" }, allowedKeys],
+      [{ org_id: org, feature: "kolekts", amount: 1000 }, deniedKeys],
+    ] as const) {
+      for (const res of await send(body)) {
+        const text = await res.text();
+        expect(res.status, text).toBe(200);
+        const parsed = JSON.parse(text);
+        expect(Object.keys(parsed)).toEqual(keys);
+        expect(text).toBe(JSON.stringify(parsed));
+      }
+    }
+  });
+
   it("leaves a request that repeats its credentials or media type to Hono, which refuses it", async () => {
     const post = (headers: Record<string, string | string[]>) =>
       new Promise<number>((resolve, reject) => {

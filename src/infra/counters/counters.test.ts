@@ -382,6 +382,35 @@ describe.each(twins)("$name counter store journals", (twin) => {
     expect(await store.get([key])).toEqual([0]);
   });
 
+  it("decides each append of calls made together on its own, whatever the others' journals", async () => {
+    // Made in one turn of the event loop: with Redis, one script invocation for all of them.
+    const journal = name("j-together");
+    const key = name("k-together");
+    await store.openJournal(journal, 1);
+    await store.seed(key, 0, 3600);
+    const now = Date.now();
+    const to = (j: string, seq: number) => ({ journal: { journal: j, seq, data: `${j}:${seq}` } });
+    const results = await Promise.allSettled([
+      store.apply([counter(key, 1, null)], now, to(name("never-opened"), 1)),
+      store.apply([counter(key, 1, null)], now, to(journal, 1)),
+      store.apply([counter(key, 1, null)], now, to(name("never-opened"), 2)),
+      store.apply([counter(key, 1, null)], now, to(journal, 1)), // not above the last: fails alone
+      store.apply([counter(key, 1, null)], now, to(journal, 2)),
+    ]);
+    expect(results.map((r) => (r.status === "fulfilled" ? r.value.status : "rejected"))).toEqual([
+      "unjournaled",
+      "done",
+      "unjournaled",
+      "rejected",
+      "done",
+    ]);
+    expect(await store.readJournal(journal, 0, 10)).toEqual([
+      { seq: 1, data: `${journal}:1` },
+      { seq: 2, data: `${journal}:2` },
+    ]);
+    expect(await store.get([key])).toEqual([2]);
+  });
+
   it("trims, deletes, seals and drops", async () => {
     const journal = name("j");
     const key = name("k");

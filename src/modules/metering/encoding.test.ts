@@ -60,6 +60,8 @@ describe("smallMicros", () => {
       "123.456",
       "999999999.999999",
       "00012.10",
+      "000000000.000001",
+      "0.000000",
     ]) {
       expect(smallMicros(text), text).toBe(Number(toMicros(text)));
     }

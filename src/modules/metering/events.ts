@@ -351,13 +351,13 @@ async function commitEvents(deps: Deps, events: ValidEvent[]): Promise<ValidEven
   // Which events were new (not replays), by their place in the batch: only when some were not.
   const { fresh, positions } = rows[0] ?? { fresh: 0, positions: null };
   if (fresh === events.length) return events;
-  const stored = new Set(positions ?? []);
+  const stored = new Set((positions ?? []).map(Number));
   return events.filter((e) => stored.has(e.index));
 }
 
 /** The first field of an event that is not one of EVENT_FIELDS. */
 function unknownField(event: Record<string, unknown>): string | undefined {
-  for (const key in event) if (!EVENT_FIELDS.has(key)) return key;
+  for (const key of Object.keys(event)) if (!EVENT_FIELDS.has(key)) return key;
   return undefined;
 }
 

@@ -124,7 +124,8 @@ export class PerOrg<T> {
       rows = [];
       this.byOrg.set(orgId, rows);
     }
-    for (const row of rows) if (same(row)) return row;
+    // Newest first: entries arrive roughly in time order, so the row they add to is usually the last.
+    for (let i = rows.length - 1; i >= 0; i--) if (same(rows[i] as T)) return rows[i] as T;
     const row = create();
     rows.push(row);
     this.all.push(row);
