@@ -9,7 +9,7 @@ import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { catalogIndex, type Grant, grantOf } from "./features.js";
 import { createUsageJournal, type UsageJournal } from "./journal.js";
 import { allocationKey, meterCounterKey, rateKey } from "./keys.js";
-import { type ThresholdSpec, textArray } from "./ledger.js";
+import { isoCache, type ThresholdSpec, textArray } from "./ledger.js";
 import {
   decimalPlaces,
   microsToText,
@@ -657,18 +657,8 @@ function rateRemaining(rate: RateOutcome, cost: number, applied: boolean, storeA
   return rate.remaining + cost;
 }
 
-/** ISO texts of recent instants (period ends: one per org and period), so a check formats none. */
-const isoTexts = new Map<number, string>();
-
-function isoOf(ms: number): string {
-  let text = isoTexts.get(ms);
-  if (text === undefined) {
-    if (isoTexts.size >= 10_000) isoTexts.clear();
-    text = new Date(ms).toISOString();
-    isoTexts.set(ms, text);
-  }
-  return text;
-}
+/** Period ends as ISO text (one per org and period), so a check formats none. */
+const isoOf = isoCache(10_000);
 
 function roundTo(value: number, scale: number): number {
   return scale === 1 ? value : Math.round(value * scale) / scale;

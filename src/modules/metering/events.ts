@@ -7,7 +7,14 @@ import { type OrgPlan, orgPlan } from "../plans/subscriptions.js";
 import { markStale, meterCounterTtl } from "./check.js";
 import { catalogIndex, grantOf } from "./features.js";
 import { meterCounterKey } from "./keys.js";
-import { PerOrg, periodTotalsAndThresholds, ROLLUP_MERGE, type ThresholdMark, textArray } from "./ledger.js";
+import {
+  isoCache,
+  PerOrg,
+  periodTotalsAndThresholds,
+  ROLLUP_MERGE,
+  type ThresholdMark,
+  textArray,
+} from "./ledger.js";
 import { decimalPlaces, toDecimalText, toMicros } from "./quantities.js";
 
 /**
@@ -265,9 +272,12 @@ export async function ingestEvents(deps: Deps, raw: unknown[]): Promise<IngestRe
   valid.sort((a, b) =>
     a.orgId < b.orgId ? -1 : a.orgId > b.orgId ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0,
   );
+  // Grouped once: the thresholds the batch may cross, and (when every event was new, as usual) the
+  // counter increments.
+  const groups = meterGroups(valid);
   let accepted: ValidEvent[];
   try {
-    accepted = await commitEvents(deps, valid);
+    accepted = await commitEvents(deps, valid, groups);
   } catch (error) {
     // Every value was validated above, so a failure here is the database's, and nothing was written.
     deps.logger.error({ err: error, events: valid.length }, "recording events failed");
@@ -276,7 +286,7 @@ export async function ingestEvents(deps: Deps, raw: unknown[]): Promise<IngestRe
       "The events could not be recorded, and none of this batch was. Send it again: replays are safe.",
     );
   }
-  await addToCounters(deps, accepted, nowMs);
+  await addToCounters(deps, accepted === valid ? groups : meterGroups(accepted), nowMs);
   return { accepted: accepted.length, duplicates: duplicates + valid.length - accepted.length, rejected };
 }
 
@@ -286,19 +296,11 @@ function nextPeriodEnd(org: OrgPlan, atMs: number): number {
 }
 
 /** Inserts the events and everything derived from them in one transaction; returns the new ones. */
-async function commitEvents(deps: Deps, events: ValidEvent[]): Promise<ValidEvent[]> {
+async function commitEvents(deps: Deps, events: ValidEvent[], groups: MeterGroup[]): Promise<ValidEvent[]> {
   const iso = (ms: number) => new Date(ms).toISOString();
   // Period starts repeat across a batch: converted once each.
-  const periodIso = new Map<number, string>();
-  const periodOf = (ms: number) => {
-    let text = periodIso.get(ms);
-    if (text === undefined) {
-      text = iso(ms);
-      periodIso.set(ms, text);
-    }
-    return text;
-  };
-  const marks = thresholdMarks(deps, events);
+  const periodOf = isoCache();
+  const marks = thresholdMarks(deps, groups);
   // One statement: events, rollups, unique values, period totals and the thresholds they cross are
   // committed together, and the rows locked here are released as soon as it ends.
   const rows = await deps.database.query<{ fresh: number; positions: number[] | null }>(
@@ -381,10 +383,10 @@ function quantityOf(e: ValidEvent): string | null {
  * The thresholds each (org, meter, period) of the batch could cross: those of the metered features
  * on the meter, as the org's plan sets them.
  */
-function thresholdMarks(deps: Deps, events: ValidEvent[]) {
+function thresholdMarks(deps: Deps, groups: MeterGroup[]) {
   const index = catalogIndex(deps.catalog);
   const marks: ThresholdMark[] = [];
-  for (const group of meterGroups(events, false)) {
+  for (const group of groups) {
     const { orgId, org, meter, periodStartMs } = group;
     for (const feature of index.meteredByMeter.get(meter.key) ?? []) {
       const grant = grantOf(deps.catalog, org.plan, feature);
@@ -411,12 +413,12 @@ interface MeterGroup {
   meter: Meter;
   periodStartMs: number;
   periodEndMs: number;
-  /** Whole units (count meters) or micro-units (sum meters); with `withUnits` only. */
+  /** Whole units (count meters) or micro-units (sum meters). */
   units: number;
 }
 
 /** Events of count and sum meters grouped by org, meter and period, in order of first appearance. */
-function meterGroups(events: ValidEvent[], withUnits: boolean): MeterGroup[] {
+function meterGroups(events: ValidEvent[]): MeterGroup[] {
   const groups = new PerOrg<MeterGroup>();
   for (const e of events) {
     const aggregation = e.meter.aggregation;
@@ -433,14 +435,14 @@ function meterGroups(events: ValidEvent[], withUnits: boolean): MeterGroup[] {
         units: 0,
       }),
     );
-    if (withUnits) group.units += aggregation === "count" ? 1 : Number(toMicros(e.value));
+    group.units += aggregation === "count" ? 1 : Number(toMicros(e.value));
   }
   return groups.all;
 }
 
 /** Adds committed usage to the counters the store holds (absent ones are seeded from Postgres later). */
-async function addToCounters(deps: Deps, events: ValidEvent[], nowMs: number): Promise<void> {
-  const increments = meterGroups(events, true).map((g) => ({
+async function addToCounters(deps: Deps, groups: MeterGroup[], nowMs: number): Promise<void> {
+  const increments = groups.map((g) => ({
     key: meterCounterKey(g.orgId, g.meter.key, g.periodStartMs),
     amount: g.units,
     ttlSeconds: meterCounterTtl(g.periodEndMs, nowMs),

@@ -132,3 +132,20 @@ export class PerOrg<T> {
     return row;
   }
 }
+
+/**
+ * ISO texts of instants, each formatted once: per statement (a batch has few distinct hours and
+ * periods), or kept by a module with `max` (emptied when it reaches that many).
+ */
+export function isoCache(max = Number.POSITIVE_INFINITY): (ms: number) => string {
+  const cache = new Map<number, string>();
+  return (ms) => {
+    let text = cache.get(ms);
+    if (text === undefined) {
+      if (cache.size >= max) cache.clear();
+      text = new Date(ms).toISOString();
+      cache.set(ms, text);
+    }
+    return text;
+  };
+}

@@ -2,6 +2,7 @@ import { sql } from "drizzle-orm";
 import type { DatabaseHandle } from "../../db/client.js";
 import type { Logger } from "../../lib/logger.js";
 import {
+  isoCache,
   type PeriodDelta,
   PerOrg,
   periodTotalsAndThresholds,
@@ -248,19 +249,6 @@ async function commitStatement(
     { name: guard ? "tollgate_commit_journal" : "tollgate_commit_usage" },
   );
   return Number(row?.done) === 1;
-}
-
-/** ISO timestamps, each computed once per statement (a batch has few distinct hours and periods). */
-function isoCache(): (ms: number) => string {
-  const cache = new Map<number, string>();
-  return (ms) => {
-    let text = cache.get(ms);
-    if (text === undefined) {
-      text = new Date(ms).toISOString();
-      cache.set(ms, text);
-    }
-    return text;
-  };
 }
 
 const HOUR_MS = 3_600_000;
