@@ -14,18 +14,68 @@ import type { Schemas, TrackEvent, TrackOptions, TrackProblem, UsageEvent } from
  * reported to `onError`).
  *
  * The queue holds each event as its JSON text, made once when it is tracked, in chunks of at most a
- * batch: a batch is sent as the chunk's texts joined, and a queue that grew while Tollgate was slow
- * (hundreds of thousands of events) costs the app's garbage collector one string per event rather
- * than a few objects, and taking a batch off its front costs the same as with ten events queued.
+ * batch; a chunk that is full is joined at once into the body it will be sent as. So a queue that
+ * grew while Tollgate was slow (hundreds of thousands of events) is one string per batch for the
+ * app's garbage collector, not one per event that each young-generation collection copies until it
+ * is promoted, and taking a batch off its front costs the same as with ten events queued.
  */
 
 /** The API's batch limit. */
 export const MAX_BATCH = 1000;
 
-/** Events with consecutive sequence numbers (`first`, `first + 1`, …), each as its JSON text. */
+/**
+ * Events with consecutive sequence numbers (`first`, `first + 1`, …): while the chunk fills, each
+ * as its JSON text in `events`; once full, `joined` (see {@link seal}) and `events` empty. The rare
+ * paths that need single events (part of a chunk, a 413 split, a report) go through {@link textsOf}.
+ */
 interface Chunk {
   first: number;
   events: string[];
+  joined?: Joined;
+}
+
+/** A full chunk's texts joined with commas, and where each ends in `text`. */
+interface Joined {
+  text: string;
+  ends: Uint32Array;
+}
+
+/** Joins a full chunk's texts: from then on the chunk is one string (and its ends). */
+function seal(chunk: Chunk): void {
+  const { events } = chunk;
+  const ends = new Uint32Array(events.length);
+  let at = -1;
+  for (let i = 0; i < events.length; i++) {
+    at += (events[i] as string).length + 1;
+    ends[i] = at;
+  }
+  chunk.joined = { text: chunk.events.join(","), ends };
+  chunk.events = [];
+}
+
+/** Events in a chunk. */
+function sizeOf(chunk: Chunk): number {
+  return chunk.joined ? chunk.joined.ends.length : chunk.events.length;
+}
+
+/** A chunk's texts one by one, the chunk unsealed for good (the rare paths that change a chunk). */
+function textsOf(chunk: Chunk): string[] {
+  const joined = chunk.joined;
+  if (joined !== undefined) {
+    let start = 0;
+    chunk.events = Array.from(joined.ends, (end) => {
+      const text = joined.text.slice(start, end);
+      start = end + 1;
+      return text;
+    });
+    chunk.joined = undefined;
+  }
+  return chunk.events;
+}
+
+/** The events of a chunk as `POST /v1/events` takes them: the same body as `{ events: [...] }` serialized. */
+function bodyOf(chunk: Chunk): JsonText {
+  return new JsonText(`{"events":[${chunk.joined ? chunk.joined.text : chunk.events.join(",")}]}`);
 }
 
 /** What a flush achieved. */
@@ -166,12 +216,16 @@ export class Tracker {
     const last = this.chunks[this.chunks.length - 1];
     if (
       last !== undefined &&
+      last.joined === undefined &&
       last.events.length < this.batchSize &&
       last.first + last.events.length === seq
     ) {
       last.events.push(text);
+      if (last.events.length === this.batchSize) seal(last);
     } else {
-      this.chunks.push({ first: seq, events: [text] });
+      const chunk = { first: seq, events: [text] };
+      if (this.batchSize === 1) seal(chunk);
+      this.chunks.push(chunk);
     }
     this.queued++;
   }
@@ -188,14 +242,15 @@ export class Tracker {
   private take(target: number): Chunk | undefined {
     const head = this.chunks[0];
     if (head === undefined || head.first > target) return undefined;
-    const n = Math.min(head.events.length, this.batchSize, target - head.first + 1);
+    const n = Math.min(sizeOf(head), this.batchSize, target - head.first + 1);
     this.queued -= n;
-    if (n === head.events.length) {
+    if (n === sizeOf(head)) {
       this.chunks.shift();
       return head;
     }
-    const batch = { first: head.first, events: head.events.slice(0, n) };
-    head.events = head.events.slice(n);
+    const texts = textsOf(head);
+    const batch = { first: head.first, events: texts.slice(0, n) };
+    head.events = texts.slice(n);
     head.first += n;
     return batch;
   }
@@ -225,7 +280,7 @@ export class Tracker {
     let pending = 0;
     for (const chunk of this.chunks) {
       if (chunk.first > target) break;
-      pending += Math.min(chunk.events.length, target - chunk.first + 1);
+      pending += Math.min(sizeOf(chunk), target - chunk.first + 1);
     }
     return { pending };
   }
@@ -293,33 +348,33 @@ export class Tracker {
         const answer = await this.transport.send<Schemas["EventsAccepted"]>(
           "POST",
           "/v1/events",
-          // The events' own texts joined: the same body as `{ events: [...] }` serialized.
-          new JsonText(`{"events":[${batch.events.join(",")}]}`),
+          bodyOf(batch),
           this.timeoutMs,
         );
         this.accepted(batch, answer.body);
         return undefined;
       } catch (error) {
         if (error instanceof TollgateError) {
-          if (error.status === 413 && batch.events.length > 1) {
-            const half = Math.ceil(batch.events.length / 2);
-            const second = { first: batch.first + half, events: batch.events.slice(half) };
-            const left = await this.deliver({ first: batch.first, events: batch.events.slice(0, half) });
-            if (left !== undefined) return { first: left.first, events: left.events.concat(second.events) };
+          if (error.status === 413 && sizeOf(batch) > 1) {
+            const texts = textsOf(batch);
+            const half = Math.ceil(texts.length / 2);
+            const second = { first: batch.first + half, events: texts.slice(half) };
+            const left = await this.deliver({ first: batch.first, events: texts.slice(0, half) });
+            if (left !== undefined) return { first: left.first, events: textsOf(left).concat(second.events) };
             return this.deliver(second);
           }
           if (error.status === 401 || error.status === 403) {
             // The operator key is wrong: keep the events (a fixed deployment may still send them).
-            this.report({ kind: "retrying", events: parsed(batch.events), error });
+            this.report({ kind: "retrying", events: parsed(textsOf(batch)), error });
             return batch;
           }
-          this.counters.dropped += batch.events.length;
-          this.report({ kind: "dropped", reason: "refused", events: parsed(batch.events), error });
+          this.counters.dropped += sizeOf(batch);
+          this.report({ kind: "dropped", reason: "refused", events: parsed(textsOf(batch)), error });
           return undefined;
         }
         if (!(error instanceof TollgateUnavailableError) || attempt >= this.maxAttempts) {
           const reason = error instanceof Error ? error : new Error(messageOf(error));
-          this.report({ kind: "retrying", events: parsed(batch.events), error: reason });
+          this.report({ kind: "retrying", events: parsed(textsOf(batch)), error: reason });
           return batch;
         }
         await this.sleep(this.backoff(attempt, error.retryAfterMs));
@@ -333,8 +388,9 @@ export class Tracker {
     const rejected = body?.rejected ?? [];
     if (rejected.length === 0) return;
     this.counters.rejected += rejected.length;
+    const texts = textsOf(batch);
     const events = rejected.flatMap((r) => {
-      const text = batch.events[r.index];
+      const text = texts[r.index];
       return text === undefined
         ? []
         : [{ ...(JSON.parse(text) as UsageEvent), code: r.code, detail: r.detail }];
@@ -344,9 +400,9 @@ export class Tracker {
 
   /** Back to the front of the queue, in order, with the same ids. */
   private requeue(batch: Chunk): void {
-    if (batch.events.length === 0) return;
+    if (sizeOf(batch) === 0) return;
     this.chunks.unshift(batch);
-    this.queued += batch.events.length;
+    this.queued += sizeOf(batch);
     this.trim();
   }
 
@@ -357,12 +413,13 @@ export class Tracker {
     const dropped: string[] = [];
     while (excess > 0) {
       const head = this.chunks[0] as Chunk;
-      const n = Math.min(excess, head.events.length);
-      if (n === head.events.length) {
+      const texts = textsOf(head);
+      const n = Math.min(excess, texts.length);
+      if (n === texts.length) {
         this.chunks.shift();
-        for (const text of head.events) dropped.push(text);
+        for (const text of texts) dropped.push(text);
       } else {
-        for (const text of head.events.splice(0, n)) dropped.push(text);
+        for (const text of texts.splice(0, n)) dropped.push(text);
         head.first += n;
       }
       excess -= n;

@@ -390,6 +390,102 @@ describe("a Tollgate that answers errors", () => {
   });
 });
 
+/**
+ * A chunk of the queue that fills up is joined at once into its batch's body (tracker.ts): the
+ * paths that need single events of such a chunk — part of it sent, part of it dropped, one of its
+ * events rejected — must find exactly the events tracked, whatever their JSON holds.
+ */
+describe("full batches waiting in the queue", () => {
+  /** Properties whose JSON holds the characters a naive split would trip on. */
+  const tricky = (i: number) => ({ note: `a, "b"], {c}: ${i}`, text: "émoji 🎉 \u0000 ,", i });
+
+  it("reports the exact event Tollgate rejected out of a full batch", async () => {
+    const problems: TrackProblem[] = [];
+    handler = (req, body, res) => {
+      const events = (JSON.parse(body) as { events: unknown[] }).events;
+      json(202, {
+        accepted: events.length - 1,
+        duplicates: 0,
+        rejected: [{ index: 2, code: "invalid_value", detail: "no" }],
+      })(req, body, res);
+    };
+    const tollgate = tracking({ batchSize: 4 }, problems);
+    const ids = [0, 1, 2, 3].map((i) =>
+      tollgate.track({ orgId: "org_1", meter: "api_calls", properties: tricky(i) }),
+    );
+    expect(await tollgate.flush()).toEqual({ pending: 0 });
+    expect(problems).toEqual([
+      {
+        kind: "rejected",
+        events: [
+          expect.objectContaining({
+            id: ids[2],
+            properties: tricky(2),
+            code: "invalid_value",
+            detail: "no",
+          }),
+        ],
+      },
+    ]);
+    expect(JSON.parse(received.at(-1)?.body ?? "").events.map((e: { id: string }) => e.id)).toEqual(ids);
+  });
+
+  it("drops the oldest events of a full batch when the queue is full, and sends the rest intact", async () => {
+    handler = unavailable;
+    const problems: TrackProblem[] = [];
+    const tollgate = tracking({ batchSize: 4, maxQueue: 7, maxAttempts: 1 }, problems);
+    // The first four fill a batch, which starts a delivery that fails and comes back to the queue.
+    const ids = Array.from({ length: 9 }, (_, i) =>
+      tollgate.track({ orgId: "org_1", meter: "api_calls", properties: tricky(i) }),
+    );
+    await tollgate.flush();
+    const dropped = problems.flatMap((p) => (p.kind === "dropped" ? p.events : []));
+    expect(dropped.map((e) => e.id).sort()).toEqual(ids.slice(0, 2).sort());
+    expect(dropped.map((e) => e.properties).sort((a, b) => Number(a?.i) - Number(b?.i))).toEqual([
+      tricky(0),
+      tricky(1),
+    ]);
+    handler = acceptAll;
+    received.length = 0;
+    expect(await tollgate.flush()).toEqual({ pending: 0 });
+    const sent = received.flatMap((r) => JSON.parse(r.body).events);
+    expect(sent.map((e: { id: string }) => e.id)).toEqual(ids.slice(2));
+    expect(sent.map((e: { properties: unknown }) => e.properties)).toEqual([2, 3, 4, 5, 6, 7, 8].map(tricky));
+    expect(tollgate.stats).toMatchObject({ tracked: 9, dropped: 2, queued: 0 });
+  });
+
+  it("sends only its own part of a batch that filled up while a flush waited", async () => {
+    let release: () => void = () => {};
+    handler = (req, body, res) => {
+      if (received.length === 1) release = () => acceptAll(req, body, res);
+      else acceptAll(req, body, res);
+    };
+    received.length = 0;
+    const tollgate = tracking({ batchSize: 4 });
+    const track = (i: number) =>
+      tollgate.track({ orgId: "org_1", meter: "api_calls", properties: tricky(i) });
+    const ids = [track(0), track(1)];
+    const first = tollgate.flush(); // its delivery is held by the server
+    await until(() => received.length === 1);
+    ids.push(track(2), track(3));
+    const second = tollgate.flush(); // up to the fourth event
+    ids.push(track(4), track(5)); // the batch of the third to the sixth is full now
+    release();
+    expect(await first).toEqual({ pending: 0 });
+    expect(await second).toEqual({ pending: 0 });
+    const bodies = received.map((r) => JSON.parse(r.body).events);
+    expect(bodies.map((events) => events.map((e: { id: string }) => e.id))).toEqual([
+      ids.slice(0, 2),
+      ids.slice(2, 4),
+    ]);
+    expect(tollgate.stats).toMatchObject({ tracked: 6, accepted: 4, queued: 2 });
+    expect(await tollgate.flush()).toEqual({ pending: 0 });
+    const last = JSON.parse(received.at(-1)?.body ?? "").events;
+    expect(last.map((e: { id: string }) => e.id)).toEqual(ids.slice(4));
+    expect(last.map((e: { properties: unknown }) => e.properties)).toEqual([tricky(4), tricky(5)]);
+  });
+});
+
 describe("webhooks", () => {
   const secret = `whsec_${btoa("0123456789abcdef0123456789abcdef")}`;
   const sign = (body: string, id = "msg_1", at = new Date()) => {
