@@ -37,7 +37,9 @@ import { operatorHeaders, tollgateWithOrgs } from "./lib/tollgate.js";
  * Run: npm run bench:check   (DATABASE_URL, REDIS_URL, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_ORGS,
  *      BENCH_ROUNDS, BENCH_RATE_SLICES, BENCH_QUIET_WAIT, BENCH_PROFILE=<dir> to profile the server
  *      with --cpu-prof, then `npx tsx bench/profile-summary.ts <dir>`; BENCH_DRY_RUN=1 for checks that
- *      only ask — nothing to commit; TOLLGATE_CHECK_ACK=journal|commit for the server's ack mode)
+ *      only ask — nothing to commit; TOLLGATE_CHECK_ACK=journal|commit for the server's ack mode;
+ *      BENCH_NODE_ARGS="--perf-basic-prof" passes flags to the server's node, e.g. to read a
+ *      `perf record` of its workers: docs/benchmarks.md)
  */
 const duration = numberEnv("BENCH_SECONDS", 10);
 const connections = numberEnv("BENCH_CONNECTIONS", 50);

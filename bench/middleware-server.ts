@@ -32,6 +32,7 @@ const client = new Tollgate({
   // Tollgate may be deprioritized during the run (bench/middleware.ts): events then wait here and are
   // delivered when the load stops, none dropped.
   track: { batchSize: 1000, maxQueue: 10_000_000, onError: () => {} },
+  ...(process.env.BENCH_KEY_TTL_MS ? { keyCacheTtlMs: Number(process.env.BENCH_KEY_TTL_MS) } : {}),
   // BENCH_TRANSPORT=fetch: the SDK's requests through fetch, as in edge runtimes, not node:http.
   ...(process.env.BENCH_TRANSPORT === "fetch" ? { fetch: (input, init) => fetch(input, init) } : {}),
 });

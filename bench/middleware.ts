@@ -27,26 +27,37 @@ import { int, loadHeader, loadRow, log, machine, median, numberEnv, waitForQuiet
  * generator, the app and Tollgate share the cores, and Tollgate ingesting the gated route's tens of
  * thousands of events a second takes about a core (embedded storage: ~50 µs an event) — CPU the app
  * or the load generator would lack, which is not the middleware's cost (Tollgate runs on its own
- * hosts in production). So (Linux, `taskset`) the load generator (this process) gets the CPUs but the
- * first to itself, and the app shares CPU 0 with Tollgate, which runs at nice BENCH_TOLLGATE_NICE
- * (default 19, every thread): the app comes first, Tollgate ingests with what is left and catches up
- * once the load stops. The events wait in the app's queue meanwhile (none dropped), and at the end
- * every tracked event must be in Tollgate's usage, counted once. Before each measured run Tollgate is
- * left to go idle (the previous run's events delivered). The cold path, which waits on Tollgate, runs
- * with Tollgate on every CPU at nice 0 (when allowed to raise it back: root). BENCH_PIN=0 and
+ * hosts in production). So:
+ *
+ * - (Linux, `taskset`) the load generator (this process) gets the CPUs but the first to itself, and
+ *   the app gets CPU 0, which it shares only with Tollgate at nice BENCH_TOLLGATE_NICE (default 19,
+ *   every thread).
+ * - The app's SDK talks to Tollgate through a recorder (bench/events-recorder.ts, on the load
+ *   generator's CPUs): key verifications and entitlements go to Tollgate and back, and each batch of
+ *   events is kept and answered at once as Tollgate answers new events. Once a run is over, the
+ *   recorder hands every batch to Tollgate, in order, and Tollgate ingests them before the next run
+ *   starts. The app does all of its own work (tracking, serializing, sending, reading the answers),
+ *   and Tollgate's ingest happens between runs, not on the app's core during them. At the end every
+ *   tracked event must be in Tollgate's usage, counted once.
+ * - BENCH_EVENTS=live sends the events to Tollgate itself during the runs, as before 2026-11-25:
+ *   Tollgate, deprioritized on the app's core, ingests with what the app leaves and falls behind (the
+ *   events wait in the app's queue), and a key verification that it answers late holds the app's
+ *   requests behind it. That measures how the machine is shared as much as the middleware.
+ *
+ * Before each measured run Tollgate is left to go idle (the previous run's events delivered). The
+ * cold path, which waits on Tollgate, runs with Tollgate on every CPU at nice 0 (when allowed to raise
+ * it back: root); in the recorded mode its requests pass through the recorder too. BENCH_PIN=0 and
  * BENCH_TOLLGATE_NICE=0 measure the machine shared as it comes.
  *
- * Even so, Tollgate takes a tenth or so of CPU 0 while the gated route runs: whenever the app waits
- * (a key's verdict refreshed every keyCacheTtlMs / 2, answered late by a deprioritized Tollgate, holds
- * the requests behind it), Tollgate runs. So each run also gives the app's CPU per answered request,
- * counted from the start of the load to the delivery of the last event it tracked (the gated
- * route's deliveries included, however late, and a garbage collection at the end): the bare route's
- * over the gated one's is the ratio the app would reach with a core of its own — the middleware's
- * cost, free of how the machine is shared.
+ * Each run also gives the app's CPU per answered request, counted from the start of the load to the
+ * delivery of the last event it tracked (the gated route's deliveries included, and a garbage
+ * collection at the end): the bare route's over the gated one's is the ratio the app would reach
+ * with a core of its own — the middleware's cost, free of how the machine is shared.
  *
  * Run: npm run bench:middleware
  *   (BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_ROUNDS, BENCH_FRAMEWORKS, BENCH_TOLLGATE_NICE, BENCH_PIN;
  *   BENCH_TRANSPORT=fetch sends the SDK's requests through fetch, as in an edge runtime;
+ *   BENCH_KEY_TTL_MS sets the app's keyCacheTtlMs (default the SDK's, 500 ms); BENCH_EVENTS=live;
  *   BENCH_PROFILE=<dir> runs each app with --cpu-prof into that directory, for
  *   `npx tsx bench/profile-summary.ts <dir>`)
  */
@@ -65,6 +76,12 @@ const OPERATOR_KEY = "bench-operator-key-0123456789abcdef";
 const profileDir = process.env.BENCH_PROFILE;
 /** How the app's SDK reaches Tollgate: node:http (its default on Node) or fetch (BENCH_TRANSPORT=fetch). */
 const transport = process.env.BENCH_TRANSPORT === "fetch" ? "fetch" : "node:http";
+/**
+ * Where the app's tracked events go during a measured run: to a recorder that answers at once and
+ * hands them to Tollgate once the run is over (`recorded`, the default), or to Tollgate itself,
+ * deprioritized on the app's core (`live`, BENCH_EVENTS=live).
+ */
+const eventsMode = process.env.BENCH_EVENTS === "live" ? "live" : "recorded";
 
 /** Node's flags for an app that writes a CPU profile when it stops (BENCH_PROFILE). */
 function profileArgs(): string[] {
@@ -243,14 +260,31 @@ async function usageOf(tollgate: Server, org: string, meter: string): Promise<nu
   return usage.series.reduce((sum, point) => sum + Number(point.value), 0);
 }
 
-async function measure(framework: string, tollgate: Server): Promise<Measured> {
+/**
+ * The recorder of the app's events (bench/events-recorder.ts), on the load generator's CPUs, or
+ * none when the events go to Tollgate live.
+ */
+async function startRecorder(tollgate: Server): Promise<Server | undefined> {
+  if (eventsMode === "live") return undefined;
+  const recorder = await spawnServer(
+    ["--import", "tsx", "bench/events-recorder.ts"],
+    { TOLLGATE_URL: tollgate.url },
+    await freePort(),
+  );
+  onCleanup("stop the events recorder", () => recorder.stop());
+  pin(recorder.pid, OTHER_CPUS);
+  return recorder;
+}
+
+async function measure(framework: string, tollgate: Server, recorder: Server | undefined): Promise<Measured> {
   const { org, key } = await newOrg(tollgate, `Bench ${framework}`);
   const app = await spawnServer(
     [...profileArgs(), "--expose-gc", "--import", "tsx", "bench/middleware-server.ts"],
     {
       BENCH_FRAMEWORK: framework,
       BENCH_TRANSPORT: transport,
-      TOLLGATE_URL: tollgate.url,
+      ...(process.env.BENCH_KEY_TTL_MS ? { BENCH_KEY_TTL_MS: process.env.BENCH_KEY_TTL_MS } : {}),
+      TOLLGATE_URL: (recorder ?? tollgate).url,
       TOLLGATE_ADMIN_KEY: OPERATOR_KEY,
     },
     await freePort(),
@@ -272,6 +306,12 @@ async function measure(framework: string, tollgate: Server): Promise<Measured> {
       }
       return stats;
     };
+    /** Hands the recorded events to Tollgate (between runs). */
+    const replay = async (): Promise<void> => {
+      if (!recorder) return;
+      const res = await fetch(`${recorder.url}/replay`, { method: "POST" });
+      if (!res.ok) throw new Error(`${framework}: the recorder could not replay: ${await res.text()}`);
+    };
     /**
      * One measured run, with the app's CPU per answered request (µs): from the start of the load to
      * the delivery of the last event it tracked — the middleware's whole cost, wherever Tollgate's
@@ -280,9 +320,11 @@ async function measure(framework: string, tollgate: Server): Promise<Measured> {
     const measured = async (route: string): Promise<{ result: LoadResult; cpuUs: number }> => {
       for (let attempt = 1; ; attempt++) {
         await drain();
+        await replay();
         await idle(tollgate.pid);
         const before = cpuSeconds(app.pid);
-        const { result, others } = await measuredAlone([tollgate.pid, app.pid, process.pid], async () => {
+        const pids = [tollgate.pid, app.pid, process.pid, recorder?.pid];
+        const { result, others } = await measuredAlone(pids, async () => {
           const answered = await load({
             url: `${app.url}/${route}`,
             headers,
@@ -341,6 +383,7 @@ async function measure(framework: string, tollgate: Server): Promise<Measured> {
       stats = (await (await fetch(`${app.url}/flush`)).json()) as Stats;
       if (stats.flush?.pending === 0) break;
     }
+    await replay();
     const delivered = await usageOf(tollgate, org, "api_calls");
     const sent =
       (stats.sources.tollgate ?? 0) + (stats.sources.cache ?? 0) + (stats.sources["fail-open"] ?? 0);
@@ -363,11 +406,12 @@ await runBenchmark("bench/middleware.ts", 40, async () => {
   pin(tollgate.pid, APP_CPUS);
   pin(process.pid, OTHER_CPUS);
   log(
-    `Tollgate at ${tollgate.url} (embedded), nice ${tollgateNice}; ${pinning ? `the app and Tollgate on CPU ${APP_CPUS}, the load generator on ${OTHER_CPUS}` : "no CPU pinning"}; ${quiet}`,
+    `Tollgate at ${tollgate.url} (embedded), nice ${tollgateNice}; ${pinning ? `the app and Tollgate on CPU ${APP_CPUS}, the load generator on ${OTHER_CPUS}` : "no CPU pinning"}; tracked events ${eventsMode === "live" ? "to Tollgate live" : "recorded, replayed to Tollgate after each run"}; ${quiet}`,
   );
 
   const results: Measured[] = [];
-  for (const framework of frameworks) results.push(await measure(framework, tollgate));
+  const recorder = await startRecorder(tollgate);
+  for (const framework of frameworks) results.push(await measure(framework, tollgate, recorder));
 
   const pick = (list: LoadResult[], ratios: number[]) => {
     // The round whose ratio is the median one.
@@ -376,7 +420,7 @@ await runBenchmark("bench/middleware.ts", 40, async () => {
     return list[Math.max(i, 0)] as LoadResult;
   };
   console.log(
-    `\n@tollgate/sdk middleware vs a bare route, ${connections} connections, ${duration} s each, ${rounds} rounds; the SDK over ${transport}; Tollgate at nice ${tollgateNice}; ${pinning ? `app and Tollgate on CPU ${APP_CPUS}, load generator on ${OTHER_CPUS}` : "no pinning"}; ${machine()}\n`,
+    `\n@tollgate/sdk middleware vs a bare route, ${connections} connections, ${duration} s each, ${rounds} rounds; the SDK over ${transport}; events ${eventsMode === "live" ? "to Tollgate live" : "recorded, replayed after each run"}; Tollgate at nice ${tollgateNice}; ${pinning ? `app and Tollgate on CPU ${APP_CPUS}, load generator on ${OTHER_CPUS}` : "no pinning"}; ${machine()}\n`,
   );
   console.log(
     "| framework | bare req/s | gated (warm) req/s | ratio (median) | each round | app CPU per request, bare → gated | ratio by CPU (median) | cold req/s | cold ratio |",

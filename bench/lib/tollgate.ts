@@ -46,6 +46,8 @@ export async function startTollgate(options: StartOptions): Promise<Tollgate> {
   }
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "tollgate-bench-"));
   const nodeArgs = options.profileDir ? ["--cpu-prof", `--cpu-prof-dir=${options.profileDir}`] : [];
+  // Extra flags for the server's node, e.g. `--perf-basic-prof` to read a `perf record` of it.
+  nodeArgs.push(...(process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean));
   const server = await spawnServer(
     [...nodeArgs, path.join(dir, "bin/tollgate.js"), "start"],
     {
