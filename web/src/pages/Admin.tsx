@@ -2,7 +2,7 @@ import { useEffect, useRef, useState } from "react";
 import uPlot from "uplot";
 import { Loading } from "../App";
 import { api, problemMessage, type Schemas } from "../api/client";
-import { TableWrap } from "../components/TableWrap";
+import { DataTable } from "../components/DataTable";
 import { useChart } from "../components/useChart";
 
 type Metrics = Schemas["RevenueMetrics"];
@@ -71,29 +71,24 @@ export function Admin() {
           {Object.keys(metrics.by_plan).length === 0 ? (
             <p>No paying subscriptions at the end of this window.</p>
           ) : (
-            <TableWrap label="Paying subscriptions by plan">
-              <table className="table">
-                <caption className="visually-hidden">Paying subscriptions by plan</caption>
-                <thead>
-                  <tr>
-                    <th scope="col">Plan</th>
-                    <th scope="col">Subscriptions</th>
-                    <th scope="col">MRR</th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {Object.entries(metrics.by_plan).map(([plan, row]) => (
-                    <tr key={plan}>
-                      <td>{plan}</td>
-                      <td>{row.subscriptions}</td>
-                      <td className="num">
-                        {metrics.currency} {row.mrr}
-                      </td>
-                    </tr>
-                  ))}
-                </tbody>
-              </table>
-            </TableWrap>
+            <DataTable
+              label="Paying subscriptions by plan"
+              rows={Object.entries(metrics.by_plan)}
+              rowKey={([plan]) => plan}
+              columns={[
+                { header: "Plan", cell: ([plan]) => plan },
+                { header: "Subscriptions", cell: ([, row]) => row.subscriptions },
+                {
+                  header: "MRR",
+                  className: "num",
+                  cell: ([, row]) => (
+                    <>
+                      {metrics.currency} {row.mrr}
+                    </>
+                  ),
+                },
+              ]}
+            />
           )}
         </>
       )}

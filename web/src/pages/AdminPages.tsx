@@ -2,8 +2,8 @@ import { useCallback, useEffect, useId, useRef, useState } from "react";
 import { Link, useLocation } from "wouter";
 import { Loading } from "../App";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { DataTable } from "../components/DataTable";
 import { ErrorLine } from "../components/ErrorLine";
-import { TableWrap } from "../components/TableWrap";
 
 /** The operator's pages next to Revenue: orgs, users, the mail outbox, dead jobs, broadcasts. */
 export function AdminNav() {
@@ -127,35 +127,27 @@ export function AdminOrgs() {
       ) : rows.length === 0 ? (
         <p>No organization matches.</p>
       ) : (
-        <TableWrap label="Organizations">
-          <table className="table">
-            <caption className="visually-hidden">Organizations</caption>
-            <thead>
-              <tr>
-                <th scope="col">Name</th>
-                <th scope="col">Plan</th>
-                <th scope="col">Status</th>
-                <th scope="col">Members</th>
-                <th scope="col">Created</th>
-              </tr>
-            </thead>
-            <tbody>
-              {rows.map((org) => (
-                <tr key={org.id}>
-                  <td>
-                    {org.name}
-                    <br />
-                    <code className="muted">{org.id}</code>
-                  </td>
-                  <td>{org.plan ?? "—"}</td>
-                  <td>{org.status ?? "—"}</td>
-                  <td>{org.members}</td>
-                  <td>{org.created_at.slice(0, 10)}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </TableWrap>
+        <DataTable
+          label="Organizations"
+          rows={rows}
+          rowKey={(org) => org.id}
+          columns={[
+            {
+              header: "Name",
+              cell: (org) => (
+                <>
+                  {org.name}
+                  <br />
+                  <code className="muted">{org.id}</code>
+                </>
+              ),
+            },
+            { header: "Plan", cell: (org) => org.plan ?? "—" },
+            { header: "Status", cell: (org) => org.status ?? "—" },
+            { header: "Members", cell: (org) => org.members },
+            { header: "Created", cell: (org) => org.created_at.slice(0, 10) },
+          ]}
+        />
       )}
       {rows && rows.length > 0 && (
         <LoadMore shown={rows.length} hasMore={hasMore} busy={busy} onMore={more} />
@@ -180,33 +172,19 @@ export function AdminUsers() {
       ) : rows.length === 0 ? (
         <p>No user matches.</p>
       ) : (
-        <TableWrap label="Users">
-          <table className="table">
-            <caption className="visually-hidden">Users</caption>
-            <thead>
-              <tr>
-                <th scope="col">Name</th>
-                <th scope="col">E-mail</th>
-                <th scope="col">Verified</th>
-                <th scope="col">Two-factor</th>
-                <th scope="col">Orgs</th>
-                <th scope="col">Created</th>
-              </tr>
-            </thead>
-            <tbody>
-              {rows.map((user) => (
-                <tr key={user.id}>
-                  <td>{user.name}</td>
-                  <td>{user.email}</td>
-                  <td>{user.email_verified ? "yes" : "no"}</td>
-                  <td>{user.two_factor ? "on" : "off"}</td>
-                  <td>{user.orgs}</td>
-                  <td>{user.created_at.slice(0, 10)}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </TableWrap>
+        <DataTable
+          label="Users"
+          rows={rows}
+          rowKey={(user) => user.id}
+          columns={[
+            { header: "Name", cell: (user) => user.name },
+            { header: "E-mail", cell: (user) => user.email },
+            { header: "Verified", cell: (user) => (user.email_verified ? "yes" : "no") },
+            { header: "Two-factor", cell: (user) => (user.two_factor ? "on" : "off") },
+            { header: "Orgs", cell: (user) => user.orgs },
+            { header: "Created", cell: (user) => user.created_at.slice(0, 10) },
+          ]}
+        />
       )}
       {rows && rows.length > 0 && (
         <LoadMore shown={rows.length} hasMore={hasMore} busy={busy} onMore={more} />
@@ -283,41 +261,38 @@ export function AdminJobs() {
       ) : rows.length === 0 ? (
         <p>No dead jobs.</p>
       ) : (
-        <TableWrap label="Dead jobs">
-          <table className="table">
-            <caption className="visually-hidden">Dead jobs</caption>
-            <thead>
-              <tr>
-                <th scope="col">Job</th>
-                <th scope="col">Attempts</th>
-                <th scope="col">Last error</th>
-                <th scope="col">Failed</th>
-                <th scope="col">
-                  <span className="visually-hidden">Actions</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {rows.map((job) => (
-                <tr key={job.id}>
-                  <td>
-                    {job.name}
-                    <br />
-                    <code className="muted">{JSON.stringify(job.payload)}</code>
-                  </td>
-                  <td>{job.attempts}</td>
-                  <td>{job.error}</td>
-                  <td>{job.failed_at ? new Date(job.failed_at).toLocaleString("en") : "—"}</td>
-                  <td>
-                    <button type="button" className="secondary" onClick={() => retry(job)}>
-                      Retry<span className="visually-hidden"> {job.name}</span>
-                    </button>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </TableWrap>
+        <DataTable
+          label="Dead jobs"
+          rows={rows}
+          rowKey={(job) => job.id}
+          columns={[
+            {
+              header: "Job",
+              cell: (job) => (
+                <>
+                  {job.name}
+                  <br />
+                  <code className="muted">{JSON.stringify(job.payload)}</code>
+                </>
+              ),
+            },
+            { header: "Attempts", cell: (job) => job.attempts },
+            { header: "Last error", cell: (job) => job.error },
+            {
+              header: "Failed",
+              cell: (job) => (job.failed_at ? new Date(job.failed_at).toLocaleString("en") : "—"),
+            },
+            {
+              header: "Actions",
+              hideHeader: true,
+              cell: (job) => (
+                <button type="button" className="secondary" onClick={() => retry(job)}>
+                  Retry<span className="visually-hidden"> {job.name}</span>
+                </button>
+              ),
+            },
+          ]}
+        />
       )}
     </>
   );

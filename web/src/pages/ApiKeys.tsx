@@ -2,11 +2,14 @@ import { useCallback, useEffect, useId, useState } from "react";
 import { Loading } from "../App";
 import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { DataTable } from "../components/DataTable";
 import { ErrorLine } from "../components/ErrorLine";
-import { TableWrap } from "../components/TableWrap";
 
 type ApiKey = Schemas["ApiKey"];
 type Scope = Schemas["ApiKeyCreate"]["scopes"][number];
+
+/** Revoked now (a rotated key's old secret is revoked at the end of its grace period). */
+const isRevoked = (key: ApiKey) => key.revoked_at !== null && Date.parse(key.revoked_at) <= Date.now();
 
 const SCOPES: { scope: Scope; label: string }[] = [
   { scope: "usage:read", label: "Read usage" },
@@ -74,51 +77,42 @@ export function ApiKeys({ orgId }: { orgId: string }) {
       ) : keys.length === 0 ? (
         <p>No keys yet.</p>
       ) : (
-        <TableWrap label="API keys">
-          <table className="table">
-            <caption className="visually-hidden">API keys</caption>
-            <thead>
-              <tr>
-                <th scope="col">Name</th>
-                <th scope="col">Key</th>
-                <th scope="col">Scopes</th>
-                <th scope="col">Last used</th>
-                <th scope="col">Status</th>
-                <th scope="col">
-                  <span className="visually-hidden">Actions</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {keys.map((key) => {
-                const revoked = key.revoked_at !== null && Date.parse(key.revoked_at) <= Date.now();
-                return (
-                  <tr key={key.id}>
-                    <td>{key.name}</td>
-                    <td>
-                      <code>{key.prefix}…</code>
-                    </td>
-                    <td>{key.scopes.join(", ")}</td>
-                    <td>{key.last_used_at ? new Date(key.last_used_at).toLocaleString("en") : "never"}</td>
-                    <td>{revoked ? "revoked" : key.replaced_by ? "rotated" : "active"}</td>
-                    <td className="actions">
-                      {canManage && !revoked && !key.replaced_by && (
-                        <>
-                          <button type="button" className="secondary" onClick={() => rotate(key)}>
-                            Rotate<span className="visually-hidden"> {key.name}</span>
-                          </button>
-                          <button type="button" className="danger" onClick={() => revoke(key)}>
-                            Revoke<span className="visually-hidden"> {key.name}</span>
-                          </button>
-                        </>
-                      )}
-                    </td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </TableWrap>
+        <DataTable
+          label="API keys"
+          rows={keys}
+          rowKey={(key) => key.id}
+          columns={[
+            { header: "Name", cell: (key) => key.name },
+            { header: "Key", cell: (key) => <code>{key.prefix}…</code> },
+            { header: "Scopes", cell: (key) => key.scopes.join(", ") },
+            {
+              header: "Last used",
+              cell: (key) => (key.last_used_at ? new Date(key.last_used_at).toLocaleString("en") : "never"),
+            },
+            {
+              header: "Status",
+              cell: (key) => (isRevoked(key) ? "revoked" : key.replaced_by ? "rotated" : "active"),
+            },
+            {
+              header: "Actions",
+              hideHeader: true,
+              className: "actions",
+              cell: (key) =>
+                canManage &&
+                !isRevoked(key) &&
+                !key.replaced_by && (
+                  <>
+                    <button type="button" className="secondary" onClick={() => rotate(key)}>
+                      Rotate<span className="visually-hidden"> {key.name}</span>
+                    </button>
+                    <button type="button" className="danger" onClick={() => revoke(key)}>
+                      Revoke<span className="visually-hidden"> {key.name}</span>
+                    </button>
+                  </>
+                ),
+            },
+          ]}
+        />
       )}
     </>
   );

@@ -2,8 +2,8 @@ import { useCallback, useEffect, useId, useRef, useState } from "react";
 import { useSearchParams } from "wouter";
 import { Loading } from "../App";
 import { api, download, problemMessage, type Schemas } from "../api/client";
+import { DataTable } from "../components/DataTable";
 import { ErrorLine } from "../components/ErrorLine";
-import { TableWrap } from "../components/TableWrap";
 
 type Plan = Schemas["Plan"];
 type Preview = Schemas["SubscriptionChangePreview"];
@@ -214,39 +214,40 @@ export function Billing({ orgId }: { orgId: string }) {
       {invoices.length === 0 ? (
         <p>No invoices yet.</p>
       ) : (
-        <TableWrap label="Invoices">
-          <table className="table">
-            <caption className="visually-hidden">Invoices</caption>
-            <thead>
-              <tr>
-                <th scope="col">Number</th>
-                <th scope="col">Period</th>
-                <th scope="col">Total</th>
-                <th scope="col">Status</th>
-                <th scope="col">
-                  <span className="visually-hidden">PDF</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {invoices.map((invoice) => (
-                <tr key={invoice.id}>
-                  <td>{invoice.number ?? "draft"}</td>
-                  <td>
-                    {day(invoice.period_start)} – {day(invoice.period_end)}
-                  </td>
-                  <td className="num">
-                    {invoice.currency} {invoice.total}
-                  </td>
-                  <td>{invoice.status === "finalized" ? "open" : invoice.status}</td>
-                  <td>
-                    <PdfButton orgId={orgId} invoice={invoice} />
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </TableWrap>
+        <DataTable
+          label="Invoices"
+          rows={invoices}
+          rowKey={(invoice) => invoice.id}
+          columns={[
+            { header: "Number", cell: (invoice) => invoice.number ?? "draft" },
+            {
+              header: "Period",
+              cell: (invoice) => (
+                <>
+                  {day(invoice.period_start)} – {day(invoice.period_end)}
+                </>
+              ),
+            },
+            {
+              header: "Total",
+              className: "num",
+              cell: (invoice) => (
+                <>
+                  {invoice.currency} {invoice.total}
+                </>
+              ),
+            },
+            {
+              header: "Status",
+              cell: (invoice) => (invoice.status === "finalized" ? "open" : invoice.status),
+            },
+            {
+              header: "PDF",
+              hideHeader: true,
+              cell: (invoice) => <PdfButton orgId={orgId} invoice={invoice} />,
+            },
+          ]}
+        />
       )}
     </>
   );

@@ -2,8 +2,8 @@ import { useCallback, useEffect, useId, useState } from "react";
 import { Loading } from "../App";
 import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { DataTable } from "../components/DataTable";
 import { ErrorLine } from "../components/ErrorLine";
-import { TableWrap } from "../components/TableWrap";
 
 type Role = Schemas["Member"]["role"];
 const ROLES: { role: Role; label: string }[] = [
@@ -61,43 +61,34 @@ export function Team({ orgId }: { orgId: string }) {
       {members === null ? (
         <Loading label="Loading members…" />
       ) : (
-        <TableWrap label="Members">
-          <table className="table">
-            <caption className="visually-hidden">Members</caption>
-            <thead>
-              <tr>
-                <th scope="col">Name</th>
-                <th scope="col">E-mail</th>
-                <th scope="col">Role</th>
-                <th scope="col">
-                  <span className="visually-hidden">Actions</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {members.map((member) => (
-                <tr key={member.user_id}>
-                  <td>{member.name}</td>
-                  <td>{member.email}</td>
-                  <td>
-                    {canManage ? (
-                      <RoleEditor member={member} onSave={(role) => changeRole(member.user_id, role)} />
-                    ) : (
-                      member.role
-                    )}
-                  </td>
-                  <td>
-                    {canManage && (
-                      <button type="button" className="secondary" onClick={() => remove(member)}>
-                        Remove<span className="visually-hidden"> {member.email}</span>
-                      </button>
-                    )}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </TableWrap>
+        <DataTable
+          label="Members"
+          rows={members}
+          rowKey={(member) => member.user_id}
+          columns={[
+            { header: "Name", cell: (member) => member.name },
+            { header: "E-mail", cell: (member) => member.email },
+            {
+              header: "Role",
+              cell: (member) =>
+                canManage ? (
+                  <RoleEditor member={member} onSave={(role) => changeRole(member.user_id, role)} />
+                ) : (
+                  member.role
+                ),
+            },
+            {
+              header: "Actions",
+              hideHeader: true,
+              cell: (member) =>
+                canManage && (
+                  <button type="button" className="secondary" onClick={() => remove(member)}>
+                    Remove<span className="visually-hidden"> {member.email}</span>
+                  </button>
+                ),
+            },
+          ]}
+        />
       )}
     </>
   );

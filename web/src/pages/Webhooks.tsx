@@ -2,8 +2,8 @@ import { useCallback, useEffect, useId, useState } from "react";
 import { Loading } from "../App";
 import { can, useRole } from "../access";
 import { api, problemMessage, type Schemas } from "../api/client";
+import { DataTable } from "../components/DataTable";
 import { ErrorLine } from "../components/ErrorLine";
-import { TableWrap } from "../components/TableWrap";
 
 type Endpoint = Schemas["WebhookEndpoint"];
 type Delivery = Schemas["WebhookDelivery"];
@@ -161,46 +161,43 @@ function Deliveries({
   return (
     <>
       {notice && <p role="status">{notice}</p>}
-      <TableWrap label={`Recent deliveries to ${endpoint.url}`}>
-        <table className="table">
-          <caption className="visually-hidden">Recent deliveries to {endpoint.url}</caption>
-          <thead>
-            <tr>
-              <th scope="col">Event</th>
-              <th scope="col">Status</th>
-              <th scope="col">Attempts</th>
-              <th scope="col">Last answer</th>
-              <th scope="col">
-                <span className="visually-hidden">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {deliveries.map((delivery) => (
-              <tr key={delivery.id}>
-                <td>
-                  {delivery.event_type}
-                  <br />
-                  <code className="muted">{delivery.event_id}</code>
-                </td>
-                <td>{delivery.status}</td>
-                <td>{delivery.attempts}</td>
-                <td>
-                  {delivery.last_error ?? (delivery.last_status ? `HTTP ${delivery.last_status}` : "—")}
-                </td>
-                <td>
-                  {canManage && endpoint.status === "enabled" && delivery.status !== "pending" && (
-                    <button type="button" className="secondary" onClick={() => retry(delivery)}>
-                      {delivery.status === "failed" ? "Retry" : "Send again"}
-                      <span className="visually-hidden"> {delivery.event_type}</span>
-                    </button>
-                  )}
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </TableWrap>
+      <DataTable
+        label={`Recent deliveries to ${endpoint.url}`}
+        rows={deliveries}
+        rowKey={(delivery) => delivery.id}
+        columns={[
+          {
+            header: "Event",
+            cell: (delivery) => (
+              <>
+                {delivery.event_type}
+                <br />
+                <code className="muted">{delivery.event_id}</code>
+              </>
+            ),
+          },
+          { header: "Status", cell: (delivery) => delivery.status },
+          { header: "Attempts", cell: (delivery) => delivery.attempts },
+          {
+            header: "Last answer",
+            cell: (delivery) =>
+              delivery.last_error ?? (delivery.last_status ? `HTTP ${delivery.last_status}` : "—"),
+          },
+          {
+            header: "Actions",
+            hideHeader: true,
+            cell: (delivery) =>
+              canManage &&
+              endpoint.status === "enabled" &&
+              delivery.status !== "pending" && (
+                <button type="button" className="secondary" onClick={() => retry(delivery)}>
+                  {delivery.status === "failed" ? "Retry" : "Send again"}
+                  <span className="visually-hidden"> {delivery.event_type}</span>
+                </button>
+              ),
+          },
+        ]}
+      />
     </>
   );
 }
