@@ -15,7 +15,28 @@ import http from "node:http";
  * Env: PORT, TOLLGATE_URL.
  */
 const target = new URL(process.env.TOLLGATE_URL as string);
-let kept: { body: Buffer; authorization: string }[] = [];
+/** The batches kept since the last replay, oldest first, with how many events each holds. */
+const kept: { body: Buffer; authorization: string; events: number }[] = [];
+
+/** Headers about one connection, not the message: each hop sets its own (RFC 9110, 7.6.1). */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+  "host",
+]);
+
+function endToEnd(headers: http.IncomingHttpHeaders): http.OutgoingHttpHeaders {
+  const out: http.OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (!HOP_BY_HOP.has(name) && value !== undefined) out[name] = value;
+  }
+  return out;
+}
 
 function readBody(req: http.IncomingMessage): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -33,10 +54,11 @@ function forward(req: http.IncomingMessage, res: http.ServerResponse): void {
       port: target.port,
       method: req.method,
       path: req.url,
-      headers: req.headers,
+      headers: endToEnd(req.headers),
     },
     (answer) => {
-      res.writeHead(answer.statusCode ?? 502, answer.headers);
+      res.writeHead(answer.statusCode ?? 502, endToEnd(answer.headers));
+      answer.on("error", () => res.destroy());
       answer.pipe(res);
     },
   );
@@ -44,27 +66,41 @@ function forward(req: http.IncomingMessage, res: http.ServerResponse): void {
     if (!res.headersSent) res.writeHead(502).end();
     else res.destroy();
   });
+  req.on("error", () => upstream.destroy());
+  // The app gave up (its own timeout): so does the request to Tollgate.
+  res.on("close", () => {
+    if (!res.writableFinished) upstream.destroy();
+  });
   req.pipe(upstream);
 }
 
-async function replay(): Promise<{
+/** What a replay handed to Tollgate, and what Tollgate said of it. */
+interface Replayed {
   batches: number;
+  events: number;
   accepted: number;
   duplicates: number;
   rejected: number;
-}> {
-  const batches = kept;
-  kept = [];
-  const total = { batches: batches.length, accepted: 0, duplicates: 0, rejected: 0 };
-  for (const { body, authorization } of batches) {
+}
+
+/**
+ * Sends the kept batches to Tollgate, oldest first; each leaves the list once Tollgate took it, so a
+ * replay that fails keeps the rest for the next.
+ */
+async function replay(): Promise<Replayed> {
+  const total: Replayed = { batches: 0, events: 0, accepted: 0, duplicates: 0, rejected: 0 };
+  for (let batch = kept[0]; batch !== undefined; batch = kept[0]) {
     const res = await fetch(new URL("/v1/events", target), {
       method: "POST",
-      headers: { authorization, "content-type": "application/json" },
-      body,
+      headers: { authorization: batch.authorization, "content-type": "application/json" },
+      body: batch.body,
     });
     const text = await res.text();
     if (!res.ok) throw new Error(`Tollgate answered a replayed batch ${res.status}: ${text}`);
     const answer = JSON.parse(text) as { accepted: number; duplicates: number; rejected: unknown[] };
+    kept.shift();
+    total.batches++;
+    total.events += batch.events;
     total.accepted += answer.accepted;
     total.duplicates += answer.duplicates;
     total.rejected += answer.rejected.length;
@@ -77,8 +113,17 @@ http
     if (req.method === "POST" && req.url === "/v1/events") {
       readBody(req).then(
         (body) => {
-          const { events } = JSON.parse(body.toString("utf8")) as { events: unknown[] };
-          kept.push({ body, authorization: req.headers.authorization ?? "" });
+          let events: unknown;
+          try {
+            events = (JSON.parse(body.toString("utf8")) as { events?: unknown }).events;
+          } catch {
+            events = undefined;
+          }
+          if (!Array.isArray(events)) {
+            res.writeHead(400, { "content-type": "text/plain" }).end("not a batch of events");
+            return;
+          }
+          kept.push({ body, authorization: req.headers.authorization ?? "", events: events.length });
           const answer = JSON.stringify({ accepted: events.length, duplicates: 0, rejected: [] });
           res.writeHead(202, { "content-type": "application/json" }).end(answer);
         },

@@ -306,11 +306,26 @@ async function measure(framework: string, tollgate: Server, recorder: Server | u
       }
       return stats;
     };
-    /** Hands the recorded events to Tollgate (between runs). */
+    /**
+     * Hands the recorded events to Tollgate (between runs): each new to Tollgate, none refused. (A
+     * duplicate would mean the app sent an event twice: the final count shows whether it counted once.)
+     */
     const replay = async (): Promise<void> => {
       if (!recorder) return;
       const res = await fetch(`${recorder.url}/replay`, { method: "POST" });
-      if (!res.ok) throw new Error(`${framework}: the recorder could not replay: ${await res.text()}`);
+      const text = await res.text();
+      if (!res.ok) throw new Error(`${framework}: the recorder could not replay: ${text}`);
+      const replayed = JSON.parse(text) as {
+        events: number;
+        accepted: number;
+        duplicates: number;
+        rejected: number;
+      };
+      if (replayed.rejected > 0 || replayed.accepted + replayed.duplicates !== replayed.events) {
+        throw new Error(`${framework}: Tollgate did not take every replayed event: ${text}`);
+      }
+      if (replayed.duplicates > 0)
+        log(`${framework}: ${int(replayed.duplicates)} replayed events were duplicates`);
     };
     /**
      * One measured run, with the app's CPU per answered request (µs): from the start of the load to

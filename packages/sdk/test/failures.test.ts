@@ -439,6 +439,10 @@ describe("full batches waiting in the queue", () => {
       tollgate.track({ orgId: "org_1", meter: "api_calls", properties: tricky(i) }),
     );
     await tollgate.flush();
+    // The full batch that failed first is reported, each event as tracked.
+    const retrying = problems.find((p) => p.kind === "retrying")?.events ?? [];
+    expect(retrying.map((e) => e.id)).toEqual(ids.slice(0, 4));
+    expect(retrying.map((e) => e.properties)).toEqual([0, 1, 2, 3].map(tricky));
     const dropped = problems.flatMap((p) => (p.kind === "dropped" ? p.events : []));
     expect(dropped.map((e) => e.id).sort()).toEqual(ids.slice(0, 2).sort());
     expect(dropped.map((e) => e.properties).sort((a, b) => Number(a?.i) - Number(b?.i))).toEqual([
@@ -452,6 +456,36 @@ describe("full batches waiting in the queue", () => {
     expect(sent.map((e: { id: string }) => e.id)).toEqual(ids.slice(2));
     expect(sent.map((e: { properties: unknown }) => e.properties)).toEqual([2, 3, 4, 5, 6, 7, 8].map(tricky));
     expect(tollgate.stats).toMatchObject({ tracked: 9, dropped: 2, queued: 0 });
+  });
+
+  it("drops the oldest events of a full batch that waits behind one in flight", async () => {
+    let release: () => void = () => {};
+    handler = (req, body, res) => {
+      if (received.length === 1) release = () => acceptAll(req, body, res);
+      else acceptAll(req, body, res);
+    };
+    received.length = 0;
+    const problems: TrackProblem[] = [];
+    const tollgate = tracking({ batchSize: 4, maxQueue: 6 }, problems);
+    const track = (i: number) =>
+      tollgate.track({ orgId: "org_1", meter: "api_calls", properties: tricky(i) });
+    // The first four fill a batch whose delivery the server holds; the next four fill the next
+    // batch, which waits; the eleventh is one too many for the queue: the oldest waiting one goes.
+    const ids = [0, 1, 2, 3].map(track);
+    await until(() => received.length === 1);
+    for (let i = 4; i < 11; i++) ids.push(track(i));
+    const dropped = problems.flatMap((p) => (p.kind === "dropped" ? p.events : []));
+    expect(dropped.map((e) => e.id)).toEqual([ids[4]]);
+    expect(dropped.map((e) => e.properties)).toEqual([tricky(4)]);
+    expect(tollgate.stats).toMatchObject({ tracked: 11, dropped: 1, queued: 6 });
+    release();
+    expect(await tollgate.flush()).toEqual({ pending: 0 });
+    const sent = received.flatMap((r) => JSON.parse(r.body).events);
+    expect(sent.map((e: { id: string }) => e.id)).toEqual([...ids.slice(0, 4), ...ids.slice(5)]);
+    expect(sent.map((e: { properties: unknown }) => e.properties)).toEqual(
+      [0, 1, 2, 3, 5, 6, 7, 8, 9, 10].map(tricky),
+    );
+    expect(tollgate.stats).toMatchObject({ accepted: 10, dropped: 1, queued: 0 });
   });
 
   it("sends only its own part of a batch that filled up while a flush waited", async () => {
