@@ -10,7 +10,8 @@ import http from "node:http";
  * - `POST /replay` (the benchmark's): sends every kept body to Tollgate, one after another and in
  *   order, and answers with what Tollgate said in total — every tracked event reaches Tollgate,
  *   which counts each once;
- * - everything else (key verifications, entitlements) goes to Tollgate and back unchanged.
+ * - everything else (key verifications, entitlements) goes to Tollgate and back, unchanged but for
+ *   the headers about the connection itself (hop-by-hop).
  *
  * Env: PORT, TOLLGATE_URL.
  */
