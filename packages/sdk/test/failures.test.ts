@@ -398,6 +398,22 @@ describe("a Tollgate that answers errors", () => {
 describe("full batches waiting in the queue", () => {
   /** Properties whose JSON holds the characters a naive split would trip on. */
   const tricky = (i: number) => ({ note: `a, "b"], {c}: ${i}`, text: "émoji 🎉 \u0000 ,", i });
+  /** Tracks the i-th of such events, returning its id. */
+  const trackTricky = (tollgate: Tollgate) => (i: number) =>
+    tollgate.track({ orgId: "org_1", meter: "api_calls", properties: tricky(i) });
+  /**
+   * The stand-in accepts every batch but holds its answer to the first one until the returned
+   * function is called (that delivery stays in flight meanwhile).
+   */
+  const holdFirstDelivery = (): (() => void) => {
+    let answer: () => void = () => {};
+    handler = (req, body, res) => {
+      if (received.length === 1) answer = () => acceptAll(req, body, res);
+      else acceptAll(req, body, res);
+    };
+    received.length = 0;
+    return () => answer();
+  };
 
   it("reports the exact event Tollgate rejected out of a full batch", async () => {
     const problems: TrackProblem[] = [];
@@ -459,16 +475,10 @@ describe("full batches waiting in the queue", () => {
   });
 
   it("drops the oldest events of a full batch that waits behind one in flight", async () => {
-    let release: () => void = () => {};
-    handler = (req, body, res) => {
-      if (received.length === 1) release = () => acceptAll(req, body, res);
-      else acceptAll(req, body, res);
-    };
-    received.length = 0;
+    const release = holdFirstDelivery();
     const problems: TrackProblem[] = [];
     const tollgate = tracking({ batchSize: 4, maxQueue: 6 }, problems);
-    const track = (i: number) =>
-      tollgate.track({ orgId: "org_1", meter: "api_calls", properties: tricky(i) });
+    const track = trackTricky(tollgate);
     // The first four fill a batch whose delivery the server holds; the next four fill the next
     // batch, which waits; the eleventh is one too many for the queue: the oldest waiting one goes.
     const ids = [0, 1, 2, 3].map(track);
@@ -489,15 +499,9 @@ describe("full batches waiting in the queue", () => {
   });
 
   it("sends only its own part of a batch that filled up while a flush waited", async () => {
-    let release: () => void = () => {};
-    handler = (req, body, res) => {
-      if (received.length === 1) release = () => acceptAll(req, body, res);
-      else acceptAll(req, body, res);
-    };
-    received.length = 0;
+    const release = holdFirstDelivery();
     const tollgate = tracking({ batchSize: 4 });
-    const track = (i: number) =>
-      tollgate.track({ orgId: "org_1", meter: "api_calls", properties: tricky(i) });
+    const track = trackTricky(tollgate);
     const ids = [track(0), track(1)];
     const first = tollgate.flush(); // its delivery is held by the server
     await until(() => received.length === 1);
